@@ -1,0 +1,58 @@
+# The README's two commands are `make demo` and `make test`; the rest are conveniences.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include:$(CURDIR)/dags
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+# Demo inputs: `make demo INPUT=s3://bucket/prefix/ INDEX=my-index`
+INPUT ?=
+INDEX ?=
+
+.PHONY: help bootstrap demo test lint devstack devstack-down devstack-status airflow bench chaos clean
+
+help:
+	@echo "make demo           run the batch embeddings DAG on the devstack with the sample data"
+	@echo "make test           ruff + the whole test suite (unit, devstack, Airflow end to end)"
+	@echo "make devstack       start local S3 + SageMaker + OpenSearch/ML Commons (.devstack/)"
+	@echo "make devstack-down  stop what make devstack started"
+	@echo "make airflow        airflow standalone with the devstack's connections preset"
+	@echo "make bench          benchmarks against the naive way (bench/)"
+	@echo "make chaos          kill-and-retry runs of the demo pipeline"
+	@echo "make clean          remove .venv, .devstack and caches"
+
+bootstrap:
+	@./scripts/bootstrap.sh
+
+demo: bootstrap
+	@$(PY) scripts/demo.py $(if $(INPUT),--input "$(INPUT)") $(if $(INDEX),--index "$(INDEX)")
+
+test: bootstrap
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: bootstrap
+	$(VENV)/bin/ruff check .
+
+devstack: bootstrap
+	@$(PY) -m devstack up
+
+devstack-down:
+	@if [ -x $(PY) ]; then $(PY) -m devstack down; else echo "no .venv: nothing to stop"; fi
+
+devstack-status: bootstrap
+	@$(PY) -m devstack status
+
+airflow: bootstrap devstack
+	@./scripts/airflow-standalone.sh
+
+bench: bootstrap
+	@$(PY) bench/run.py
+
+chaos: bootstrap
+	@$(PY) scripts/chaos.py
+
+clean: devstack-down
+	rm -rf $(VENV) .devstack airflow-home .pytest_cache .ruff_cache bench/out
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

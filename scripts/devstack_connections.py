@@ -1,0 +1,61 @@
+"""Airflow connections for the running devstack, from .devstack/endpoints.json.
+
+--export prints `export AIRFLOW_CONN_...=...` lines for a shell; --json prints a connections
+file for `dag.test(conn_file_path=...)` / `airflow connections import`.
+"""
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+
+from devstack.config import load_endpoints  # noqa: E402
+
+
+def connections(ep: dict) -> dict[str, dict]:
+    host, port = ep["opensearch"].rsplit(":", 1)
+    return {
+        "aws_default": {
+            "conn_type": "aws",
+            "login": ep["aws_access_key_id"],
+            "password": ep["aws_secret_access_key"],
+            "extra": {
+                "region_name": ep["region"],
+                "service_config": {
+                    "s3": {"endpoint_url": ep["s3"]},
+                    "sagemaker": {"endpoint_url": ep["sagemaker"]},
+                    "sagemaker-runtime": {"endpoint_url": ep["sagemaker_runtime"]},
+                },
+            },
+        },
+        "opensearch_default": {
+            "conn_type": "generic",
+            "host": host.split("://", 1)[1],
+            "port": int(port),
+            "schema": host.split("://", 1)[0],
+            "login": ep["opensearch_user"],
+            "password": ep["opensearch_password"],
+            "extra": {"auth": "basic", "region": ep["region"]},
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--export", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args()
+    conns = connections(load_endpoints(args.dir))
+    if args.export:
+        for conn_id, conn in conns.items():
+            print(f"export AIRFLOW_CONN_{conn_id.upper()}={shlex.quote(json.dumps(conn))}")
+    else:
+        print(json.dumps(conns, indent=2))
+
+
+if __name__ == "__main__":
+    main()
