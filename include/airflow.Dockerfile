@@ -1,0 +1,11 @@
+# Airflow for docker-compose.yaml: the official image plus the project's requirements.txt.
+# Build context: the repository root (dags/, plugins/ and include/ are mounted, not copied).
+# The -python3.11 variant matches the interpreter the project is developed and tested on.
+ARG AIRFLOW_BASE_IMAGE=apache/airflow:3.3.2-python3.11
+FROM ${AIRFLOW_BASE_IMAGE}
+
+# As the image's `airflow` user (its default). Pinning apache-airflow to the image's own
+# version (AIRFLOW_VERSION is set by the base image) stops pip from up- or downgrading
+# Airflow while resolving the requirements, as the Airflow docker-stack docs recommend.
+COPY requirements.txt /tmp/batchvec-requirements.txt
+RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /tmp/batchvec-requirements.txt
