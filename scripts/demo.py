@@ -1,9 +1,121 @@
-"""`make demo`: run the batch_embeddings DAG on the devstack and print its report."""
+"""`make demo`: the batch_embeddings DAG on the devstack, end to end, with a report.
 
+Starts the devstack (unless it is already running), runs `airflow dags test` on the sample
+data (or INPUT=...), prints the run report and the top hits of two natural-language neural
+queries, stops what it started, and exits non-zero if the accounting is off or the run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "include"), str(REPO / "plugins"), str(REPO / "scripts")]
 
-if not (REPO / "dags" / "batch_embeddings.py").exists():
-    sys.exit("make demo: the batch_embeddings DAG has not landed yet (issue 4); nothing to run.")
+import requests  # noqa: E402
+from devstack_connections import connections  # noqa: E402
+
+from batchvec.report import RunReport, render_table  # noqa: E402
+from devstack import config, launcher, seed  # noqa: E402
+
+QUERIES = ["a cat sleeping in the sun", "what happened to interest rates and shares"]
+
+
+def airflow_env(state: Path, endpoints: dict) -> dict:
+    env = dict(os.environ)
+    home = state / "airflow-home"
+    env.update(
+        AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO / "plugins"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        BATCHVEC_POLL_INTERVAL="2",
+    )
+    for conn_id, conn in connections(endpoints).items():
+        env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+    return env
+
+
+def run_dag(env: dict, conf: dict) -> int:
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    if not (Path(env["AIRFLOW_HOME"]) / "airflow.db").exists():
+        print("demo: initialising the Airflow metadata DB (first run only)")
+        subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    print(f"demo: airflow dags test batch_embeddings -c '{json.dumps(conf)}'")
+    return subprocess.run([airflow, "dags", "test", "batch_embeddings", "-c", json.dumps(conf)],
+                          env=env).returncode
+
+
+def latest_report(endpoints: dict, since: float) -> dict | None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoints["s3"], region_name=endpoints["region"],
+                      aws_access_key_id=endpoints["aws_access_key_id"],
+                      aws_secret_access_key=endpoints["aws_secret_access_key"])
+    newest = None
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=endpoints["bucket"], Prefix="runs/"):
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith("/report.json") and obj["LastModified"].timestamp() >= since - 5:
+                if newest is None or obj["LastModified"] > newest["LastModified"]:
+                    newest = obj
+    if newest is None:
+        return None
+    return json.loads(s3.get_object(Bucket=endpoints["bucket"], Key=newest["Key"])["Body"].read())
+
+
+def show_queries(endpoints: dict, report: dict, vector_field: str = "embedding") -> None:
+    auth = (endpoints["opensearch_user"], endpoints["opensearch_password"])
+    for query in QUERIES:
+        body = {"size": 3, "_source": ["text"], "query": {"neural": {vector_field: {
+            "query_text": query, "model_id": report["model_id"], "k": 3}}}}
+        resp = requests.post(f"{endpoints['opensearch']}/{report['index']}/_search", json=body,
+                             auth=auth, timeout=60)
+        resp.raise_for_status()
+        print(f"\nneural query: {query!r}")
+        for hit in resp.json()["hits"]["hits"]:
+            print(f"  {hit['_score']:.3f}  {hit['_id']:<10} {hit['_source']['text']}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--input", default=str(REPO / "include" / "sample" / "documents.jsonl"))
+    parser.add_argument("--index", default="demo-embeddings")
+    args = parser.parse_args()
+    state = config.state_dir()
+    already = any(launcher.status(state).values())
+    started = time.time()
+    endpoints = launcher.up(state)
+    print(f"demo: devstack {'already running' if already else 'started'} ({state})")
+    try:
+        seed.ensure_sagemaker_model(endpoints)
+        conf = {"input_uri": args.input, "index_name": args.index, "metadata_fields": ["topic"]}
+        rc = run_dag(airflow_env(state, endpoints), conf)
+        report = latest_report(endpoints, started)
+        if report is None:
+            print("demo: the run wrote no report; see the task logs above", file=sys.stderr)
+            return 1
+        (state / "last-report.json").write_text(json.dumps(report, indent=2))
+        totals = report["totals"]
+        print("\n== run report (.devstack/last-report.json)")
+        print(render_table(RunReport.from_dict(report)))
+        if report.get("model_id") and totals.get("created", 0) + totals.get("updated", 0):
+            show_queries(endpoints, report)
+        smoke = report.get("extra", {}).get("smoke_query") or {}
+        ok = rc == 0 and report.get("balanced") and smoke.get("ok")
+        print(f"\ndemo: {'OK' if ok else 'FAILED'}: records_in={totals['records_in']} "
+              f"indexed={totals['created'] + totals['updated']} rejected={totals['rejected_total']} "
+              f"failed={totals['failed_total']} balanced={report.get('balanced')} "
+              f"smoke_query={'ok' if smoke.get('ok') else 'FAILED'}")
+        return 0 if ok else 1
+    finally:
+        if not already:
+            launcher.down(state)
+            print("demo: devstack stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""batch_embeddings: stage -> ML Commons batch predict (SageMaker) -> bulk-index into k-NN.
+
+Daily by default, each run reading its own day's partition (`.../ds=YYYY-MM-DD/`), so
+`airflow backfill create` over a range processes each day once. Trigger by hand with the
+form to embed any input. Stages and options: README.md.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Asset, Param, TriggerRule, get_current_context, task
+
+from batchvec import steps
+from batchvec.operators import BatchPredictOperator
+from batchvec.plan import param_schema
+
+INDEX_ASSET = Asset(name="batch_embeddings_index", uri="opensearch://batch-embeddings")
+
+
+def _params() -> dict[str, Param]:
+    return {name: Param(spec.pop("default"), **spec)
+            for name, spec in ((n, dict(s)) for n, s in param_schema().items())}
+
+
+with DAG(
+    dag_id="batch_embeddings",
+    description="Embed documents with SageMaker batch transform via ML Commons; index into k-NN",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=4,
+    params=_params(),
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30),
+                  "retry_exponential_backoff": True},
+    tags=["embeddings", "opensearch", "sagemaker"],
+    doc_md=__doc__,
+):
+
+    @task(multiple_outputs=True)
+    def plan(params=None):
+        return steps.make_plan(params, get_current_context())
+
+    @task
+    def stage(plan: dict):
+        return steps.stage(plan)
+
+    @task(multiple_outputs=True)
+    def ensure_model(plan: dict):
+        return steps.ensure_model(plan)
+
+    @task
+    def check_outputs(plan: dict, manifest: dict):
+        return steps.check_outputs(plan, manifest)
+
+    @task
+    def prepare_index(plan: dict, shards: list):
+        return steps.prepare_index(plan, shards)
+
+    @task(max_active_tis_per_dagrun=4)
+    def index_shard(plan: dict, index: dict, shard: dict):
+        return steps.index_shard(plan, shard, index)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def restore_index(plan: dict):
+        return steps.restore_index(plan)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[INDEX_ASSET])
+    def report(plan: dict, manifest: dict):
+        return steps.report(plan, manifest, get_current_context(), INDEX_ASSET)
+
+    @task
+    def cleanup(plan: dict):
+        return steps.cleanup(plan)
+
+    the_plan = plan()
+    manifest = stage(the_plan)
+    model = ensure_model(the_plan)
+    job = BatchPredictOperator(
+        task_id="batch_predict",
+        model_id=model["model_id"],
+        run_key=the_plan["run_key"],
+        input_s3_uri=the_plan["staged_input_uri"],
+        output_s3_uri=the_plan["output_uri"],
+        wait_timeout=the_plan["wait_timeout"],
+        poll_interval=float(os.environ.get("BATCHVEC_POLL_INTERVAL", 30)),
+    )
+    manifest >> job
+    shards = check_outputs(the_plan, manifest)
+    job >> shards
+    index = prepare_index(the_plan, shards)
+    indexed = index_shard.partial(plan=the_plan, index=index).expand(shard=shards)
+    restored = restore_index(the_plan)
+    indexed >> restored
+    done = report(the_plan, manifest)
+    restored >> done
+    done >> cleanup(the_plan)

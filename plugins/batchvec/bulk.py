@@ -1,0 +1,404 @@
+"""Bulk-indexing actions with bounded concurrency, per-item retries and per-id ordering.
+
+Independent of HTTP: the caller injects ``send(body) -> response dict`` (the OpenSearch
+hook's ``bulk``), which raises :class:`BulkTransientError` when the whole request may be
+retried (429, 5xx, connection errors).
+
+Ordering: duplicate ids resolve as "last in input wins". Each action is routed to one of
+``concurrency`` lanes by a stable hash of its id, and a lane sends its requests one after
+another, resolving every retry of a request before the next, so two versions of one id
+are never in flight at the same time. Within one request, a retryable item whose id
+succeeds later in the same request is not resent (that would put the older version back).
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "BulkCounts",
+    "BulkTransientError",
+    "BulkWriter",
+    "classify_item",
+    "iter_bulk_bodies",
+]
+
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024  # 5-15 MiB requests index best
+DEFAULT_MAX_ACTIONS = 5000
+MAX_REASON_CHARS = 2000
+
+Action = tuple[str, bytes]  # (doc_id, action pair bytes)
+
+# Error types the server raises when it is overloaded rather than when the document is bad.
+RETRYABLE_TYPES = frozenset(
+    """es_rejected_execution_exception opensearch_rejected_execution_exception
+    rejected_execution_exception circuit_breaking_exception unavailable_shards_exception
+    process_cluster_event_timeout_exception no_shard_available_action_exception""".split()
+)
+
+
+class BulkTransientError(Exception):
+    """The whole `_bulk` request failed in a way worth retrying (429, 5xx, connection)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BulkProtocolError(RuntimeError):
+    """A `_bulk` response that does not answer the request (never retried)."""
+
+
+@dataclass
+class BulkCounts:
+    """What happened to the actions given to :meth:`BulkWriter.write`.
+
+    ``sent == created + updated + failed`` once a write returns. ``retries`` counts item
+    resends, ``superseded`` the retryable items dropped because a later action for the same
+    id succeeded (already included in ``updated``), ``bytes`` the input action bytes.
+    ``failed_reasons`` is keyed by error type so it stays small; full reasons go to
+    ``on_failed``.
+    """
+
+    sent: int = 0
+    created: int = 0
+    updated: int = 0
+    failed: int = 0
+    retries: int = 0
+    superseded: int = 0
+    requests: int = 0
+    bytes: int = 0
+    failed_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def indexed(self) -> int:
+        return self.created + self.updated
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _join(batch: list[Action]) -> bytes:
+    return b"".join(action for _, action in batch)
+
+
+class _Batcher:
+    """Accumulates actions into a request that respects both limits."""
+
+    def __init__(self, max_bytes: int, max_actions: int) -> None:
+        if max_bytes < 1 or max_actions < 1:
+            raise ValueError("max_bytes and max_actions must be positive")
+        self.max_bytes = max_bytes
+        self.max_actions = max_actions
+        self.items: list[Action] = []
+        self.size = 0
+
+    def add(self, item: Action) -> list[Action] | None:
+        """Add one action; returns the previous batch when this one did not fit."""
+        n = len(item[1])
+        full = None
+        if self.items and (self.size + n > self.max_bytes or len(self.items) >= self.max_actions):
+            full = self.take()
+        self.items.append(item)
+        self.size += n
+        return full
+
+    def take(self) -> list[Action]:
+        items, self.items, self.size = self.items, [], 0
+        return items
+
+
+def iter_bulk_bodies(
+    actions: Iterable[Action],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_actions: int = DEFAULT_MAX_ACTIONS,
+) -> Iterator[list[Action]]:
+    """Group actions into requests of at most max_bytes / max_actions (an oversized single
+    action goes alone); ``b"".join`` of the action bytes is the request body."""
+    batcher = _Batcher(max_bytes, max_actions)
+    for item in actions:
+        full = batcher.add(item)
+        if full:
+            yield full
+    if batcher.items:
+        yield batcher.take()
+
+
+def _error_reason(error: Any) -> tuple[str, str]:
+    """(type, "<type>: <reason> (caused by ...)") from a bulk item's error field."""
+    if not isinstance(error, dict):
+        return "error", f"error: {error}"[:MAX_REASON_CHARS]
+    etype = str(error.get("type") or "error")
+    text = f"{etype}: {error.get('reason') or ''}"
+    cause = error.get("caused_by")
+    if isinstance(cause, dict):  # mapper errors put the useful detail here
+        text += f" (caused by {cause.get('type')}: {cause.get('reason')})"
+    return etype, text[:MAX_REASON_CHARS]
+
+
+def classify_item(item: dict) -> tuple[str, str | None]:
+    """One entry of a `_bulk` response's ``items`` -> (outcome, reason).
+
+    outcome is ``created``, ``updated`` (any other success), ``retry`` (overload: 429, 5xx,
+    rejected execution, circuit breaker) or ``failed`` (the document itself is refused).
+    """
+    result = next(iter(item.values()), None) if isinstance(item, dict) else None
+    if not isinstance(result, dict):
+        return "failed", f"malformed_item: {str(item)[:200]}"
+    status = result.get("status")
+    error = result.get("error")
+    if error is None and isinstance(status, int) and 200 <= status < 300:
+        if result.get("result", "created" if status == 201 else "updated") == "created":
+            return "created", None
+        return "updated", None
+    etype, reason = _error_reason(error) if error is not None else ("", f"http_{status}")
+    if status == 429 or (isinstance(status, int) and status >= 500) or etype in RETRYABLE_TYPES:
+        return "retry", reason
+    return "failed", reason
+
+
+def _reason_key(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
+class _Stopped(Exception):
+    """Internal: another lane or the producer failed; abandon this batch."""
+
+
+_END = object()
+
+
+class BulkWriter:
+    """Writes actions through ``send`` with ``concurrency`` ordered lanes (threads)."""
+
+    def __init__(
+        self,
+        send: Callable[[bytes], dict],
+        *,
+        concurrency: int = 4,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_actions: int = DEFAULT_MAX_ACTIONS,
+        max_retries: int = 8,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        on_failed: Callable[[str, bytes, str], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        progress: Callable[[dict], None] | None = None,
+        progress_interval: float = 5.0,
+        queue_depth: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if concurrency < 1 or max_retries < 0 or queue_depth < 1:
+            raise ValueError("concurrency and queue_depth must be >= 1, max_retries >= 0")
+        _Batcher(max_bytes, max_actions)  # validates the limits
+        self._send = send
+        self.concurrency = concurrency
+        self.max_bytes = max_bytes
+        self.max_actions = max_actions
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self._on_failed = on_failed
+        self._sleep = sleep
+        self._progress = progress
+        self._progress_interval = progress_interval
+        self._queue_depth = queue_depth
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    # ---- producer ------------------------------------------------------------------------
+
+    def write(self, actions: Iterable[Action]) -> BulkCounts:
+        """Send every action; returns the counts. Memory is bounded by
+        concurrency x (queue_depth + 2) requests. Re-raises the first error of ``send`` that
+        is not a BulkTransientError, or of the ``actions`` iterator, after stopping the lanes.
+        """
+        self._counts = BulkCounts()
+        self._lock = threading.Lock()
+        self._failed_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._last_progress = self._clock()
+        queues: list[queue.Queue] = [
+            queue.Queue(self._queue_depth) for _ in range(self.concurrency)
+        ]
+        lanes = [
+            threading.Thread(target=self._lane, args=(q,), name=f"bulk-lane-{i}", daemon=True)
+            for i, q in enumerate(queues)
+        ]
+        for lane in lanes:
+            lane.start()
+        try:
+            self._produce(actions, queues)
+        except BaseException as exc:
+            self._fail_fast(exc)
+        finally:
+            for q in queues:
+                q.put(_END)  # lanes drain without sending once stopped, so this cannot hang
+            for lane in lanes:
+                lane.join()
+        if self._error is not None:
+            raise self._error
+        if self._progress:
+            self._progress(self._snapshot())
+        return self._counts
+
+    def _produce(self, actions: Iterable[Action], queues: list[queue.Queue]) -> None:
+        n = self.concurrency
+        batchers = [_Batcher(self.max_bytes, self.max_actions) for _ in range(n)]
+        for item in actions:
+            # crc32, not hash(): the same id goes to the same lane in every process.
+            lane = zlib.crc32(item[0].encode("utf-8", "surrogatepass")) % n if n > 1 else 0
+            full = batchers[lane].add(item)
+            if full:
+                if self._stop.is_set():
+                    return
+                self._dispatch(queues[lane], full)
+        for q, batcher in zip(queues, batchers, strict=True):
+            if batcher.items and not self._stop.is_set():
+                self._dispatch(q, batcher.take())
+
+    def _dispatch(self, q: queue.Queue, batch: list[Action]) -> None:
+        with self._lock:
+            self._counts.sent += len(batch)
+            self._counts.bytes += sum(len(action) for _, action in batch)
+        q.put(batch)
+
+    def _fail_fast(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = exc
+        self._stop.set()
+
+    # ---- lanes ---------------------------------------------------------------------------
+
+    def _lane(self, q: queue.Queue) -> None:
+        while True:
+            batch = q.get()
+            if batch is _END:
+                return
+            if self._stop.is_set():
+                continue
+            try:
+                self._send_batch(batch)
+            except _Stopped:
+                pass
+            except BaseException as exc:  # re-raised by write()
+                self._fail_fast(exc)
+
+    def _send_batch(self, batch: list[Action]) -> None:
+        """Send one request; resend its retryable items (in order) until done or exhausted."""
+        pending = batch
+        attempt = 0
+        while pending:
+            try:
+                response = self._send(_join(pending))
+            except BulkTransientError as exc:
+                self._count(requests=1)
+                reason = f"transient: {exc}"[:MAX_REASON_CHARS]
+                if attempt >= self.max_retries:
+                    self._give_up([(doc_id, action, reason) for doc_id, action in pending])
+                    return
+                self._backoff(attempt, exc.retry_after)
+                attempt += 1
+                self._count(retries=len(pending))
+                continue
+            retry = self._settle(pending, response)
+            if not retry:
+                return
+            if attempt >= self.max_retries:
+                self._give_up(retry)
+                return
+            self._backoff(attempt, None)
+            attempt += 1
+            self._count(retries=len(retry))
+            pending = [(doc_id, action) for doc_id, action, _ in retry]
+
+    def _settle(self, pending: list[Action], response: dict) -> list[tuple[str, bytes, str]]:
+        """Count a response's outcomes; returns the items to resend, in request order."""
+        items = response.get("items") if isinstance(response, dict) else None
+        if not isinstance(items, list) or len(items) != len(pending):
+            got = len(items) if isinstance(items, list) else "no"
+            raise BulkProtocolError(f"bulk response has {got} items for {len(pending)} actions")
+        outcomes = [classify_item(item) for item in items]
+        created = updated = superseded = 0
+        retry: list[tuple[str, bytes, str]] = []
+        failed: list[tuple[str, bytes, str]] = []
+        later_ok: set[str] = set()
+        # Walk backwards so we know whether an id succeeds later in this same request.
+        for (doc_id, action), (outcome, reason) in zip(
+            reversed(pending), reversed(outcomes), strict=True
+        ):
+            if outcome == "created":
+                created += 1
+                later_ok.add(doc_id)
+            elif outcome == "updated":
+                updated += 1
+                later_ok.add(doc_id)
+            elif outcome == "retry" and doc_id in later_ok:
+                superseded += 1  # resending it would overwrite the newer version
+            elif outcome == "retry":
+                retry.append((doc_id, action, reason or "retry"))
+            else:
+                failed.append((doc_id, action, reason or "failed"))
+        retry.reverse()
+        failed.reverse()
+        self._count(
+            requests=1, created=created, updated=updated + superseded, superseded=superseded
+        )
+        self._give_up(failed)
+        return retry
+
+    def _give_up(self, failures: list[tuple[str, bytes, str]]) -> None:
+        if not failures:
+            return
+        with self._lock:
+            counts = self._counts
+            counts.failed += len(failures)
+            for _, _, reason in failures:
+                key = _reason_key(reason)
+                counts.failed_reasons[key] = counts.failed_reasons.get(key, 0) + 1
+        if self._on_failed:
+            with self._failed_lock:  # callers' DLQ writers need not be thread-safe
+                for doc_id, action, reason in failures:
+                    self._on_failed(doc_id, action, reason)
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> None:
+        """Exponential backoff with full jitter; a server's Retry-After is a floor."""
+        delay = self._rng.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
+        if retry_after:
+            delay = max(delay, min(retry_after, self.backoff_max))
+        if self._sleep is time.sleep:
+            stopped = self._stop.wait(delay)  # wakes up at once when another lane fails
+        else:
+            self._sleep(delay)
+            stopped = self._stop.is_set()
+        if stopped:
+            raise _Stopped
+
+    # ---- counts and progress ---------------------------------------------------------------
+
+    def _count(self, **deltas: int) -> None:
+        report = None
+        with self._lock:
+            for name, value in deltas.items():
+                setattr(self._counts, name, getattr(self._counts, name) + value)
+            now = self._clock()
+            if self._progress and now - self._last_progress >= self._progress_interval:
+                self._last_progress = now
+                report = self._counts.as_dict()
+        if report is not None:
+            self._progress(report)
+
+    def _snapshot(self) -> dict:
+        with self._lock:
+            return self._counts.as_dict()

@@ -1,0 +1,132 @@
+"""Find-or-create the ML Commons connector and remote model from a blueprint in include/.
+
+Both are named by a content hash of their definition: an unchanged definition reuses what an
+earlier run created; any change (endpoint, instance type, model, role) creates a new pair and
+leaves the old one for runs still using it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+
+from batchvec import mlcommons
+from batchvec.opensearch_hook import OpenSearchHook
+
+log = logging.getLogger(__name__)
+
+BLUEPRINTS = Path(__file__).resolve().parents[2] / "include" / "blueprints"
+DEFAULT_BLUEPRINT = "sagemaker_batch_embedding.json"
+MODEL_GROUP = "batchvec"
+
+_SAGEMAKER_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+_INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+_HTTP_URL = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d+)?$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the connector and model depend on; every field is validated before it reaches a
+    request template, so a user value can never break out of the JSON."""
+
+    role_arn: str
+    region: str
+    model_name: str  # the SageMaker model the transform job runs
+    endpoint_name: str  # the SageMaker real-time endpoint for neural queries
+    instance_type: str = "ml.m5.xlarge"
+    instance_count: int = 1
+    sagemaker_api_url: str = ""  # default: https://api.sagemaker.<region>.amazonaws.com
+    sagemaker_runtime_url: str = ""
+    blueprint: str = DEFAULT_BLUEPRINT
+
+    def resolved(self) -> ModelSpec:
+        api = self.sagemaker_api_url or f"https://api.sagemaker.{self.region}.amazonaws.com"
+        rt = self.sagemaker_runtime_url or f"https://runtime.sagemaker.{self.region}.amazonaws.com"
+        spec = ModelSpec(**{**asdict(self), "sagemaker_api_url": api.rstrip("/"),
+                            "sagemaker_runtime_url": rt.rstrip("/")})
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        checks = [
+            (_ROLE_ARN, self.role_arn, "role_arn", "an IAM role ARN"),
+            (_REGION, self.region, "region", "an AWS region such as us-east-1"),
+            (_SAGEMAKER_NAME, self.model_name, "sagemaker_model_name", "a SageMaker model name"),
+            (_SAGEMAKER_NAME, self.endpoint_name, "sagemaker_endpoint_name", "a SageMaker endpoint name"),
+            (_INSTANCE_TYPE, self.instance_type, "instance_type", "like ml.m5.xlarge"),
+            (_HTTP_URL, self.sagemaker_api_url, "sagemaker_api_url", "scheme://host[:port]"),
+            (_HTTP_URL, self.sagemaker_runtime_url, "sagemaker_runtime_url", "scheme://host[:port]"),
+        ]
+        for pattern, value, name, what in checks:
+            if not isinstance(value, str) or not pattern.match(value):
+                raise ValueError(f"{name}={value!r} is not valid: expected {what}")
+        if not isinstance(self.instance_count, int) or not 1 <= self.instance_count <= 100:
+            raise ValueError(f"instance_count={self.instance_count!r} must be an integer 1..100")
+        if "/" in self.blueprint or not (BLUEPRINTS / self.blueprint).is_file():
+            raise ValueError(f"blueprint {self.blueprint!r} not found in {BLUEPRINTS}")
+
+
+_PLACEHOLDER = re.compile(r"\$\{(?!parameters\.)([a-z_]+)\}")
+
+
+def render_blueprint(template, values: dict):
+    """Fill `${name}` placeholders (not ML Commons' `${parameters.X}`), structurally.
+
+    A string that is exactly one placeholder takes the value with its type (so InstanceCount
+    stays an integer); placeholders inside longer strings are replaced as text.
+    """
+    if isinstance(template, dict):
+        return {k: render_blueprint(v, values) for k, v in template.items()}
+    if isinstance(template, list):
+        return [render_blueprint(v, values) for v in template]
+    if isinstance(template, str):
+        whole = _PLACEHOLDER.fullmatch(template)
+        if whole:
+            return values[whole.group(1)]
+        return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), template)
+    return template
+
+
+def definition_hash(definition: dict) -> str:
+    return hashlib.sha256(orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+
+
+def connector_definition(spec: ModelSpec) -> dict:
+    spec = spec.resolved()
+    template = orjson.loads((BLUEPRINTS / spec.blueprint).read_bytes())
+    body = render_blueprint(template, asdict(spec))
+    return {"name": f"batchvec-{Path(spec.blueprint).stem}-{definition_hash(body)}".replace("_", "-"),
+            **body}
+
+
+def ensure_model(hook: OpenSearchHook, spec: ModelSpec) -> dict:
+    """Connector and remote model for `spec`, reused when unchanged. Returns their ids."""
+    definition = connector_definition(spec)
+    name = definition["name"]
+    connector_id = mlcommons.find_connector(hook, name)
+    created = connector_id is None
+    if created:
+        connector_id = mlcommons.create_connector(hook, definition)
+        log.info("created connector %s (%s)", name, connector_id)
+    else:
+        log.info("reusing connector %s (%s): definition unchanged", name, connector_id)
+    model_name = f"{name}-model"
+    model_id = mlcommons.find_model(hook, model_name)
+    if model_id is None:
+        group = mlcommons.find_or_create_model_group(
+            hook, MODEL_GROUP, "Remote embedding models created by batchvec pipelines")
+        model_id = mlcommons.register_model(
+            hook, name=model_name, connector_id=connector_id, model_group_id=group,
+            description=f"SageMaker model {spec.model_name} via connector {name}")
+        log.info("registered model %s (%s)", model_name, model_id)
+    # Batch predict auto-deploys; neural queries' _predict needs it deployed. Idempotent.
+    mlcommons.deploy_model(hook, model_id)
+    return {"connector_id": connector_id, "connector_name": name, "model_id": model_id,
+            "model_name": model_name, "connector_created": created}

@@ -1,0 +1,174 @@
+"""Index lifecycle (create, bulk-load settings, restore) and indexing one shard's output.
+
+Everything a retry needs is in S3 under the run prefix, not in XCom: the index's original
+settings, and each shard's result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import orjson
+
+from batchvec import outputs, s3io
+from batchvec.bulk import BulkWriter
+from batchvec.opensearch_hook import OpenSearchHook
+from batchvec.plan import Plan
+
+log = logging.getLogger(__name__)
+
+BULK_LOAD_SETTINGS = {"refresh_interval": "-1", "number_of_replicas": 0}
+SETTINGS_KEY = "index/original-settings.json"
+
+
+class ShardFailed(Exception):
+    pass
+
+
+def index_body(dimension: int, vector_field: str, space_type: str, text_field: str = "text") -> dict:
+    """A k-NN index for the model's vectors: HNSW on faiss, text searchable too."""
+    return {
+        "settings": {"index": {"knn": True, "number_of_shards": 1}},
+        "mappings": {"properties": {
+            vector_field: {"type": "knn_vector", "dimension": dimension,
+                           "method": {"name": "hnsw", "engine": "faiss", "space_type": space_type}},
+            text_field: {"type": "text"},
+        }},
+    }
+
+
+def existing_dimension(mapping: dict, vector_field: str) -> int | None:
+    field = mapping.get("properties", {}).get(vector_field)
+    if field is None:
+        return None
+    if field.get("type") != "knn_vector":
+        raise ValueError(f"field {vector_field!r} exists but is {field.get('type')!r}, not knn_vector")
+    return int(field["dimension"])
+
+
+def first_output_line(s3, bucket: str, key: str) -> bytes:
+    for line in outputs.iter_lines(s3io.iter_object_chunks(s3, bucket, key, chunk_size=256 * 1024)):
+        return line
+    raise ShardFailed(f"output s3://{bucket}/{key} is empty")
+
+
+def prepare_index(plan: Plan, hook: OpenSearchHook, s3, dimension: int) -> dict:
+    """Create the index if missing (or check its dimension) and switch it to bulk-load settings,
+    remembering the originals once: a retry must not record the bulk settings as original."""
+    index = plan.index_name
+    created = False
+    if not hook.index_exists(index):
+        try:
+            hook.create_index(index, index_body(dimension, plan.vector_field, plan.space_type))
+            created = True
+            log.info("created index %s (knn_vector %d-d, %s)", index, dimension, plan.space_type)
+        except Exception as exc:
+            if "resource_already_exists" not in str(exc):  # a parallel run made it first
+                raise
+    have = existing_dimension(hook.get_mapping(index), plan.vector_field)
+    if have is not None and have != dimension:
+        raise ValueError(f"index {index} has {plan.vector_field} of dimension {have}, "
+                         f"but the model produces {dimension}: use another index_name")
+    try:
+        original = s3io.get_json(s3, plan.bucket, plan.key(SETTINGS_KEY))
+    except Exception:
+        current = hook.get_settings(index)
+        original = {"refresh_interval": current.get("refresh_interval", "1s"),
+                    "number_of_replicas": int(current.get("number_of_replicas", 1))}
+        s3io.put_json(s3, plan.bucket, plan.key(SETTINGS_KEY), original)
+    hook.put_settings(index, BULK_LOAD_SETTINGS)
+    log.info("index %s in bulk-load mode %s (restored to %s after the load)", index,
+             BULK_LOAD_SETTINGS, original)
+    return {"index": index, "created": created, "dimension": dimension, "original": original}
+
+
+def restore_index(plan: Plan, hook: OpenSearchHook, s3) -> dict | None:
+    try:
+        original = s3io.get_json(s3, plan.bucket, plan.key(SETTINGS_KEY))
+    except Exception:
+        log.info("no saved settings for %s: the load never started", plan.index_name)
+        return None
+    hook.put_settings(plan.index_name, original)
+    hook.refresh(plan.index_name)
+    log.info("index %s settings restored to %s and refreshed", plan.index_name, original)
+    return original
+
+
+class _DlqWriter:
+    """Final per-item failures, with the server's reason, as JSON lines in S3."""
+
+    def __init__(self, s3, bucket: str, key: str):
+        self._writer = s3io.S3LineWriter(s3, bucket, key)
+        self.count = 0
+
+    def __call__(self, doc_id: str, action: bytes, reason: str) -> None:
+        source = action.split(b"\n", 2)[1] if action.count(b"\n") >= 2 else action
+        self._writer.write(orjson.dumps({"_id": doc_id, "reason": reason,
+                                         "source_excerpt": source[:1024].decode(errors="replace")})
+                           + b"\n")
+        self.count += 1
+
+    def close(self) -> None:
+        if self.count:
+            self._writer.close()
+        else:
+            self._writer.abort()
+
+
+def index_shard(plan: Plan, shard: dict, hook: OpenSearchHook, s3, dimension: int) -> dict:
+    """Stream one shard's `.out` into the index. Returns the shard's accounting, also saved
+    to S3 so the report finds it even if this task's XCom is gone."""
+    name, expected = shard["name"], shard["records"]
+    out_key = plan.key("output", name + ".out")
+    if not shard.get("output_present", True):
+        raise ShardFailed(f"shard {name}: output s3://{plan.bucket}/{out_key} is missing "
+                          f"({expected} records not indexed)")
+    started = time.monotonic()
+    builder = outputs.ActionBuilder(plan.index_name, plan.vector_field, dimension)
+    dlq = _DlqWriter(s3, plan.bucket, plan.key("dlq", name + ".jsonl"))
+    lines = 0
+    conversion_failed: dict[str, int] = {}
+    sample_id: list[str] = []
+
+    def actions():
+        nonlocal lines
+        for line in outputs.iter_lines(s3io.iter_object_chunks(s3, plan.bucket, out_key)):
+            lines += 1
+            try:
+                doc_id, action = builder(line)
+            except outputs.OutputRejected as rej:
+                conversion_failed[rej.reason] = conversion_failed.get(rej.reason, 0) + 1
+                dlq(rej.doc_id or f"line-{lines}", line, f"{rej.reason}: {rej}")
+                continue
+            if not sample_id:
+                sample_id.append(doc_id)
+            yield doc_id, action
+
+    def progress(p: dict) -> None:
+        rate = p.get("sent", 0) / max(time.monotonic() - started, 1e-6)
+        eta = (expected - p.get("sent", 0)) / rate if rate else float("inf")
+        log.info("shard %s: %d/%d docs sent (%.0f docs/s, %.1f MB, ETA %.0fs)", name,
+                 p.get("sent", 0), expected, rate, p.get("bytes", 0) / 1e6, eta)
+
+    writer = BulkWriter(hook.bulk, concurrency=plan.bulk_concurrency, on_failed=dlq, progress=progress)
+    try:
+        counts = writer.write(actions())
+    finally:
+        dlq.close()
+    failed = dict(counts.failed_reasons)
+    for reason, n in conversion_failed.items():
+        failed[f"output_{reason}"] = failed.get(f"output_{reason}", 0) + n
+    if lines < expected:  # SageMaker wrote fewer lines than it was given
+        failed["missing_output_line"] = expected - lines
+    result = {
+        "shard": name, "records_in": expected, "created": counts.created,
+        "updated": counts.updated, "rejected": {}, "failed": failed,
+        "output_lines": lines, "sample_id": sample_id[0] if sample_id else None,
+        "seconds": round(time.monotonic() - started, 2), "bulk_requests": counts.requests,
+        "retries": counts.retries,
+    }
+    s3io.put_json(s3, plan.bucket, plan.key("reports", name + ".json"), result)
+    log.info("shard %s: %d created, %d updated, %d failed in %.1fs", name, counts.created,
+             counts.updated, sum(failed.values()), result["seconds"])
+    return result

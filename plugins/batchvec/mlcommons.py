@@ -1,0 +1,167 @@
+"""ML Commons REST calls (connectors, models, batch predict, tasks) over an OpenSearchHook.
+
+Thin functions so operators and triggers read as what they do; the response shapes are those
+of ../shared/reference/ml-commons-batch.md (2.17+; 2.18 and 2.19 differences handled where
+the client must read them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from batchvec.opensearch_hook import OpenSearchError, OpenSearchHook
+
+ML = "/_plugins/_ml"
+
+# Task states (2.19+ mapping of the remote job status).
+DONE_STATES = frozenset({"COMPLETED"})
+FAILED_STATES = frozenset({"FAILED", "CANCELLED", "EXPIRED", "UNREACHABLE", "COMPLETED_WITH_ERROR"})
+# SageMaker's own statuses, read directly because 2.18 never maps Failed and 2.17 maps little.
+SAGEMAKER_TERMINAL = {"Completed": "COMPLETED", "Failed": "FAILED", "Stopped": "CANCELLED"}
+
+
+class ThrottledError(Exception):
+    """ML Commons or the remote service asked us to slow down (429 / remote throttling)."""
+
+
+def _search_by_name(hook: OpenSearchHook, kind: str, name: str) -> list[dict]:
+    body = {"query": {"term": {"name.keyword": name}}, "size": 100,
+            "sort": [{"created_time": {"order": "asc", "unmapped_type": "long"}}]}
+    try:
+        resp = hook.request("POST", f"{ML}/{kind}/_search", body)[1]
+    except OpenSearchError as err:
+        if err.status == 404 or err.type == "index_not_found_exception":
+            return []  # nothing was ever created: the system index does not exist yet
+        raise
+    return [dict(h["_source"], _id=h["_id"]) for h in resp["hits"]["hits"]
+            if h["_source"].get("name") == name]
+
+
+def find_connector(hook: OpenSearchHook, name: str) -> str | None:
+    hits = _search_by_name(hook, "connectors", name)
+    return hits[0]["_id"] if hits else None
+
+
+def create_connector(hook: OpenSearchHook, definition: dict) -> str:
+    return hook.request("POST", f"{ML}/connectors/_create", definition)[1]["connector_id"]
+
+
+def find_model(hook: OpenSearchHook, name: str) -> str | None:
+    hits = [h for h in _search_by_name(hook, "models", name) if "chunk_number" not in h]
+    return hits[0]["_id"] if hits else None
+
+
+def find_or_create_model_group(hook: OpenSearchHook, name: str, description: str) -> str:
+    existing = _search_by_name(hook, "model_groups", name)
+    if existing:
+        return existing[0]["_id"]
+    try:
+        return hook.request("POST", f"{ML}/model_groups/_register",
+                            {"name": name, "description": description})[1]["model_group_id"]
+    except OpenSearchError as err:  # another run created it between our search and register
+        if "already" in err.reason.lower():
+            found = _search_by_name(hook, "model_groups", name)
+            if found:
+                return found[0]["_id"]
+        raise
+
+
+def register_model(hook: OpenSearchHook, *, name: str, connector_id: str, model_group_id: str,
+                   description: str) -> str:
+    body = {"name": name, "function_name": "remote", "model_group_id": model_group_id,
+            "connector_id": connector_id, "description": description}
+    return hook.request("POST", f"{ML}/models/_register", body)[1]["model_id"]
+
+
+def deploy_model(hook: OpenSearchHook, model_id: str) -> None:
+    hook.request("POST", f"{ML}/models/{model_id}/_deploy")
+
+
+def predict_embeddings(hook: OpenSearchHook, model_id: str, texts: list[str]) -> list[list[float]]:
+    resp = hook.request("POST", f"{ML}/models/{model_id}/_predict",
+                        {"parameters": {"input": texts}})[1]
+    return [r["output"][0]["data"] for r in resp["inference_results"]]
+
+
+def batch_predict(hook: OpenSearchHook, model_id: str, parameters: dict) -> dict:
+    """Start a batch job; returns the response (task_id, status, remote_job on 2.18+).
+
+    Throttling (429, or the remote's throttling passed through) raises ThrottledError so the
+    caller can back off within its retry window; nothing is retried here because a retried
+    POST could start a second job.
+    """
+    try:
+        return hook.request("POST", f"{ML}/models/{model_id}/_batch_predict",
+                            {"parameters": parameters}, retries=0)[1]
+    except OpenSearchError as err:
+        if err.status == 429 or "throttl" in err.reason.lower():
+            raise ThrottledError(err.reason) from None
+        raise
+
+
+def get_task(hook: OpenSearchHook, task_id: str) -> dict:
+    """GET refreshes the remote job status on the server (2.17+)."""
+    return hook.request("GET", f"{ML}/tasks/{task_id}")[1]
+
+
+def find_batch_task(hook: OpenSearchHook, model_id: str, job_name: str) -> tuple[str, dict] | None:
+    """The ML Commons task already tracking `job_name`, if an earlier try submitted it."""
+    body = {"query": {"bool": {"filter": [{"term": {"task_type": "BATCH_PREDICTION"}},
+                                          {"term": {"model_id": model_id}}]}},
+            "size": 1000, "sort": [{"create_time": {"order": "desc"}}]}
+    try:
+        hits = hook.request("POST", f"{ML}/tasks/_search", body)[1]["hits"]["hits"]
+    except OpenSearchError as err:
+        if err.status == 404 or err.type == "index_not_found_exception":
+            return None
+        raise
+    for hit in hits:
+        remote = hit["_source"].get("remote_job") or {}
+        arn = remote.get("TransformJobArn", "")
+        if remote.get("TransformJobName") == job_name or arn.rsplit("/", 1)[-1] == job_name.lower():
+            return hit["_id"], hit["_source"]
+    return None
+
+
+def cancel_task(hook: OpenSearchHook, task_id: str) -> None:
+    hook.request("POST", f"{ML}/tasks/{task_id}/_cancel")
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One observation of a batch job: ML Commons' task state and SageMaker's own status."""
+
+    state: str  # ML Commons task state, or derived from SageMaker when no task exists
+    remote_status: str | None
+    failure_reason: str | None
+
+    @property
+    def done(self) -> bool:
+        return self.state in DONE_STATES
+
+    @property
+    def failed(self) -> bool:
+        return self.state in FAILED_STATES
+
+    @property
+    def terminal(self) -> bool:
+        return self.done or self.failed
+
+
+def status_from_task(task: dict) -> JobStatus:
+    """Read a task, trusting SageMaker's status where the server's mapping lags (2.17/2.18)."""
+    remote = task.get("remote_job") or {}
+    remote_status = remote.get("TransformJobStatus") or remote.get("Status") or remote.get("status")
+    state = task.get("state", "RUNNING")
+    reason = remote.get("FailureReason") or task.get("error")
+    mapped = SAGEMAKER_TERMINAL.get(remote_status or "")
+    if mapped and state not in DONE_STATES | FAILED_STATES:
+        state = mapped
+    return JobStatus(state, remote_status, reason)
+
+
+def status_from_sagemaker(describe: dict) -> JobStatus:
+    remote_status = describe["TransformJobStatus"]
+    state = SAGEMAKER_TERMINAL.get(remote_status) or (
+        "CANCELLING" if remote_status == "Stopping" else "RUNNING")
+    return JobStatus(state, remote_status, describe.get("FailureReason"))

@@ -1,0 +1,239 @@
+"""One hook for the OpenSearch domain: index APIs, `_bulk` and ML Commons over HTTP.
+
+Authentication from the Airflow connection's extras:
+  {"auth": "sigv4", "aws_conn_id": "aws_default", "region": "us-east-1", "service": "es"}
+  {"auth": "basic"}   (login/password of the connection)
+TLS certificates are verified unless the connection says `"verify_certs": false`; a CA
+bundle path may be given as `"ca_certs"`. Errors are raised with OpenSearch's `type` and
+`reason`, never a bare status code, and never with credentials in the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+import orjson
+import requests
+from airflow.sdk import BaseHook
+from requests.adapters import HTTPAdapter
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class OpenSearchError(Exception):
+    """An error answer from OpenSearch, carrying its status, `type` and `reason`."""
+
+    def __init__(self, status: int, err_type: str, reason: str, method: str = "", path: str = ""):
+        super().__init__(f"{method} {path} -> {status} {err_type}: {reason}".strip())
+        self.status, self.type, self.reason = status, err_type, reason
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in RETRY_STATUSES
+
+
+def parse_error(status: int, body: bytes) -> tuple[str, str]:
+    """(type, reason) from an OpenSearch / ML Commons error body of any of its shapes."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "http_error", body[:500].decode(errors="replace") or f"HTTP {status}"
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("type", "error")), str(err.get("reason", err))
+    if isinstance(err, str):  # the security plugin and some ML Commons paths answer a string
+        return "error", err
+    if isinstance(doc, dict) and "message" in doc:
+        return str(doc.get("__type", "error")), str(doc["message"])
+    return "http_error", str(doc)[:500]
+
+
+class _AwsAuth:
+    """requests-aws4auth with credentials from the amazon provider, refreshed when they expire."""
+
+    def __init__(self, aws_conn_id: str, region: str, service: str):
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+        self._session = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sts").get_session(region)
+        self._region, self._service = region, service
+        self._lock = threading.Lock()
+        self._auth = None
+        self._frozen = None
+
+    def __call__(self, request):
+        from requests_aws4auth import AWS4Auth
+
+        # botocore's credential object refreshes itself (assumed roles, instance profiles);
+        # re-read the frozen triple each call and rebuild the signer when it changed.
+        frozen = self._session.get_credentials().get_frozen_credentials()
+        with self._lock:
+            if frozen != self._frozen:
+                self._auth = AWS4Auth(frozen.access_key, frozen.secret_key, self._region,
+                                      self._service, session_token=frozen.token)
+                self._frozen = frozen
+            auth = self._auth
+        return auth(request)
+
+
+class OpenSearchHook(BaseHook):
+    conn_name_attr = "opensearch_conn_id"
+    default_conn_name = "opensearch_default"
+    conn_type = "generic"
+    hook_name = "OpenSearch (batchvec)"
+
+    def __init__(self, opensearch_conn_id: str = default_conn_name, *, timeout: float = 60.0,
+                 max_retries: int = 5, pool_size: int = 16):
+        super().__init__()
+        self.conn_id = opensearch_conn_id
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.pool_size = pool_size
+        self._session: requests.Session | None = None
+        self._base_url: str | None = None
+
+    # -- transport ---------------------------------------------------------------------------
+    def _connect(self) -> None:
+        conn = self.get_connection(self.conn_id)
+        extra = conn.extra_dejson
+        schema = conn.schema or extra.get("scheme") or "https"
+        host = conn.host or "localhost"
+        if "://" in host:
+            schema, host = host.split("://", 1)
+        port = f":{conn.port}" if conn.port else ""
+        self._base_url = f"{schema}://{host.rstrip('/')}{port}"
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=self.pool_size, pool_maxsize=self.pool_size)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        auth = extra.get("auth", "basic" if conn.login else "none")
+        if auth == "sigv4":
+            region = extra.get("region") or extra.get("region_name")
+            if not region:
+                raise ValueError(f"connection {self.conn_id!r}: sigv4 auth needs extra.region")
+            session.auth = _AwsAuth(extra.get("aws_conn_id", "aws_default"), region,
+                                    extra.get("service", "es"))
+        elif auth == "basic":
+            session.auth = (conn.login or "", conn.password or "")
+        elif auth != "none":
+            raise ValueError(f"connection {self.conn_id!r}: extra.auth must be sigv4, basic or none")
+        verify = extra.get("verify_certs", True)
+        session.verify = extra.get("ca_certs") or bool(verify)
+        if session.verify is False:
+            log.warning("TLS verification is OFF for connection %s (verify_certs=false)", self.conn_id)
+        session.headers["Content-Type"] = "application/json"
+        self._session = session
+
+    @property
+    def session(self) -> requests.Session:
+        if self._session is None:
+            self._connect()
+        return self._session
+
+    @property
+    def base_url(self) -> str:
+        if self._base_url is None:
+            self._connect()
+        return self._base_url
+
+    def request(self, method: str, path: str, body: Any = None, *, params: dict | None = None,
+                ok: tuple[int, ...] = (), retries: int | None = None,
+                content_type: str | None = None) -> tuple[int, Any]:
+        """Send one request; retry connection errors and 429/5xx with backoff.
+
+        Returns (status, parsed body). Raises OpenSearchError for error statuses not in `ok`.
+        """
+        data = body if isinstance(body, bytes | None) else orjson.dumps(body)
+        headers = {"Content-Type": content_type} if content_type else None
+        attempts = (self.max_retries if retries is None else retries) + 1
+        for attempt in range(attempts):
+            try:
+                resp = self.session.request(method, self.base_url + path, data=data, params=params,
+                                            headers=headers, timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt + 1 >= attempts:
+                    raise OpenSearchError(0, "connection_error", _scrub(str(exc)), method, path) from None
+                self._backoff(attempt, f"{method} {path}: {type(exc).__name__}")
+                continue
+            status = resp.status_code
+            if status < 300 or status in ok:
+                parsed = orjson.loads(resp.content) if resp.content and method != "HEAD" else None
+                return status, parsed
+            err_type, reason = parse_error(status, resp.content)
+            if status in RETRY_STATUSES and attempt + 1 < attempts:
+                self._backoff(attempt, f"{method} {path}: {status} {err_type}",
+                              resp.headers.get("Retry-After"))
+                continue
+            raise OpenSearchError(status, err_type, reason, method, path)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _backoff(attempt: int, what: str, retry_after: str | None = None) -> None:
+        delay = min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
+        if retry_after and retry_after.isdigit():
+            delay = max(delay, float(retry_after))
+        log.warning("%s; retrying in %.1fs", what, delay)
+        time.sleep(delay)
+
+    # -- index APIs ---------------------------------------------------------------------------
+    def index_exists(self, index: str) -> bool:
+        status, _ = self.request("HEAD", f"/{index}", ok=(404,))
+        return status == 200
+
+    def create_index(self, index: str, body: dict) -> dict:
+        return self.request("PUT", f"/{index}", body)[1]
+
+    def get_mapping(self, index: str) -> dict:
+        return self.request("GET", f"/{index}/_mapping")[1][index]["mappings"]
+
+    def get_settings(self, index: str) -> dict:
+        return self.request("GET", f"/{index}/_settings")[1][index]["settings"]["index"]
+
+    def put_settings(self, index: str, settings: dict) -> None:
+        self.request("PUT", f"/{index}/_settings", {"index": settings})
+
+    def refresh(self, index: str) -> None:
+        self.request("POST", f"/{index}/_refresh")
+
+    def count(self, index: str, query: dict | None = None) -> int:
+        return self.request("POST", f"/{index}/_count", {"query": query} if query else None)[1]["count"]
+
+    def get_document(self, index: str, doc_id: str) -> dict | None:
+        from urllib.parse import quote
+
+        status, body = self.request("GET", f"/{index}/_doc/{quote(doc_id, safe='')}", ok=(404,))
+        return body if status == 200 and body.get("found") else None
+
+    def search(self, index: str, body: dict) -> dict:
+        return self.request("POST", f"/{index}/_search", body)[1]
+
+    def bulk(self, body: bytes) -> dict:
+        """One `_bulk` request, no retries here: the bulk writer retries per item and request."""
+        from batchvec.bulk import BulkTransientError
+
+        try:
+            resp = self.session.post(self.base_url + "/_bulk", data=body, timeout=self.timeout,
+                                     headers={"Content-Type": "application/x-ndjson"})
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise BulkTransientError(f"bulk request failed: {type(exc).__name__}") from None
+        if resp.status_code in RETRY_STATUSES:
+            err_type, reason = parse_error(resp.status_code, resp.content)
+            retry_after = resp.headers.get("Retry-After")
+            raise BulkTransientError(f"bulk {resp.status_code} {err_type}: {reason}",
+                                     retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None)
+        if resp.status_code >= 300:
+            err_type, reason = parse_error(resp.status_code, resp.content)
+            raise OpenSearchError(resp.status_code, err_type, reason, "POST", "/_bulk")
+        return orjson.loads(resp.content)
+
+
+def _scrub(message: str) -> str:
+    """Connection errors may echo URLs; never let userinfo (user:password@) through."""
+    import re
+
+    return re.sub(r"//[^/@\s]+:[^/@\s]+@", "//***@", message)

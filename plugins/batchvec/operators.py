@@ -1,0 +1,181 @@
+"""Submit an ML Commons batch job (or attach to the one an earlier try made) and wait for it.
+
+The job name is derived from the run key, so a retry finds its own job instead of starting a
+second one (XComs are cleared between tries). A job that ended Failed or Stopped is never
+resubmitted under the same name: the next attempt gets `<name>-r<n>`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from batchvec import mlcommons, naming
+from batchvec.opensearch_hook import OpenSearchHook
+from batchvec.triggers import BatchJobTrigger, describe_transform_job, poll_job
+
+log = logging.getLogger(__name__)
+MAX_JOB_ATTEMPTS = 20
+
+
+class BatchJobFailed(Exception):
+    pass
+
+
+def transform_parameters(job_name: str, input_s3_uri: str, output_s3_uri: str) -> dict:
+    return {
+        "TransformJobName": job_name,
+        "TransformInput": {
+            "ContentType": "application/json", "SplitType": "Line",
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_s3_uri}},
+        },
+        "TransformOutput": {"S3OutputPath": output_s3_uri, "Accept": "application/json",
+                            "AssembleWith": "Line"},
+    }
+
+
+class BatchPredictOperator(BaseOperator):
+    """Run `_batch_predict` for staged input and wait (deferrable by default) for the job.
+
+    Returns `{"job_name", "task_id", "output_s3_uri", "elapsed"}`. On timeout the job is
+    cancelled and the task fails; so does a job that ends Failed, with SageMaker's reason.
+    """
+
+    template_fields: Sequence[str] = ("model_id", "run_key", "input_s3_uri", "output_s3_uri",
+                                      "wait_timeout")
+
+    def __init__(self, *, model_id: str, run_key: str, input_s3_uri: str, output_s3_uri: str,
+                 opensearch_conn_id: str = "opensearch_default", aws_conn_id: str | None = "aws_default",
+                 wait_timeout: float | str = 6 * 3600, poll_interval: float = 30.0,
+                 submit_retry_window: float = 600.0, deferrable: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.model_id = model_id
+        self.run_key = run_key
+        self.input_s3_uri = input_s3_uri
+        self.output_s3_uri = output_s3_uri
+        self.opensearch_conn_id = opensearch_conn_id
+        self.aws_conn_id = aws_conn_id
+        self.wait_timeout = wait_timeout
+        self.poll_interval = poll_interval
+        self.submit_retry_window = submit_retry_window
+        self.deferrable = deferrable
+        self._job: tuple[str, str | None] | None = None
+
+    # -- submit or attach -----------------------------------------------------------------
+    def _existing(self, hook: OpenSearchHook, job_name: str) -> tuple[str | None, str | None] | None:
+        """(task_id, remote status) of a job with this name, from ML Commons or SageMaker."""
+        found = mlcommons.find_batch_task(hook, self.model_id, job_name)
+        if found:
+            task_id, task = found
+            return task_id, mlcommons.status_from_task(task).state
+        if self.aws_conn_id:
+            try:
+                desc = describe_transform_job(self.aws_conn_id, job_name)
+            except Exception as exc:  # not found (or no permission): nothing to attach to
+                if "ResourceNotFound" not in str(exc) and "ValidationException" not in str(exc):
+                    log.warning("DescribeTransformJob %s: %s", job_name, exc)
+                return None
+            return None, mlcommons.status_from_sagemaker(desc).state
+        return None
+
+    def _submit(self, hook: OpenSearchHook, job_name: str) -> str:
+        params = transform_parameters(job_name, self.input_s3_uri, self.output_s3_uri)
+        deadline = time.monotonic() + self.submit_retry_window
+        delay = 2.0
+        while True:
+            try:
+                resp = mlcommons.batch_predict(hook, self.model_id, params)
+                break
+            except mlcommons.ThrottledError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise BatchJobFailed(f"_batch_predict still throttled after "
+                                         f"{self.submit_retry_window:.0f}s: {exc}") from None
+                log.warning("_batch_predict throttled (%s); retrying in %.0fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        task_id = resp.get("task_id")
+        log.info("submitted transform job %s (ML Commons task %s)", job_name, task_id)
+        return task_id
+
+    def submit_or_attach(self, hook: OpenSearchHook) -> tuple[str, str | None]:
+        for attempt in range(1, MAX_JOB_ATTEMPTS + 1):
+            job_name = naming.transform_job_name(self.run_key, attempt)
+            existing = self._existing(hook, job_name)
+            if existing is None:
+                return job_name, self._submit(hook, job_name)
+            task_id, state = existing
+            if state in mlcommons.FAILED_STATES:
+                log.info("job %s ended %s on an earlier try; the next attempt gets a new name",
+                         job_name, state)
+                continue
+            log.info("attaching to job %s from an earlier try (state %s)", job_name, state)
+            return job_name, task_id
+        raise BatchJobFailed(f"{MAX_JOB_ATTEMPTS} jobs for run {self.run_key} failed; giving up")
+
+    # -- execute ----------------------------------------------------------------------------
+    def execute(self, context) -> dict:
+        hook = OpenSearchHook(self.opensearch_conn_id)
+        job_name, task_id = self.submit_or_attach(hook)
+        self._job = (job_name, task_id)
+        started = time.time()
+        timeout = float(self.wait_timeout)
+        if self.deferrable:
+            self.defer(
+                trigger=BatchJobTrigger(
+                    job_name=job_name, task_id=task_id, opensearch_conn_id=self.opensearch_conn_id,
+                    aws_conn_id=self.aws_conn_id, poll_interval=self.poll_interval,
+                    deadline=started + timeout, started_at=started),
+                method_name="execute_complete",
+                # A backstop only: the trigger reports the timeout itself so we can cancel.
+                timeout=timedelta(seconds=timeout + 10 * self.poll_interval + 300),
+            )
+        return self._wait_blocking(job_name, task_id, started, timeout)
+
+    def _wait_blocking(self, job_name: str, task_id: str | None, started: float, timeout: float):
+        last = None
+        while True:
+            job = poll_job(self.opensearch_conn_id, self.aws_conn_id, task_id, job_name)
+            if job.state != last:
+                log.info("job %s: %s after %.0fs", job_name, job.state, time.time() - started)
+                last = job.state
+            if job.terminal or time.time() >= started + timeout:
+                status = "success" if job.done else ("failed" if job.failed else "timeout")
+                return self.execute_complete(None, {
+                    "status": status, "job_name": job_name, "task_id": task_id,
+                    "failure_reason": job.failure_reason, "state": job.state,
+                    "elapsed": round(time.time() - started, 1),
+                    "message": f"job {job_name} {job.state}"})
+            time.sleep(self.poll_interval)
+
+    def execute_complete(self, context, event: dict[str, Any]) -> dict:
+        job_name, task_id = event["job_name"], event.get("task_id")
+        if event["status"] == "success":
+            log.info("%s", event["message"])
+            return {"job_name": job_name, "task_id": task_id, "output_s3_uri": self.output_s3_uri,
+                    "elapsed": event.get("elapsed")}
+        if event["status"] in ("timeout", "error"):
+            self.cancel(job_name, task_id)
+        raise BatchJobFailed(event["message"])
+
+    def cancel(self, job_name: str, task_id: str | None) -> None:
+        """Stop the remote job so nothing runs that nobody waits for."""
+        try:
+            if task_id:
+                mlcommons.cancel_task(OpenSearchHook(self.opensearch_conn_id), task_id)
+            elif self.aws_conn_id:
+                from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+                AwsBaseHook(aws_conn_id=self.aws_conn_id, client_type="sagemaker").conn \
+                    .stop_transform_job(TransformJobName=job_name)
+            log.warning("cancelled transform job %s", job_name)
+        except Exception as exc:
+            log.error("could not cancel job %s: %s (stop it by hand)", job_name, exc)
+
+    def on_kill(self) -> None:
+        if self._job:
+            self.cancel(*self._job)

@@ -1,0 +1,171 @@
+"""The DAG's params: their JSON-schema form, and their resolution into a validated run plan.
+
+Everything a run creates outside Airflow is named from the plan's run key, so any retry of
+any task computes the same S3 prefixes, job name and report key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from jinja2.sandbox import SandboxedEnvironment
+
+from batchvec import naming
+from batchvec.connectors import ModelSpec
+
+INPUT_FORMATS = ("auto", "jsonl", "jsonl.gz", "parquet", "csv")
+SPACE_TYPES = ("cosinesimil", "l2", "innerproduct")
+# Scheduled runs and backfills read their own day's partition.
+DEFAULT_INPUT_URI = "s3://{{ params.bucket }}/input/ds={{ ds }}/"
+
+
+def param_schema() -> dict[str, dict]:
+    """Param name -> (default, JSON schema) for the trigger form. Kept as data for tests."""
+    return {
+        "input_uri": {"default": DEFAULT_INPUT_URI, "type": "string", "minLength": 1,
+                      "description": "s3:// prefix or object, or a local file/directory path. "
+                      "Jinja: {{ ds }} is the run's date, so scheduled runs read their own day."},
+        "input_format": {"default": "auto", "enum": list(INPUT_FORMATS),
+                         "description": "auto decides by file extension"},
+        "id_field": {"default": "id", "type": "string", "minLength": 1},
+        "text_field": {"default": "text", "type": "string", "minLength": 1},
+        "metadata_fields": {"default": [], "type": "array", "items": {"type": "string"},
+                            "description": "input fields copied into each document"},
+        "index_name": {"default": "batch-embeddings", "type": "string", "minLength": 1},
+        "vector_field": {"default": "embedding", "type": "string", "minLength": 1},
+        "space_type": {"default": "cosinesimil", "enum": list(SPACE_TYPES)},
+        "bucket": {"default": os.environ.get("BATCHVEC_BUCKET", "batchvec"), "type": "string",
+                   "description": "S3 bucket for staging, outputs, rejects, DLQ and reports"},
+        "staging_prefix": {"default": "runs", "type": "string"},
+        "sagemaker_model_name": {"default": os.environ.get("BATCHVEC_SAGEMAKER_MODEL", "minilm-embedder"),
+                                 "type": "string"},
+        "sagemaker_endpoint_name": {"default": os.environ.get("BATCHVEC_SAGEMAKER_ENDPOINT", "devstack-minilm"),
+                                    "type": "string",
+                                    "description": "real-time endpoint for neural queries"},
+        "instance_type": {"default": "ml.m5.xlarge", "type": "string"},
+        "instance_count": {"default": 1, "type": "integer", "minimum": 1, "maximum": 100},
+        "connector_role_arn": {"default": os.environ.get(
+            "BATCHVEC_CONNECTOR_ROLE_ARN", "arn:aws:iam::000000000000:role/batchvec-sagemaker"),
+            "type": "string", "description": "role ML Commons assumes to call SageMaker"},
+        "shards": {"default": 0, "type": "integer", "minimum": 0,
+                   "description": "input shards; 0 = 2 x instance_count (at least 2)"},
+        "wait_timeout": {"default": 6 * 3600, "type": "integer", "minimum": 60,
+                         "description": "seconds to wait for the transform job before cancelling it"},
+        "max_reject_ratio": {"default": 0.01, "type": "number", "minimum": 0, "maximum": 1},
+        "keep_staging": {"default": False, "type": "boolean",
+                         "description": "keep the staged input shards after a good run"},
+        "keep_outputs": {"default": True, "type": "boolean",
+                         "description": "keep the transform job's outputs after a good run, so "
+                         "a rerun re-indexes without re-embedding (or expire them with an S3 "
+                         "lifecycle rule on <staging_prefix>/*/output/)"},
+        "bulk_concurrency": {"default": 4, "type": "integer", "minimum": 1, "maximum": 64},
+    }
+
+
+@dataclass(frozen=True)
+class Plan:
+    dag_id: str
+    run_id: str
+    run_key: str
+    ds: str
+    input_uri: str
+    input_format: str
+    id_field: str
+    text_field: str
+    metadata_fields: list[str]
+    index_name: str
+    vector_field: str
+    space_type: str
+    bucket: str
+    run_prefix: str  # key prefix of everything this run writes
+    shards: int
+    wait_timeout: int
+    max_reject_ratio: float
+    keep_staging: bool
+    keep_outputs: bool
+    bulk_concurrency: int
+    model: dict = field(default_factory=dict)  # ModelSpec fields
+
+    def key(self, *parts: str) -> str:
+        return naming.join_key(self.run_prefix, *parts)
+
+    def uri(self, *parts: str) -> str:
+        return naming.join_s3(self.bucket, self.run_prefix, *parts)
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(**self.model)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Plan:
+        return cls(**data)
+
+
+def _render(value: str, context: dict) -> str:
+    return SandboxedEnvironment().from_string(value).render(**context)
+
+
+def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str,
+                 sagemaker_api_url: str = "", sagemaker_runtime_url: str = "") -> Plan:
+    """Validate params and build the plan; raise ValueError naming every bad param at once."""
+    errors: list[str] = []
+    p = {name: params.get(name, spec["default"]) for name, spec in param_schema().items()}
+    input_uri = _render(str(p["input_uri"]), {"ds": ds, "params": p, "run_id": run_id})
+    if input_uri.startswith("s3://"):
+        try:
+            naming.parse_s3_uri(input_uri)
+        except ValueError as exc:
+            errors.append(f"input_uri: {exc}")
+    elif "://" in input_uri:
+        errors.append(f"input_uri: {input_uri!r} is neither s3:// nor a local path")
+    elif not Path(input_uri).exists():
+        errors.append(f"input_uri: local path {input_uri!r} does not exist on this worker")
+    if p["input_format"] not in INPUT_FORMATS:
+        errors.append(f"input_format: {p['input_format']!r} not one of {INPUT_FORMATS}")
+    try:
+        naming.validate_index_name(p["index_name"])
+    except ValueError as exc:
+        errors.append(f"index_name: {exc}")
+    try:
+        naming.validate_bucket_name(p["bucket"])
+    except ValueError as exc:
+        errors.append(f"bucket: {exc}")
+    if p["space_type"] not in SPACE_TYPES:
+        errors.append(f"space_type: {p['space_type']!r} not one of {SPACE_TYPES}")
+    for name, low in (("shards", 0), ("instance_count", 1), ("wait_timeout", 1), ("bulk_concurrency", 1)):
+        if not isinstance(p[name], int) or isinstance(p[name], bool) or p[name] < low:
+            errors.append(f"{name}: must be an integer >= {low}, got {p[name]!r}")
+    if not isinstance(p["max_reject_ratio"], int | float) or not 0 <= p["max_reject_ratio"] <= 1:
+        errors.append(f"max_reject_ratio: must be between 0 and 1, got {p['max_reject_ratio']!r}")
+    reserved = {"_id", "text", "SageMakerOutput", p["vector_field"]}
+    metadata = list(p["metadata_fields"] or [])
+    if any(not isinstance(m, str) or m in reserved for m in metadata):
+        errors.append(f"metadata_fields: names must be strings other than {sorted(reserved)}")
+    spec = ModelSpec(role_arn=p["connector_role_arn"], region=region,
+                     model_name=p["sagemaker_model_name"], endpoint_name=p["sagemaker_endpoint_name"],
+                     instance_type=p["instance_type"], instance_count=p["instance_count"],
+                     sagemaker_api_url=sagemaker_api_url, sagemaker_runtime_url=sagemaker_runtime_url)
+    try:
+        spec = spec.resolved()
+    except ValueError as exc:
+        errors.append(str(exc))
+    if errors:
+        raise ValueError("invalid params:\n  " + "\n  ".join(errors))
+    key = naming.run_key(dag_id, run_id)
+    shards = p["shards"] or max(2, 2 * p["instance_count"])
+    return Plan(
+        dag_id=dag_id, run_id=run_id, run_key=key, ds=ds, input_uri=input_uri,
+        input_format=p["input_format"], id_field=p["id_field"], text_field=p["text_field"],
+        metadata_fields=metadata, index_name=p["index_name"], vector_field=p["vector_field"],
+        space_type=p["space_type"], bucket=p["bucket"],
+        run_prefix=naming.join_key(p["staging_prefix"], key), shards=shards,
+        wait_timeout=p["wait_timeout"], max_reject_ratio=float(p["max_reject_ratio"]),
+        keep_staging=bool(p["keep_staging"]), keep_outputs=bool(p["keep_outputs"]),
+        bulk_concurrency=p["bulk_concurrency"],
+        model=asdict(spec),
+    )

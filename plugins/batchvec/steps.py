@@ -1,0 +1,178 @@
+"""The pipeline's stages as plain functions of (plan, context); the DAG wires them as tasks.
+
+Each stage reads what earlier stages left in S3 under the run prefix (manifest, shard
+reports, saved index settings) rather than trusting XCom, which a retry clears.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from batchvec import connectors, indexing, outputs, s3io
+from batchvec.opensearch_hook import OpenSearchHook
+from batchvec.plan import Plan, resolve_plan
+
+log = logging.getLogger(__name__)
+
+AWS_CONN_ID = "aws_default"
+OPENSEARCH_CONN_ID = "opensearch_default"
+MANIFEST_KEY = "manifest.json"
+REPORT_KEY = "report.json"
+
+
+def aws_hook(client_type: str):
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    return AwsBaseHook(aws_conn_id=AWS_CONN_ID, client_type=client_type)
+
+
+def s3_client():
+    return aws_hook("s3").conn
+
+
+def run_date(context: dict) -> str:
+    """The day a run processes: its logical date, or for manual runs without one, when it ran."""
+    when = context.get("logical_date") or context["dag_run"].run_after
+    return when.strftime("%Y-%m-%d")
+
+
+def make_plan(params: dict, context: dict) -> dict:
+    hook = aws_hook("sagemaker")
+    endpoint = hook.conn_config.get_service_endpoint_url
+    plan = resolve_plan(
+        params, dag_id=context["dag"].dag_id, run_id=context["run_id"], ds=run_date(context),
+        region=hook.conn_region_name or "us-east-1",
+        sagemaker_api_url=endpoint("sagemaker") or "",
+        sagemaker_runtime_url=endpoint("sagemaker-runtime") or "",
+    )
+    log.info("run %s -> key %s, input %s, staging s3://%s/%s, index %s", plan.run_id,
+             plan.run_key, plan.input_uri, plan.bucket, plan.run_prefix, plan.index_name)
+    return {**plan.to_dict(), "staged_input_uri": plan.uri("input/"),
+            "output_uri": plan.uri("output/")}
+
+
+def plan_of(data: dict) -> Plan:
+    return Plan.from_dict({k: v for k, v in data.items() if k in Plan.__dataclass_fields__})
+
+
+def stage(plan_data: dict) -> dict:
+    """Validate and shard the input into S3; an earlier try's complete manifest is reused."""
+    from batchvec import sources, staging
+
+    plan = plan_of(plan_data)
+    s3 = s3_client()
+    started = time.monotonic()
+    try:
+        manifest = s3io.get_json(s3, plan.bucket, plan.key(MANIFEST_KEY))
+        log.info("staging already complete for this run (manifest found): %d records in %d shards",
+                 manifest["records_in"], len(manifest["shards"]))
+        return _manifest_summary(manifest, 0.0)
+    except s3.exceptions.NoSuchKey:
+        pass
+    source = sources.open_input(plan.input_uri, fmt=plan.input_format, s3_client=s3)
+    manifest = staging.stage(
+        source, s3_client=s3, bucket=plan.bucket, prefix=plan.run_prefix, shards=plan.shards,
+        id_field=plan.id_field, text_field=plan.text_field, metadata_fields=plan.metadata_fields,
+        progress=lambda p: log.info("staging: %s", p))
+    manifest = manifest if isinstance(manifest, dict) else manifest.to_dict()
+    if not manifest["shards"]:
+        raise ValueError(f"no valid record in {plan.input_uri}: {manifest['records_in']} read, "
+                         f"rejected {manifest['rejected']}")
+    return _manifest_summary(manifest, time.monotonic() - started)
+
+
+def _manifest_summary(manifest: dict, seconds: float) -> dict:
+    return {"records_in": manifest["records_in"], "accepted": manifest["accepted"],
+            "rejected": manifest["rejected"], "shards": manifest["shards"],
+            "seconds": round(seconds, 2)}
+
+
+def ensure_model(plan_data: dict) -> dict:
+    started = time.monotonic()
+    result = connectors.ensure_model(OpenSearchHook(OPENSEARCH_CONN_ID), plan_of(plan_data).model_spec)
+    return {**result, "seconds": round(time.monotonic() - started, 2)}
+
+
+def check_outputs(plan_data: dict, manifest: dict) -> list[dict]:
+    """One entry per staged shard, marking whether SageMaker wrote its `.out`."""
+    plan = plan_of(plan_data)
+    present = set(s3io.list_keys(s3_client(), plan.bucket, plan.key("output/")))
+    shards = []
+    for shard in manifest["shards"]:
+        key = plan.key("output", shard["name"] + ".out")
+        shards.append({"name": shard["name"], "records": shard["records"],
+                       "output_present": key in present})
+        if key not in present:
+            log.error("shard %s: no output at s3://%s/%s", shard["name"], plan.bucket, key)
+    log.info("%d of %d shard outputs present", sum(s["output_present"] for s in shards), len(shards))
+    return shards
+
+
+def prepare_index(plan_data: dict, shards: list[dict]) -> dict:
+    plan = plan_of(plan_data)
+    s3 = s3_client()
+    first = next((s for s in shards if s["output_present"]), None)
+    if first is None:
+        raise indexing.ShardFailed("no shard has an output: nothing to index")
+    line = indexing.first_output_line(s3, plan.bucket, plan.key("output", first["name"] + ".out"))
+    dimension = outputs.vector_dimension(line)
+    return indexing.prepare_index(plan, OpenSearchHook(OPENSEARCH_CONN_ID), s3, dimension)
+
+
+def index_shard(plan_data: dict, shard: dict, index: dict) -> dict:
+    plan = plan_of(plan_data)
+    hook = OpenSearchHook(OPENSEARCH_CONN_ID, pool_size=plan.bulk_concurrency + 2)
+    return indexing.index_shard(plan, shard, hook, s3_client(), index["dimension"])
+
+
+def restore_index(plan_data: dict) -> Any:
+    return indexing.restore_index(plan_of(plan_data), OpenSearchHook(OPENSEARCH_CONN_ID), s3_client())
+
+
+def cleanup(plan_data: dict) -> int:
+    """Delete staged input (and outputs unless keep_outputs); manifest, rejects, DLQ and
+    reports stay. Outputs are kept by default so a rerun re-indexes without a second job."""
+    plan = plan_of(plan_data)
+    s3 = s3_client()
+    keys = [] if plan.keep_staging else s3io.list_keys(s3, plan.bucket, plan.key("input/"))
+    if not plan.keep_outputs:
+        keys += s3io.list_keys(s3, plan.bucket, plan.key("output/"))
+    deleted = s3io.delete_keys(s3, plan.bucket, keys) if keys else 0
+    log.info("deleted %d staged objects under s3://%s/%s", deleted, plan.bucket, plan.run_prefix)
+    return deleted
+
+
+def report(plan_data: dict, manifest: dict, context: dict, asset) -> dict:
+    """Assemble and publish the run report; fails the run (after writing it) when off."""
+    from batchvec import verify
+
+    plan = plan_of(plan_data)
+    ti = context["ti"]
+    model = ti.xcom_pull(task_ids="ensure_model") or {}
+    job = ti.xcom_pull(task_ids="batch_predict") or {}
+    shards = ti.xcom_pull(task_ids="check_outputs")
+    if shards is None:  # the batch job never produced outputs: every staged record failed
+        present = {s["name"]: False for s in manifest["shards"]}
+    else:
+        present = {s["name"]: s["output_present"] for s in shards}
+    shard_results = [r for r in (ti.xcom_pull(task_ids="index_shard") or []) if r]
+    stage_seconds = {
+        "stage": manifest.get("seconds", 0.0),
+        "connector_model": model.get("seconds", 0.0),
+        "batch_predict": job.get("elapsed") or 0.0,
+        "index (slowest shard)": max((r.get("seconds", 0.0) for r in shard_results), default=0.0),
+    }
+    s3 = s3_client()
+    hook = OpenSearchHook(OPENSEARCH_CONN_ID)
+    result = verify.build_report(plan, s3, hook, manifest=manifest, shards_present=present,
+                                 model=model, job=job, stage_seconds=stage_seconds)
+    if shards is None:
+        result.extra["batch_job"] = "failed or not run: see the batch_predict task log"
+    uri = verify.publish(plan, s3, result)
+    totals = result.totals
+    context["outlet_events"][asset].extra = {
+        "index": plan.index_name, "run_key": plan.run_key, "created": totals.created,
+        "updated": totals.updated, "report": uri}
+    return {"report_uri": uri, **result.to_dict()}

@@ -1,0 +1,119 @@
+"""Async wait for a batch job: polls the ML Commons task and the SageMaker job behind it.
+
+Lives in plugins/ because the triggerer imports triggers from outside the dag bundle. It has
+no side effects (a trigger may run more than once): cancelling on timeout is the operator's
+job when it resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from batchvec.mlcommons import JobStatus
+
+log = logging.getLogger(__name__)
+
+# After this many polls in a row with neither ML Commons nor SageMaker answering, give up.
+MAX_BLIND_POLLS = 30
+
+
+def poll_job(opensearch_conn_id: str, aws_conn_id: str | None, task_id: str | None,
+             job_name: str) -> JobStatus:
+    """One synchronous observation. SageMaker's own status wins when we can read it: it is
+    authoritative, and older ML Commons releases map failed jobs to RUNNING."""
+    from batchvec import mlcommons
+    from batchvec.opensearch_hook import OpenSearchHook
+
+    task_status = sm_status = None
+    errors = []
+    if task_id:
+        try:
+            hook = OpenSearchHook(opensearch_conn_id, max_retries=1)
+            task_status = mlcommons.status_from_task(mlcommons.get_task(hook, task_id))
+        except Exception as exc:  # keep polling through blips; counted by the caller
+            errors.append(f"ML Commons: {exc}")
+    if aws_conn_id:
+        try:
+            sm_status = mlcommons.status_from_sagemaker(describe_transform_job(aws_conn_id, job_name))
+        except Exception as exc:
+            errors.append(f"SageMaker: {exc}")
+    if sm_status and (sm_status.terminal or not task_status or not task_status.terminal):
+        return sm_status
+    if task_status:
+        return task_status
+    raise ConnectionError("; ".join(errors) or "nothing to poll")
+
+
+def describe_transform_job(aws_conn_id: str, job_name: str) -> dict:
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    client = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sagemaker").conn
+    return client.describe_transform_job(TransformJobName=job_name)
+
+
+class BatchJobTrigger(BaseTrigger):
+    def __init__(self, *, job_name: str, task_id: str | None, opensearch_conn_id: str,
+                 aws_conn_id: str | None, poll_interval: float, deadline: float,
+                 started_at: float):
+        super().__init__()
+        self.job_name = job_name
+        self.task_id = task_id
+        self.opensearch_conn_id = opensearch_conn_id
+        self.aws_conn_id = aws_conn_id
+        self.poll_interval = poll_interval
+        self.deadline = deadline  # epoch seconds: the wait_timeout, across trigger restarts
+        self.started_at = started_at
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return ("batchvec.triggers.BatchJobTrigger", {
+            "job_name": self.job_name, "task_id": self.task_id,
+            "opensearch_conn_id": self.opensearch_conn_id, "aws_conn_id": self.aws_conn_id,
+            "poll_interval": self.poll_interval, "deadline": self.deadline,
+            "started_at": self.started_at,
+        })
+
+    def _event(self, status: str, job: JobStatus | None, message: str) -> TriggerEvent:
+        return TriggerEvent({
+            "status": status, "job_name": self.job_name, "task_id": self.task_id,
+            "state": job.state if job else None, "remote_status": job.remote_status if job else None,
+            "failure_reason": job.failure_reason if job else None, "message": message,
+            "elapsed": round(time.time() - self.started_at, 1),
+        })
+
+    async def run(self):
+        last_state = None
+        blind = 0
+        while True:
+            try:
+                job = await asyncio.to_thread(poll_job, self.opensearch_conn_id, self.aws_conn_id,
+                                              self.task_id, self.job_name)
+                blind = 0
+            except Exception as exc:
+                blind += 1
+                self.log.warning("poll %d of %s failed: %s", blind, self.job_name, exc)
+                if blind >= MAX_BLIND_POLLS:
+                    yield self._event("error", None, f"job {self.job_name} unreachable: {exc}")
+                    return
+                job = None
+            elapsed = time.time() - self.started_at
+            if job and (job.state, job.remote_status) != last_state:
+                self.log.info("job %s: %s (SageMaker %s) after %.0fs", self.job_name, job.state,
+                              job.remote_status or "-", elapsed)
+                last_state = (job.state, job.remote_status)
+            if job and job.done:
+                yield self._event("success", job, f"job {self.job_name} completed in {elapsed:.0f}s")
+                return
+            if job and job.failed:
+                yield self._event("failed", job, f"job {self.job_name} ended {job.state}: "
+                                  f"{job.failure_reason or 'no reason given'}")
+                return
+            if time.time() >= self.deadline:
+                yield self._event("timeout", job, f"job {self.job_name} still "
+                                  f"{job.state if job else 'unknown'} after {elapsed:.0f}s")
+                return
+            await asyncio.sleep(min(self.poll_interval, max(0.1, self.deadline - time.time())))

@@ -1,0 +1,103 @@
+"""The run's last word: accounting from what S3 holds, a smoke k-NN query, the report.
+
+Runs even when upstream tasks failed, so a failed run still leaves a report that says which
+records went where. Raises after writing the report when anything is off.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from batchvec import s3io
+from batchvec.opensearch_hook import OpenSearchHook
+from batchvec.plan import Plan
+from batchvec.report import RunReport, ShardReport, render_table
+
+log = logging.getLogger(__name__)
+
+STAGING_ROW = "(staging)"
+
+
+class RunFailed(Exception):
+    pass
+
+
+def shard_reports(plan: Plan, s3, manifest: dict, present: dict[str, bool]) -> list[ShardReport]:
+    """Staging's rejects as one row, then each shard from its saved result, or failed whole."""
+    rows = [ShardReport(shard=STAGING_ROW, records_in=sum(manifest["rejected"].values()),
+                        rejected=dict(manifest["rejected"]))]
+    for shard in manifest["shards"]:
+        name = shard["name"]
+        try:
+            saved = s3io.get_json(s3, plan.bucket, plan.key("reports", name + ".json"))
+            rows.append(ShardReport.from_dict(saved))
+        except s3.exceptions.NoSuchKey:
+            reason = "output_missing" if not present.get(name, True) else "indexing_failed"
+            rows.append(ShardReport(shard=name, records_in=shard["records"],
+                                    failed={reason: shard["records"]}))
+    return rows
+
+
+def smoke_query(hook: OpenSearchHook, plan: Plan, doc_id: str) -> dict:
+    """A stored document's own vector must find that document."""
+    hook.refresh(plan.index_name)
+    doc = hook.get_document(plan.index_name, doc_id)
+    if doc is None:
+        return {"ok": False, "doc_id": doc_id, "error": "document not found"}
+    vector = doc["_source"].get(plan.vector_field)
+    resp = hook.search(plan.index_name, {
+        "size": 10, "_source": False,
+        "query": {"knn": {plan.vector_field: {"vector": vector, "k": 10}}}})
+    ids = [h["_id"] for h in resp["hits"]["hits"]]
+    return {"ok": doc_id in ids, "doc_id": doc_id, "top_ids": ids[:3]}
+
+
+def build_report(plan: Plan, s3, hook: OpenSearchHook, *, manifest: dict,
+                 shards_present: dict[str, bool], model: dict | None, job: dict | None,
+                 stage_seconds: dict[str, float]) -> RunReport:
+    rows = shard_reports(plan, s3, manifest, shards_present)
+    report = RunReport(
+        run_key=plan.run_key, dag_id=plan.dag_id, run_id=plan.run_id, index=plan.index_name,
+        connector_id=(model or {}).get("connector_id"), model_id=(model or {}).get("model_id"),
+        task_id=(job or {}).get("task_id"), transform_job_name=(job or {}).get("job_name"),
+        stage_seconds=stage_seconds, shards=rows,
+        extra={"input_uri": plan.input_uri, "staging": plan.uri(""),
+               "rejected_uri": plan.uri("rejected/"), "dlq_uri": plan.uri("dlq/")},
+    )
+    sample = next((r for r in (_saved_sample(plan, s3, row.shard) for row in rows[1:]) if r), None)
+    if sample and report.totals.indexed:
+        try:
+            report.extra["smoke_query"] = smoke_query(hook, plan, sample)
+        except Exception as exc:
+            report.extra["smoke_query"] = {"ok": False, "doc_id": sample, "error": str(exc)}
+    return report
+
+
+def _saved_sample(plan: Plan, s3, shard: str) -> str | None:
+    try:
+        return s3io.get_json(s3, plan.bucket, plan.key("reports", shard + ".json")).get("sample_id")
+    except Exception:
+        return None
+
+
+def publish(plan: Plan, s3, report: RunReport) -> str:
+    """Write the report to S3 and the log; raise when the run must fail."""
+    key = plan.key("report.json")
+    s3io.put_json(s3, plan.bucket, key, report.to_dict())
+    log.info("run report (s3://%s/%s):\n%s", plan.bucket, key, render_table(report))
+    problems = []
+    totals = report.totals
+    if not report.balanced:
+        problems.append("accounting does not balance: " + ", ".join(
+            f"{r.shard} in={r.records_in} accounted={r.accounted}" for r in report.unbalanced))
+    if totals.failed_total:
+        problems.append(f"{totals.failed_total} records failed: {totals.failed}")
+    if report.reject_ratio > plan.max_reject_ratio:
+        problems.append(f"rejected ratio {report.reject_ratio:.4f} exceeds max_reject_ratio "
+                        f"{plan.max_reject_ratio} ({totals.rejected_total} of {totals.records_in})")
+    smoke = report.extra.get("smoke_query")
+    if totals.indexed and not (smoke and smoke.get("ok")):
+        problems.append(f"smoke k-NN query failed: {smoke}")
+    if problems:
+        raise RunFailed("; ".join(problems))
+    return f"s3://{plan.bucket}/{key}"
