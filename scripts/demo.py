@@ -19,10 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "include"), str(REPO / "plugins"), str(REPO / "scripts")]
 
 import requests  # noqa: E402
-from devstack_connections import connections  # noqa: E402
 
 from batchvec.report import RunReport, render_table  # noqa: E402
 from devstack import config, launcher, seed  # noqa: E402
+from devstack_connections import connections  # noqa: E402
 
 QUERIES = ["a cat sleeping in the sun", "what happened to interest rates and shares"]
 

@@ -152,7 +152,7 @@ def _healthy(name: str, ep: dict) -> bool:
             except s3.exceptions.ClientError:
                 s3.create_bucket(Bucket=ep["bucket"])
             return True
-        url = ep["sagemaker"] + "/ping" if name == "sagemaker" else ep["opensearch"] + "/_devstack/health"
+        url = ep["sagemaker"] + "/ping?require=model" if name == "sagemaker" else ep["opensearch"] + "/_devstack/health"
         return requests.get(url, timeout=2).status_code == 200
     except Exception:
         return False
@@ -182,6 +182,22 @@ def up(state: Path | None = None, ports: dict[str, int] | None = None,
                                 cwd=state, start_new_session=True)
         _pid_file(state, name).write_text(str(proc.pid))
         started[name] = proc
+    try:
+        _wait_healthy(state, services, started, ep, timeout)
+    except BaseException:
+        for name, proc in started.items():  # leave nothing running from a failed start
+            proc.kill()
+            proc.wait(10)
+            _pid_file(state, name).unlink(missing_ok=True)
+        raise
+    path = config.endpoints_path(state)
+    path.write_text(json.dumps(ep, indent=2))
+    path.chmod(0o600)
+    return ep
+
+
+def _wait_healthy(state: Path, services: tuple[str, ...], started: dict[str, subprocess.Popen],
+                  ep: dict, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     pending = list(services)
     while pending:
@@ -197,10 +213,6 @@ def up(state: Path | None = None, ports: dict[str, int] | None = None,
             raise DevstackError(f"devstack services not healthy after {timeout:.0f}s: {pending}")
         if pending:
             time.sleep(0.3)
-    path = config.endpoints_path(state)
-    path.write_text(json.dumps(ep, indent=2))
-    path.chmod(0o600)
-    return ep
 
 
 def down(state: Path | None = None, services: tuple[str, ...] = SERVICES, grace: float = 10.0) -> list[str]:

@@ -1,0 +1,139 @@
+"""HTTP surface of the devstack SageMaker: the control plane in both forms clients use (the
+boto3 JSON protocol, `POST /` + `X-Amz-Target: SageMaker.<Op>`, and the `POST /<Op>` URL form
+ML Commons connectors post), runtime InvokeEndpoint, SigV4 on everything but `/ping`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+from devstack import faults, model, sigv4
+from devstack.httpbase import App, HttpError, Request, Response
+from devstack.sagemaker import dataprocessing as dp
+from devstack.sagemaker.api import ACCOUNT, ApiError, ControlPlane, container_of
+from devstack.sagemaker.store import Store
+
+log = logging.getLogger("devstack.sagemaker")
+
+AMZ_JSON = "application/x-amz-json-1.1"
+DEFAULT_ENDPOINT = "devstack-minilm"  # always there, served by the default model
+MAX_INVOKE_BYTES = 6 << 20  # InvokeEndpoint's payload limit
+_OPEN_PATHS = ("/ping", "/_devstack/")  # health and the fault switches, for curl users
+
+
+def _request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _aws_response(obj: dict, status: int = 200, content_type: str = AMZ_JSON,
+                  headers: dict | None = None) -> Response:
+    return Response(status, json.dumps(obj).encode(), content_type,
+                    {"x-amzn-RequestId": _request_id(), **(headers or {})})
+
+
+def error_response(err: ApiError, content_type: str = AMZ_JSON) -> Response:
+    return _aws_response(err.body(), err.status, content_type, {"x-amzn-ErrorType": err.code})
+
+
+def build_app(store: Store, control: ControlPlane, access_key: str, secret_key: str) -> App:
+    app = App("sagemaker")
+
+    def authenticate(req: Request) -> None:
+        if req.path.startswith(_OPEN_PATHS):
+            return
+        try:
+            sigv4.verify(method=req.method, raw_path=req.raw_path, query=list(req.query.items()),
+                         headers=req.headers, body=req.body, access_key=access_key,
+                         secret_key=secret_key, service="sagemaker")
+        except sigv4.SignatureError as exc:
+            code = {"MissingAuthenticationToken": "MissingAuthenticationTokenException"}.get(
+                exc.code, exc.code)
+            err = ApiError(code, exc.message, exc.status)
+            raise HttpError(err.status, err.body(), {"x-amzn-ErrorType": code,
+                                                     "x-amzn-RequestId": _request_id()}) from None
+
+    app.authenticate = authenticate
+    app.not_found = lambda req: error_response(
+        ApiError("UnknownOperationException", f"No operation at {req.method} {req.path}", 404))
+
+    @app.route("GET", "/ping")
+    def ping(req: Request) -> Response:
+        # Health for launchers and compose: up as soon as the port is. The model loads in the
+        # background; `?require=model` answers 503 until it is in memory.
+        state = "ready" if model.is_loaded(None) else "loading"
+        status = 503 if req.query.get("require") == "model" and state != "ready" else 200
+        return _aws_response({"status": "ok" if status == 200 else "loading", "model": state},
+                             status, content_type="application/json")
+
+    faults.add_admin_routes(app)
+
+    def run_op(op: str, req: Request) -> Response:
+        try:
+            try:
+                body = json.loads(req.body) if req.body.strip() else {}
+            except ValueError:
+                raise ApiError("SerializationException", "Request body is not valid JSON") from None
+            result = control.call(op, body)
+        except ApiError as err:
+            if err.code not in ("ResourceNotFound",):
+                log.info("%s -> %s: %s", op, err.code, err.message)
+            return error_response(err)
+        return _aws_response(result)
+
+    @app.route("POST", "/")
+    def json_protocol(req: Request) -> Response:
+        target = req.headers.get("x-amz-target", "")
+        prefix, _, op = target.partition(".")
+        if prefix != "SageMaker" or not op:
+            return error_response(ApiError("UnknownOperationException",
+                                           f"Missing or unknown X-Amz-Target: {target!r}"))
+        return run_op(op, req)
+
+    @app.route("POST", "/(?P<op>[A-Z][A-Za-z]+)")
+    def url_form(req: Request) -> Response:
+        return run_op(req.params["op"], req)
+
+    @app.route("POST", "/endpoints/(?P<endpoint>[^/]+)/invocations")
+    def invoke_endpoint(req: Request) -> Response:
+        name = req.params["endpoint"]
+        if name == DEFAULT_ENDPOINT:
+            container = None
+        elif (row := store.model(name)) is not None:
+            container = container_of(row["request"])
+        else:
+            return error_response(ApiError(
+                "ValidationError", f"Endpoint {name} of account {ACCOUNT} not found."),
+                "application/json")
+        if len(req.body) > MAX_INVOKE_BYTES:
+            return error_response(ApiError(
+                "ValidationError", f"Request payload of {len(req.body)} bytes exceeds the "
+                f"{MAX_INVOKE_BYTES} bytes limit."), "application/json")
+        try:
+            if req.headers.get("content-type", "").startswith("text/plain"):
+                texts = [req.body.decode("utf-8", "replace")]
+            else:
+                texts = dp.texts_of(dp.loads(req.body))
+        except dp.FilterError as exc:
+            return _model_error(name, str(exc))
+        vectors = model.get_embedder(container).embed(texts)
+        return Response(200, dp.dumps(vectors), "application/json",
+                        {"x-Amzn-Invoked-Production-Variant": "AllTraffic",
+                         "x-amzn-RequestId": _request_id()})
+
+    return app
+
+
+def _model_error(endpoint: str, message: str) -> Response:
+    """What InvokeEndpoint answers when the container rejects the request (HTTP 424)."""
+    original = json.dumps({"code": 400, "type": "InternalServerException", "message": message})
+    body = {
+        "ErrorCode": "CLIENT_ERROR_FROM_MODEL",
+        "OriginalStatusCode": 400,
+        "OriginalMessage": original,
+        "message": f"Received client error (400) from primary with message \"{original}\". See "
+                   f"the logs of /aws/sagemaker/Endpoints/{endpoint} in account {ACCOUNT} for "
+                   "more information.",
+    }
+    return Response(424, json.dumps(body).encode(), "application/json",
+                    {"x-amzn-ErrorType": "ModelError", "x-amzn-RequestId": _request_id()})
