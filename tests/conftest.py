@@ -3,7 +3,10 @@ free ports so tests never touch a developer's running devstack."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,3 +106,19 @@ def fresh_bucket(s3_stack):
     name = f"t-{uuid.uuid4().hex[:12]}"
     s3_stack.client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def airflow_env(devstack):
+    """Connections for the devstack in the environment, and a migrated metadata DB."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from devstack import seed
+    from devstack_connections import connections
+
+    for conn_id, conn in connections(devstack.endpoints).items():
+        os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+    os.environ["BATCHVEC_POLL_INTERVAL"] = "1"
+    subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+                   check=True, stdout=subprocess.DEVNULL, env=dict(os.environ))
+    seed.ensure_sagemaker_model(devstack.endpoints)
+    return devstack

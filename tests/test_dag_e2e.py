@@ -8,9 +8,6 @@ checks the index itself.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,22 +18,6 @@ import requests
 pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def airflow_env(devstack):
-    """Connections for the devstack in the environment, and a migrated metadata DB."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    from devstack import seed
-    from devstack_connections import connections
-
-    for conn_id, conn in connections(devstack.endpoints).items():
-        os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
-    os.environ["BATCHVEC_POLL_INTERVAL"] = "1"
-    subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
-                   check=True, stdout=subprocess.DEVNULL, env=dict(os.environ))
-    seed.ensure_sagemaker_model(devstack.endpoints)
-    return devstack
 
 
 @pytest.fixture

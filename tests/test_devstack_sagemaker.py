@@ -129,6 +129,15 @@ def _signed_post(service, op: str, body: dict) -> requests.Response:
     return requests.post(url, data=data, headers=headers, timeout=10)
 
 
+def test_url_form_missing_s3_data_type_is_a_validation_error(service, fresh_bucket):
+    body = job_request(unique_name(), fresh_bucket)
+    body["TransformInput"]["DataSource"]["S3DataSource"] = {}
+    resp = _signed_post(service, "CreateTransformJob", body)
+    assert resp.status_code == 400
+    assert resp.json()["__type"] == "ValidationException"
+    assert "s3DataType" in resp.json()["message"]
+
+
 def test_url_form_as_ml_commons_posts_it(service, sm, s3, fresh_bucket):
     put_jsonl(s3, fresh_bucket, "in/a.jsonl", [{"_id": "1", "text": "hello"}])
     name = unique_name("Url-Form")

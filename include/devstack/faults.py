@@ -27,8 +27,10 @@ _path: Path | None = None
 
 
 def init(state_dir: Path) -> None:
+    """Use the devstack's one faults file: `$DEVSTACK_DIR` (set by the launcher for every
+    service, so one switch reaches all of them), else the service's own state dir."""
     global _path
-    _path = Path(state_dir) / "faults.json"
+    _path = Path(os.environ.get("DEVSTACK_DIR") or state_dir) / "faults.json"
 
 
 def _file(state_dir: Path | None) -> Path | None:

@@ -68,20 +68,20 @@ class BatchPredictOperator(BaseOperator):
 
     # -- submit or attach -----------------------------------------------------------------
     def _existing(self, hook: OpenSearchHook, job_name: str) -> tuple[str | None, str | None] | None:
-        """(task_id, remote status) of a job with this name, from ML Commons or SageMaker."""
+        """(task_id, current state) of a job with this name, from ML Commons or SageMaker."""
         found = mlcommons.find_batch_task(hook, self.model_id, job_name)
-        if found:
-            task_id, task = found
-            return task_id, mlcommons.status_from_task(task).state
-        if self.aws_conn_id:
+        task_id = found[0] if found else None
+        if found is None and self.aws_conn_id:
             try:
-                desc = describe_transform_job(self.aws_conn_id, job_name)
+                describe_transform_job(self.aws_conn_id, job_name)
             except Exception as exc:  # not found (or no permission): nothing to attach to
                 if "ResourceNotFound" not in str(exc) and "ValidationException" not in str(exc):
                     log.warning("DescribeTransformJob %s: %s", job_name, exc)
                 return None
-            return None, mlcommons.status_from_sagemaker(desc).state
-        return None
+        elif found is None:
+            return None
+        # _search returns the state as last stored; observe the job now, as the trigger does.
+        return task_id, poll_job(self.opensearch_conn_id, self.aws_conn_id, task_id, job_name).state
 
     def _submit(self, hook: OpenSearchHook, job_name: str) -> str:
         params = transform_parameters(job_name, self.input_s3_uri, self.output_s3_uri)

@@ -152,7 +152,8 @@ class ControlPlane:
         if t_in.get("DataSource"):
             c.field("transformInput.dataSource.s3DataSource", t_in["DataSource"].get("S3DataSource"),
                     required=True, kind=dict)
-        if source:
+        if isinstance(t_in.get("DataSource"), dict) and "S3DataSource" in t_in["DataSource"]:
+            # Checked even when S3DataSource is {}: AWS names each missing member.
             c.field("transformInput.dataSource.s3DataSource.s3DataType", source.get("S3DataType"),
                     required=True, enum=("ManifestFile", "S3Prefix", "AugmentedManifestFile"))
             c.field("transformInput.dataSource.s3DataSource.s3Uri", source.get("S3Uri"),

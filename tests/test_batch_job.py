@@ -1,0 +1,143 @@
+"""Submitting and waiting for a batch job on the devstack: the operator and its trigger.
+
+Runs the same path Airflow does (execute -> TaskDeferred -> trigger events -> execute_complete)
+with the devstack's fault switches, and checks SageMaker itself for what is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import pytest
+from airflow.exceptions import TaskDeferred
+
+from batchvec import connectors, naming
+from batchvec.opensearch_hook import OpenSearchHook
+from batchvec.operators import BatchJobFailed, BatchPredictOperator
+from devstack import faults
+
+pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
+
+
+@pytest.fixture(scope="module")
+def model_id(airflow_env):
+    ep = airflow_env.endpoints
+    spec = connectors.ModelSpec(
+        role_arn="arn:aws:iam::000000000000:role/batchvec-sagemaker", region=ep["region"],
+        model_name="minilm-embedder", endpoint_name="devstack-minilm",
+        sagemaker_api_url=ep["sagemaker"], sagemaker_runtime_url=ep["sagemaker_runtime"])
+    return connectors.ensure_model(OpenSearchHook(), spec)["model_id"]
+
+
+@pytest.fixture(autouse=True)
+def no_faults(airflow_env):
+    faults.clear(airflow_env.state_dir)
+    yield
+    faults.clear(airflow_env.state_dir)
+
+
+def operator(devstack, run_key: str, model_id: str, **kwargs) -> BatchPredictOperator:
+    s3 = devstack.s3.client()
+    s3.put_object(Bucket=devstack.s3.bucket, Key=f"jobs/{run_key}/input/part-0.jsonl",
+                  Body=b"\n".join(json.dumps({"_id": str(i), "text": f"doc {i}"}).encode()
+                                  for i in range(5)))
+    return BatchPredictOperator(
+        task_id=f"wait_{run_key}", model_id=model_id, run_key=run_key,
+        input_s3_uri=f"s3://{devstack.s3.bucket}/jobs/{run_key}/input/",
+        output_s3_uri=f"s3://{devstack.s3.bucket}/jobs/{run_key}/output/",
+        poll_interval=0.3, **kwargs)
+
+
+def deferred_event(op: BatchPredictOperator) -> dict:
+    """execute() must defer; run the trigger as the triggerer would, return its event."""
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute({})
+    trigger = deferred.value.trigger
+    cls_path, kwargs = trigger.serialize()  # what the triggerer stores and rebuilds from
+    assert cls_path == "batchvec.triggers.BatchJobTrigger"
+
+    async def first_event():
+        async for event in type(trigger)(**kwargs).run():
+            return event.payload
+
+    return asyncio.run(first_event())
+
+
+def jobs_named(devstack, prefix: str) -> list[dict]:
+    sm = devstack.boto3_client("sagemaker")
+    return [j for j in sm.list_transform_jobs(MaxResults=100)["TransformJobSummaries"]
+            if j["TransformJobName"].startswith(prefix)]
+
+
+def wait_status(devstack, name: str, wanted: set[str], timeout: float = 20) -> str:
+    sm = devstack.boto3_client("sagemaker")
+    deadline = time.monotonic() + timeout
+    while True:
+        status = sm.describe_transform_job(TransformJobName=name)["TransformJobStatus"]
+        if status in wanted or time.monotonic() > deadline:
+            return status
+        time.sleep(0.3)
+
+
+def key() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def test_completed_job_and_a_second_submit_attaches(airflow_env, model_id):
+    run_key = key()
+    op = operator(airflow_env, run_key, model_id)
+    event = deferred_event(op)
+    assert event["status"] == "success", event
+    result = op.execute_complete({}, event)
+    assert result["job_name"] == run_key
+    # A retry of the task finds the same job instead of submitting another.
+    assert op.submit_or_attach(OpenSearchHook()) == (run_key, result["task_id"])
+    assert len(jobs_named(airflow_env, run_key)) == 1
+
+
+def test_wait_timeout_cancels_the_job(airflow_env, model_id):
+    faults.set_faults(airflow_env.state_dir, stall_job={"count": 1})
+    run_key = key()
+    op = operator(airflow_env, run_key, model_id, wait_timeout=2)
+    event = deferred_event(op)
+    assert event["status"] == "timeout"
+    with pytest.raises(BatchJobFailed, match="still"):
+        op.execute_complete({}, event)
+    assert wait_status(airflow_env, run_key, {"Stopped"}) == "Stopped"  # no orphan
+
+
+def test_failed_job_fails_with_reason_and_retry_gets_a_new_name(airflow_env, model_id):
+    faults.set_faults(airflow_env.state_dir,
+                      fail_job={"count": 1, "reason": "ClientError: model container crashed"})
+    run_key = key()
+    op = operator(airflow_env, run_key, model_id)
+    event = deferred_event(op)
+    assert event["status"] == "failed"
+    with pytest.raises(BatchJobFailed, match="model container crashed"):
+        op.execute_complete({}, event)
+    # The task's retry: the failed name is never reused, the attempt number is.
+    retry = operator(airflow_env, run_key, model_id)
+    assert deferred_event(retry)["status"] == "success"
+    assert sorted(j["TransformJobName"] for j in jobs_named(airflow_env, run_key)) == [
+        run_key, naming.transform_job_name(run_key, 2)]
+
+
+def test_throttled_submit_backs_off_then_succeeds_once(airflow_env, model_id):
+    faults.set_faults(airflow_env.state_dir, batch_predict_throttle={"count": 2})
+    run_key = key()
+    op = operator(airflow_env, run_key, model_id, submit_retry_window=60)
+    started = time.monotonic()
+    assert deferred_event(op)["status"] == "success"
+    assert time.monotonic() - started >= 2  # it did wait between tries
+    assert faults.current(airflow_env.state_dir)["batch_predict_throttle"]["count"] == 0
+    assert len(jobs_named(airflow_env, run_key)) == 1
+
+
+def test_throttling_past_the_window_fails_clearly(airflow_env, model_id):
+    faults.set_faults(airflow_env.state_dir, batch_predict_throttle={"count": -1})
+    op = operator(airflow_env, key(), model_id, submit_retry_window=1)
+    with pytest.raises(BatchJobFailed, match="still throttled"):
+        op.execute({})
