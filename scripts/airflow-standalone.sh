@@ -3,6 +3,7 @@
 # connections preset from .devstack/endpoints.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
 export AIRFLOW_HOME=${AIRFLOW_HOME:-$PWD/airflow-home}
 export AIRFLOW__CORE__DAGS_FOLDER=$PWD/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER=$PWD/plugins
