@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 INPUT ?=
 INDEX ?=
 
-.PHONY: help bootstrap demo test lint devstack devstack-down devstack-status airflow bench chaos clean
+.PHONY: help bootstrap demo test lint devstack devstack-down devstack-status devstack-env airflow bench chaos clean
 
 help:
 	@echo "make demo           run the batch embeddings DAG on the devstack with the sample data"
@@ -43,6 +43,9 @@ devstack-down:
 
 devstack-status: bootstrap
 	@$(PY) -m devstack status
+
+devstack-env: bootstrap
+	@$(PY) -m devstack env
 
 airflow: bootstrap devstack
 	@./scripts/airflow-standalone.sh

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from devstack import config, launcher
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "endpoints"])
+    parser.add_argument("command", choices=["up", "down", "status", "endpoints", "env"])
     parser.add_argument("--dir", type=Path, default=None, help="state dir (default .devstack/)")
     args = parser.parse_args(argv)
     state = args.dir or config.state_dir()
@@ -34,6 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "status":
         for name, pid in launcher.status(state).items():
             print(f"  {name:<11} {'running pid ' + str(pid) if pid else 'stopped'}")
+    elif args.command == "env":  # for `eval "$(make -s devstack-env)"`: plain boto3/curl use
+        ep = config.load_endpoints(state)
+        for name, value in (("AWS_ACCESS_KEY_ID", ep["aws_access_key_id"]),
+                            ("AWS_SECRET_ACCESS_KEY", ep["aws_secret_access_key"]),
+                            ("AWS_DEFAULT_REGION", ep["region"]),
+                            ("OS_USER", ep["opensearch_user"]), ("OS_PASS", ep["opensearch_password"]),
+                            ("S3_URL", ep["s3"]), ("SAGEMAKER_URL", ep["sagemaker"]),
+                            ("OPENSEARCH_URL", ep["opensearch"])):
+            print(f"export {name}={shlex.quote(value)}")
     else:
         print(json.dumps(config.load_endpoints(state), indent=2))
     return 0

@@ -72,7 +72,7 @@ def prepare_index(plan: Plan, hook: OpenSearchHook, s3, dimension: int) -> dict:
                          f"but the model produces {dimension}: use another index_name")
     try:
         original = s3io.get_json(s3, plan.bucket, plan.key(SETTINGS_KEY))
-    except Exception:
+    except s3.exceptions.NoSuchKey:  # first try; any other S3 error must not overwrite it
         current = hook.get_settings(index)
         original = {"refresh_interval": current.get("refresh_interval", "1s"),
                     "number_of_replicas": int(current.get("number_of_replicas", 1))}
@@ -86,7 +86,7 @@ def prepare_index(plan: Plan, hook: OpenSearchHook, s3, dimension: int) -> dict:
 def restore_index(plan: Plan, hook: OpenSearchHook, s3) -> dict | None:
     try:
         original = s3io.get_json(s3, plan.bucket, plan.key(SETTINGS_KEY))
-    except Exception:
+    except s3.exceptions.NoSuchKey:
         log.info("no saved settings for %s: the load never started", plan.index_name)
         return None
     hook.put_settings(plan.index_name, original)

@@ -76,7 +76,7 @@ def build_report(plan: Plan, s3, hook: OpenSearchHook, *, manifest: dict,
 def _saved_sample(plan: Plan, s3, shard: str) -> str | None:
     try:
         return s3io.get_json(s3, plan.bucket, plan.key("reports", shard + ".json")).get("sample_id")
-    except Exception:
+    except s3.exceptions.NoSuchKey:
         return None
 
 
