@@ -109,6 +109,17 @@ def test_wait_timeout_cancels_the_job(airflow_env, model_id):
     assert wait_status(airflow_env, run_key, {"Stopped"}) == "Stopped"  # no orphan
 
 
+def test_killing_the_deferred_task_cancels_the_job(airflow_env, model_id):
+    faults.set_faults(airflow_env.state_dir, stall_job={"count": 1})
+    run_key = key()
+    op = operator(airflow_env, run_key, model_id)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute({})
+    # What the triggerer does when a user marks the deferred task failed or clears it.
+    asyncio.run(deferred.value.trigger.on_kill())
+    assert wait_status(airflow_env, run_key, {"Stopped"}) == "Stopped"
+
+
 def test_failed_job_fails_with_reason_and_retry_gets_a_new_name(airflow_env, model_id):
     faults.set_faults(airflow_env.state_dir,
                       fail_job={"count": 1, "reason": "ClientError: model container crashed"})

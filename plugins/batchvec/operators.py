@@ -17,7 +17,7 @@ from airflow.sdk import BaseOperator
 
 from batchvec import mlcommons, naming
 from batchvec.opensearch_hook import OpenSearchHook
-from batchvec.triggers import BatchJobTrigger, describe_transform_job, poll_job
+from batchvec.triggers import BatchJobTrigger, cancel_job, describe_transform_job, poll_job
 
 log = logging.getLogger(__name__)
 MAX_JOB_ATTEMPTS = 20
@@ -163,18 +163,7 @@ class BatchPredictOperator(BaseOperator):
         raise BatchJobFailed(event["message"])
 
     def cancel(self, job_name: str, task_id: str | None) -> None:
-        """Stop the remote job so nothing runs that nobody waits for."""
-        try:
-            if task_id:
-                mlcommons.cancel_task(OpenSearchHook(self.opensearch_conn_id), task_id)
-            elif self.aws_conn_id:
-                from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-                AwsBaseHook(aws_conn_id=self.aws_conn_id, client_type="sagemaker").conn \
-                    .stop_transform_job(TransformJobName=job_name)
-            log.warning("cancelled transform job %s", job_name)
-        except Exception as exc:
-            log.error("could not cancel job %s: %s (stop it by hand)", job_name, exc)
+        cancel_job(self.opensearch_conn_id, self.aws_conn_id, job_name, task_id)
 
     def on_kill(self) -> None:
         if self._job:

@@ -49,6 +49,26 @@ def poll_job(opensearch_conn_id: str, aws_conn_id: str | None, task_id: str | No
     raise ConnectionError("; ".join(errors) or "nothing to poll")
 
 
+def cancel_job(opensearch_conn_id: str, aws_conn_id: str | None, job_name: str,
+               task_id: str | None) -> None:
+    """Stop the remote job (through ML Commons when it has a task), so nothing runs that
+    nobody waits for. Errors are logged, not raised: the caller is already failing."""
+    from batchvec import mlcommons
+    from batchvec.opensearch_hook import OpenSearchHook
+
+    try:
+        if task_id:
+            mlcommons.cancel_task(OpenSearchHook(opensearch_conn_id), task_id)
+        elif aws_conn_id:
+            from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+            AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sagemaker").conn \
+                .stop_transform_job(TransformJobName=job_name)
+        log.warning("cancelled transform job %s", job_name)
+    except Exception as exc:
+        log.error("could not cancel job %s: %s (stop it by hand)", job_name, exc)
+
+
 def describe_transform_job(aws_conn_id: str, job_name: str) -> dict:
     from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
@@ -84,6 +104,12 @@ class BatchJobTrigger(BaseTrigger):
             "failure_reason": job.failure_reason if job else None, "message": message,
             "elapsed": round(time.time() - self.started_at, 1),
         })
+
+    async def on_kill(self) -> None:
+        """The user killed the deferred task (mark failed / clear): stop the job too. Not
+        called on triggerer restarts, where the wait simply moves to another triggerer."""
+        await asyncio.to_thread(cancel_job, self.opensearch_conn_id, self.aws_conn_id,
+                                self.job_name, self.task_id)
 
     async def run(self):
         last_state = None
