@@ -122,3 +122,42 @@ def airflow_env(devstack):
                    check=True, stdout=subprocess.DEVNULL, env=dict(os.environ))
     seed.ensure_sagemaker_model(devstack.endpoints)
     return devstack
+
+
+# docker-compose.yaml, parsed once for the static compose tests.
+
+
+@pytest.fixture(scope="session")
+def compose_text() -> str:
+    from tests.compose_helpers import COMPOSE_FILE
+
+    return COMPOSE_FILE.read_text()
+
+
+@pytest.fixture(scope="session")
+def compose(compose_text: str) -> dict:
+    import yaml
+
+    data = yaml.safe_load(compose_text)
+    assert isinstance(data, dict), "docker-compose.yaml is not a mapping"
+    return data
+
+
+@pytest.fixture(scope="session")
+def services(compose: dict) -> dict[str, dict]:
+    return compose["services"]
+
+
+@pytest.fixture(scope="session")
+def one_shot_services(services: dict[str, dict]) -> set[str]:
+    """Services others wait on to *finish*: they need no healthcheck."""
+    from tests.compose_helpers import depends_on
+
+    return {
+        dep
+        for svc in services.values()
+        for dep, cond in depends_on(svc).items()
+        if cond == "service_completed_successfully"
+    }
+
+
