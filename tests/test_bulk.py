@@ -13,6 +13,7 @@ import pytest
 from batchvec.bulk import (
     BulkProtocolError,
     BulkTransientError,
+    BulkUnavailable,
     BulkWriter,
     classify_item,
     iter_bulk_bodies,
@@ -180,13 +181,13 @@ def test_retries_exhausted_become_failed_with_last_reason() -> None:
     assert (counts.created, counts.failed, counts.retries) == (1, 1, 3)
 
 
-def test_transient_errors_exhausted_fail_the_items() -> None:
+def test_transient_errors_exhausted_raise_instead_of_dead_lettering() -> None:
     cluster = FakeCluster(transient_first=100)
     rec = Recorder()
-    counts = _writer(cluster, rec, concurrency=1, max_retries=2).write([_action("a", 1)])
-    assert counts.failed == 1 and counts.failed_reasons == {"transient": 1}
-    assert rec.failed[0][2].startswith("transient: bulk 503")
-    assert all(s <= 30.0 for s in rec.sleeps)
+    with pytest.raises(BulkUnavailable, match="failed 3 times, last: bulk 503"):
+        _writer(cluster, rec, concurrency=1, max_retries=2).write([_action("a", 1)])
+    assert rec.failed == []  # healthy documents never reach the DLQ for a cluster outage
+    assert len(rec.sleeps) == 2 and all(s <= 30.0 for s in rec.sleeps)
 
 
 def test_unexpected_send_error_fails_fast_and_stops_reading() -> None:

@@ -25,6 +25,7 @@ from typing import Any
 __all__ = [
     "BulkCounts",
     "BulkTransientError",
+    "BulkUnavailable",
     "BulkWriter",
     "classify_item",
     "iter_bulk_bodies",
@@ -50,6 +51,12 @@ class BulkTransientError(Exception):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class BulkUnavailable(RuntimeError):
+    """Whole requests kept failing (429/5xx/connection) past the retries: the cluster is
+    unavailable, not the documents bad. Raised rather than dead-lettering healthy documents,
+    so the task fails and its retry re-indexes the shard (idempotent by _id)."""
 
 
 class BulkProtocolError(RuntimeError):
@@ -304,10 +311,9 @@ class BulkWriter:
                 response = self._send(_join(pending))
             except BulkTransientError as exc:
                 self._count(requests=1)
-                reason = f"transient: {exc}"[:MAX_REASON_CHARS]
                 if attempt >= self.max_retries:
-                    self._give_up([(doc_id, action, reason) for doc_id, action in pending])
-                    return
+                    raise BulkUnavailable(
+                        f"bulk request failed {attempt + 1} times, last: {exc}") from None
                 self._backoff(attempt, exc.retry_after)
                 attempt += 1
                 self._count(retries=len(pending))
