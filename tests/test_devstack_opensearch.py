@@ -13,31 +13,18 @@ from opensearchpy import OpenSearch, RequestsHttpConnection, helpers
 from requests_aws4auth import AWS4Auth
 
 from devstack import faults
-from devstack.opensearch.server import Auth, start
-
-AK, SK = "AKIDEVSTACKTEST", "devstack-secret-key"
-AUTH = Auth("admin", "pw", AK, SK)
+from devstack.opensearch.server import start
+from tests.opensearch_helpers import AK, AUTH, SK, caller, running_service
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    state = tmp_path_factory.mktemp("os")
-    svc = start(state, auth=AUTH)
-    svc.state_dir = state
-    yield svc
-    faults.clear(state)
-    svc.stop()
+    yield from running_service(tmp_path_factory, "os")
 
 
 @pytest.fixture(scope="module")
 def http(service):
-    session = requests.Session()
-    session.auth = ("admin", "pw")
-
-    def call(method, path, body=None, **kw):
-        return session.request(method, service.url + path, json=body, **kw)
-
-    return call
+    return caller(service.url)
 
 
 def ndjson(*objs) -> bytes:

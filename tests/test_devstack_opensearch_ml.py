@@ -10,13 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
-import requests
 
 from devstack import faults, sigv4
-from devstack.opensearch.server import Auth, start
+from tests.opensearch_helpers import AK, SK, caller, running_service
 
-AK, SK = "AKIDEVSTACKTEST", "devstack-secret-key"
-AUTH = Auth("admin", "pw", AK, SK)
 REGION = "us-east-1"
 
 
@@ -94,23 +91,12 @@ def remote():
 
 @pytest.fixture(scope="module")
 def os_url(tmp_path_factory):
-    state = tmp_path_factory.mktemp("os-ml")
-    service = start(state, auth=AUTH)
-    service.state_dir = state
-    yield service
-    faults.clear(state)
-    service.stop()
+    yield from running_service(tmp_path_factory, "os-ml")
 
 
 @pytest.fixture(scope="module")
 def http(os_url):
-    session = requests.Session()
-    session.auth = ("admin", "pw")
-
-    def call(method, path, body=None, **kw):
-        return session.request(method, os_url.url + path, json=body, **kw)
-
-    return call
+    return caller(os_url.url)
 
 
 def connector_body(remote, **overrides):
