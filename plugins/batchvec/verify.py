@@ -22,20 +22,25 @@ class RunFailed(Exception):
     pass
 
 
-def shard_reports(plan: Plan, s3, manifest: dict, present: dict[str, bool]) -> list[ShardReport]:
-    """Staging's rejects as one row, then each shard from its saved result, or failed whole."""
+def shard_reports(plan: Plan, s3, manifest: dict,
+                  present: dict[str, bool]) -> tuple[list[ShardReport], str | None]:
+    """Staging's rejects as one row, then each shard from its saved result (or failed whole);
+    also the first indexed document id found, for the smoke query. One read per shard."""
     rows = [ShardReport(shard=STAGING_ROW, records_in=sum(manifest["rejected"].values()),
                         rejected=dict(manifest["rejected"]))]
+    sample = None
     for shard in manifest["shards"]:
         name = shard["name"]
         try:
             saved = s3io.get_json(s3, plan.bucket, plan.key("reports", name + ".json"))
-            rows.append(ShardReport.from_dict(saved))
         except s3.exceptions.NoSuchKey:
             reason = "output_missing" if not present.get(name, True) else "indexing_failed"
             rows.append(ShardReport(shard=name, records_in=shard["records"],
                                     failed={reason: shard["records"]}))
-    return rows
+            continue
+        rows.append(ShardReport.from_dict(saved))
+        sample = sample or saved.get("sample_id")
+    return rows, sample
 
 
 def smoke_query(hook: OpenSearchHook, plan: Plan, doc_id: str) -> dict:
@@ -55,7 +60,7 @@ def smoke_query(hook: OpenSearchHook, plan: Plan, doc_id: str) -> dict:
 def build_report(plan: Plan, s3, hook: OpenSearchHook, *, manifest: dict,
                  shards_present: dict[str, bool], model: dict | None, job: dict | None,
                  stage_seconds: dict[str, float]) -> RunReport:
-    rows = shard_reports(plan, s3, manifest, shards_present)
+    rows, sample = shard_reports(plan, s3, manifest, shards_present)
     report = RunReport(
         run_key=plan.run_key, dag_id=plan.dag_id, run_id=plan.run_id, index=plan.index_name,
         connector_id=(model or {}).get("connector_id"), model_id=(model or {}).get("model_id"),
@@ -64,7 +69,6 @@ def build_report(plan: Plan, s3, hook: OpenSearchHook, *, manifest: dict,
         extra={"input_uri": plan.input_uri, "staging": plan.uri(""),
                "rejected_uri": plan.uri("rejected/"), "dlq_uri": plan.uri("dlq/")},
     )
-    sample = next((r for r in (_saved_sample(plan, s3, row.shard) for row in rows[1:]) if r), None)
     if sample and report.totals.indexed:
         try:
             report.extra["smoke_query"] = smoke_query(hook, plan, sample)
@@ -72,12 +76,6 @@ def build_report(plan: Plan, s3, hook: OpenSearchHook, *, manifest: dict,
             report.extra["smoke_query"] = {"ok": False, "doc_id": sample, "error": str(exc)}
     return report
 
-
-def _saved_sample(plan: Plan, s3, shard: str) -> str | None:
-    try:
-        return s3io.get_json(s3, plan.bucket, plan.key("reports", shard + ".json")).get("sample_id")
-    except s3.exceptions.NoSuchKey:
-        return None
 
 
 def publish(plan: Plan, s3, report: RunReport) -> str:
