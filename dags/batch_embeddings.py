@@ -32,7 +32,9 @@ with DAG(
     catchup=False,
     max_active_runs=4,
     params=_params(),
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30),
+    # Every task is safe to retry (deterministic names, S3 checkpoints, idempotent _ids).
+    default_args={"retries": int(os.environ.get("BATCHVEC_RETRIES", 2)),
+                  "retry_delay": timedelta(seconds=float(os.environ.get("BATCHVEC_RETRY_DELAY", 30))),
                   "retry_exponential_backoff": True},
     tags=["embeddings", "opensearch", "sagemaker"],
     doc_md=__doc__,

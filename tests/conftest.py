@@ -118,6 +118,7 @@ def airflow_env(devstack):
     for conn_id, conn in connections(devstack.endpoints).items():
         os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
     os.environ["BATCHVEC_POLL_INTERVAL"] = "1"
+    os.environ["BATCHVEC_RETRY_DELAY"] = "1"  # dag.test() waits out retry delays
     subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
                    check=True, stdout=subprocess.DEVNULL, env=dict(os.environ))
     seed.ensure_sagemaker_model(devstack.endpoints)
