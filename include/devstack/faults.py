@@ -11,7 +11,8 @@ Fault names (each a dict; `count` = how many times it fires, -1 = until cleared)
   drop_output            {count}            next job(s) leave one .out unwritten
   bulk_item_429          {count, ratio}     next bulk request(s): that share of items 429
   http                   [{service, path_regex, method?, count, status? | action: "reset" |
-                           latency_ms}]     generic faults applied before routing
+                           action: "reset_after" | latency_ms}]  generic faults: "reset" drops
+                           the connection before handling, "reset_after" after doing the work
 """
 
 from __future__ import annotations

@@ -139,6 +139,9 @@ def _make_handler(app: App):
             except Exception as exc:  # a bug in the stand-in: answer like a server would
                 log.exception("%s %s %s failed", app.service, req.method, req.path)
                 resp = json_response(opensearch_error("exception", repr(exc), 500), 500)
+            if fault and fault.get("action") == "reset_after":  # did the work, lost the answer
+                self._reset()
+                return
             self.send_response(resp.status)
             self.send_header("Content-Type", resp.content_type)
             for k, v in resp.headers.items():

@@ -20,6 +20,12 @@ _AUTH_RE = re.compile(
 MAX_SKEW = timedelta(minutes=15)
 
 
+def credential_key(headers: dict[str, str]) -> str | None:
+    """The access key a request claims to be signed with."""
+    m = _AUTH_RE.match(headers.get("authorization", ""))
+    return m["key"] if m else None
+
+
 class SignatureError(Exception):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)

@@ -160,6 +160,7 @@ class BatchPredictOperator(BaseOperator):
                     "elapsed": event.get("elapsed")}
         if event["status"] in ("timeout", "error"):
             self.cancel(job_name, task_id)
+            raise BatchJobFailed(f"{event['message']}: cancelled it")
         raise BatchJobFailed(event["message"])
 
     def cancel(self, job_name: str, task_id: str | None) -> None:

@@ -51,7 +51,7 @@ def param_schema() -> dict[str, dict]:
             "type": "string", "description": "role ML Commons assumes to call SageMaker"},
         "shards": {"default": 0, "type": "integer", "minimum": 0,
                    "description": "input shards; 0 = 2 x instance_count (at least 2)"},
-        "wait_timeout": {"default": 6 * 3600, "type": "integer", "minimum": 60,
+        "wait_timeout": {"default": 6 * 3600, "type": "integer", "minimum": 1,
                          "description": "seconds to wait for the transform job before cancelling it"},
         "max_reject_ratio": {"default": 0.01, "type": "number", "minimum": 0, "maximum": 1},
         "keep_staging": {"default": False, "type": "boolean",

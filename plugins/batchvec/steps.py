@@ -167,7 +167,8 @@ def report(plan_data: dict, manifest: dict, context: dict, asset) -> dict:
     s3 = s3_client()
     hook = OpenSearchHook(OPENSEARCH_CONN_ID)
     result = verify.build_report(plan, s3, hook, manifest=manifest, shards_present=present,
-                                 model=model, job=job, stage_seconds=stage_seconds)
+                                 model=model, job=job, stage_seconds=stage_seconds,
+                                 missing_reason="output_missing" if shards is not None else "batch_job_failed")
     if shards is None:
         result.extra["batch_job"] = "failed or not run: see the batch_predict task log"
     uri = verify.publish(plan, s3, result)

@@ -18,8 +18,10 @@ from batchvec.mlcommons import JobStatus
 
 log = logging.getLogger(__name__)
 
-# After this many polls in a row with neither ML Commons nor SageMaker answering, give up.
+# Give up only after this many polls in a row AND this long with neither ML Commons nor
+# SageMaker answering: a restart of either (minutes) must not fail a long job.
 MAX_BLIND_POLLS = 30
+MAX_BLIND_SECONDS = 600.0
 
 
 def poll_job(opensearch_conn_id: str, aws_conn_id: str | None, task_id: str | None,
@@ -113,7 +115,7 @@ class BatchJobTrigger(BaseTrigger):
 
     async def run(self):
         last_state = None
-        blind = 0
+        blind, blind_since = 0, 0.0
         while True:
             try:
                 job = await asyncio.to_thread(poll_job, self.opensearch_conn_id, self.aws_conn_id,
@@ -121,8 +123,9 @@ class BatchJobTrigger(BaseTrigger):
                 blind = 0
             except Exception as exc:
                 blind += 1
+                blind_since = blind_since if blind > 1 else time.time()
                 self.log.warning("poll %d of %s failed: %s", blind, self.job_name, exc)
-                if blind >= MAX_BLIND_POLLS:
+                if blind >= MAX_BLIND_POLLS and time.time() - blind_since >= MAX_BLIND_SECONDS:
                     yield self._event("error", None, f"job {self.job_name} unreachable: {exc}")
                     return
                 job = None
@@ -139,7 +142,8 @@ class BatchJobTrigger(BaseTrigger):
                                   f"{job.failure_reason or 'no reason given'}")
                 return
             if time.time() >= self.deadline:
-                yield self._event("timeout", job, f"job {self.job_name} still "
-                                  f"{job.state if job else 'unknown'} after {elapsed:.0f}s")
+                state = f"{job.state} (SageMaker {job.remote_status or '-'})" if job else "unknown"
+                yield self._event("timeout", job, f"job {self.job_name} still {state} after "
+                                  f"{elapsed:.0f}s, past the wait_timeout")
                 return
             await asyncio.sleep(min(self.poll_interval, max(0.1, self.deadline - time.time())))

@@ -22,8 +22,8 @@ class RunFailed(Exception):
     pass
 
 
-def shard_reports(plan: Plan, s3, manifest: dict,
-                  present: dict[str, bool]) -> tuple[list[ShardReport], str | None]:
+def shard_reports(plan: Plan, s3, manifest: dict, present: dict[str, bool],
+                  missing_reason: str = "output_missing") -> tuple[list[ShardReport], str | None]:
     """Staging's rejects as one row, then each shard from its saved result (or failed whole);
     also the first indexed document id found, for the smoke query. One read per shard."""
     rows = [ShardReport(shard=STAGING_ROW, records_in=sum(manifest["rejected"].values()),
@@ -34,7 +34,7 @@ def shard_reports(plan: Plan, s3, manifest: dict,
         try:
             saved = s3io.get_json(s3, plan.bucket, plan.key("reports", name + ".json"))
         except s3.exceptions.NoSuchKey:
-            reason = "output_missing" if not present.get(name, True) else "indexing_failed"
+            reason = missing_reason if not present.get(name, True) else "indexing_failed"
             rows.append(ShardReport(shard=name, records_in=shard["records"],
                                     failed={reason: shard["records"]}))
             continue
@@ -59,8 +59,9 @@ def smoke_query(hook: OpenSearchHook, plan: Plan, doc_id: str) -> dict:
 
 def build_report(plan: Plan, s3, hook: OpenSearchHook, *, manifest: dict,
                  shards_present: dict[str, bool], model: dict | None, job: dict | None,
-                 stage_seconds: dict[str, float]) -> RunReport:
-    rows, sample = shard_reports(plan, s3, manifest, shards_present)
+                 stage_seconds: dict[str, float],
+                 missing_reason: str = "output_missing") -> RunReport:
+    rows, sample = shard_reports(plan, s3, manifest, shards_present, missing_reason)
     report = RunReport(
         run_key=plan.run_key, dag_id=plan.dag_id, run_id=plan.run_id, index=plan.index_name,
         connector_id=(model or {}).get("connector_id"), model_id=(model or {}).get("model_id"),

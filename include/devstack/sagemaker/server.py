@@ -13,6 +13,7 @@ from devstack.httpbase import App, HttpError, Request, Response
 from devstack.sagemaker import dataprocessing as dp
 from devstack.sagemaker.api import ACCOUNT, ApiError, ControlPlane, container_of
 from devstack.sagemaker.store import Store
+from devstack.sts import Sts, StsError, is_sts_request
 
 log = logging.getLogger("devstack.sagemaker")
 
@@ -38,15 +39,26 @@ def error_response(err: ApiError, content_type: str = AMZ_JSON) -> Response:
 
 def build_app(store: Store, control: ControlPlane, access_key: str, secret_key: str) -> App:
     app = App("sagemaker")
+    sts = Sts()
+
+    def is_sts(req: Request) -> bool:
+        return req.path == "/" and is_sts_request(req.headers.get("content-type", ""), req.body)
 
     def authenticate(req: Request) -> None:
         if req.path.startswith(_OPEN_PATHS):
             return
         try:
+            key, secret = access_key, secret_key
+            claimed = sigv4.credential_key(req.headers)
+            if claimed and claimed != access_key:  # maybe temporary credentials from our STS
+                temp = sts.secret_for(claimed, req.headers.get("x-amz-security-token"))
+                key, secret = (claimed, temp) if temp is not None else (key, secret)
             sigv4.verify(method=req.method, raw_path=req.raw_path, query=list(req.query.items()),
-                         headers=req.headers, body=req.body, access_key=access_key,
-                         secret_key=secret_key, service="sagemaker")
+                         headers=req.headers, body=req.body, access_key=key,
+                         secret_key=secret, service="sts" if is_sts(req) else "sagemaker")
         except sigv4.SignatureError as exc:
+            if is_sts(req):
+                raise HttpError(exc.status, StsError(exc.status, exc.code, exc.message).xml()) from None
             code = {"MissingAuthenticationToken": "MissingAuthenticationTokenException"}.get(
                 exc.code, exc.code)
             err = ApiError(code, exc.message, exc.status)
@@ -81,8 +93,19 @@ def build_app(store: Store, control: ControlPlane, access_key: str, secret_key: 
             return error_response(err)
         return _aws_response(result)
 
+    @app.route("GET", "/_devstack/sts")
+    def sts_stats(req: Request) -> Response:
+        return _aws_response({"assume_role_calls": sts.assume_role_calls},
+                             content_type="application/json")
+
     @app.route("POST", "/")
     def json_protocol(req: Request) -> Response:
+        if is_sts(req):  # STS's Query protocol shares the root path
+            try:
+                return Response(200, sts.handle(req.body), "text/xml",
+                                {"x-amzn-RequestId": _request_id()})
+            except StsError as err:
+                return Response(err.status, err.xml(), "text/xml", {"x-amzn-RequestId": _request_id()})
         target = req.headers.get("x-amz-target", "")
         prefix, _, op = target.partition(".")
         if prefix != "SageMaker" or not op:

@@ -1,0 +1,257 @@
+"""The whole DAG under injected faults: every record still accounted for, no document twice,
+no SageMaker job left running that nobody waits for.
+
+Faults go through the devstack's switches (include/devstack/faults.py); each test ends by
+reading the run's report from S3 and checking the index and SageMaker themselves.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import requests
+
+from devstack import faults, launcher
+from tests.test_dag_e2e import dag, docs, os_get, reports, run, transform_jobs, write_jsonl
+
+__all__ = ["dag"]  # the fixture, imported for pytest
+pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
+
+REPO = Path(__file__).resolve().parents[1]
+LIVE_JOB_STATES = {"InProgress", "Stopping"}
+
+
+@pytest.fixture(autouse=True)
+def no_faults(airflow_env):
+    faults.clear(airflow_env.state_dir)
+    yield
+    faults.clear(airflow_env.state_dir)
+
+
+def jobs_for_run_key(devstack, run_key: str) -> dict[str, str]:
+    return {j["TransformJobName"]: j["TransformJobStatus"] for j in transform_jobs(devstack)
+            if j["TransformJobName"] == run_key or j["TransformJobName"].startswith(run_key + "-r")}
+
+
+def assert_balanced(rep: dict, records_in: int) -> dict:
+    t = rep["totals"]
+    assert rep["balanced"], rep
+    assert t["records_in"] == records_in
+    assert t["created"] + t["updated"] + t["rejected_total"] + t["failed_total"] == records_in
+    return t
+
+
+def no_live_jobs(devstack) -> list[str]:
+    return [j["TransformJobName"] for j in transform_jobs(devstack)
+            if j["TransformJobStatus"] in LIVE_JOB_STATES]
+
+
+def test_transient_faults_everywhere_still_index_every_record_once(dag, airflow_env, tmp_path):
+    """Throttled submits (ML Commons and SageMaker), a share of bulk items answered 429, 5xx
+    on bulk requests, and connections reset before and after the server did the work."""
+    devstack = airflow_env
+    faults.set_faults(
+        devstack.state_dir,
+        batch_predict_throttle={"count": 2},
+        sagemaker_throttle={"count": 1},
+        bulk_item_429={"count": 3, "ratio": 0.3},
+        http=[{"service": "opensearch", "path_regex": "_bulk$", "status": 503, "count": 2},
+              {"service": "opensearch", "path_regex": "_bulk$", "status": 500, "count": 1},
+              {"service": "opensearch", "path_regex": "_bulk$", "action": "reset", "count": 1},
+              {"service": "opensearch", "path_regex": "_bulk$", "action": "reset_after", "count": 2}],
+    )
+    source = write_jsonl(tmp_path / "in.jsonl", docs("tf", 120))
+    dagrun = run(dag, datetime(2026, 4, 1, tzinfo=UTC),
+                 {"input_uri": str(source), "index_name": "faults-transient", "shards": 3})
+    assert dagrun.state == "success"
+    left = faults.current(devstack.state_dir)
+    assert left["batch_predict_throttle"]["count"] == 0 and left["sagemaker_throttle"]["count"] == 0
+    assert left["bulk_item_429"]["count"] == 0
+    assert all(rule["count"] == 0 for rule in left["http"]), left["http"]  # every fault fired
+    (rep,) = reports(devstack, "faults-transient")
+    t = assert_balanced(rep, 120)
+    assert (t["created"], t["failed_total"]) == (120 - t["updated"], 0)
+    # A reset after the server wrote a batch makes its retry an update, never a second doc.
+    assert os_get(devstack, "/faults-transient/_count")["count"] == 120
+    jobs = jobs_for_run_key(devstack, rep["run_key"])
+    assert jobs == {rep["run_key"]: "Completed"}  # throttled submits made no extra job
+    assert not no_live_jobs(devstack)
+
+
+@pytest.fixture
+def dag_without_retries(airflow_env, monkeypatch):
+    """The DAG parsed with BATCHVEC_RETRIES=0, for faults whose first failure is the answer."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("BATCHVEC_RETRIES", "0")
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags["batch_embeddings"]
+
+
+def logged(capfd, caplog) -> str:
+    """Everything the run logged: dag.test() prints task logs (tracebacks included) to the
+    process's stdout/stderr, our library logs through logging."""
+    out, err = capfd.readouterr()
+    return out + err + caplog.text
+
+
+def task_states(dagrun) -> dict[tuple[str, int], str]:
+    return {(ti.task_id, ti.map_index): str(ti.state) for ti in dagrun.get_task_instances()}
+
+
+def test_failed_job_fails_that_try_with_its_reason_and_the_retry_runs_a_new_job(
+        dag, airflow_env, tmp_path, capfd, caplog):
+    devstack = airflow_env
+    faults.set_faults(devstack.state_dir, fail_job={"count": 1, "reason": "ClientError: model OOM"})
+    source = write_jsonl(tmp_path / "in.jsonl", docs("fj", 30))
+    dagrun = run(dag, datetime(2026, 4, 2, tzinfo=UTC),
+                 {"input_uri": str(source), "index_name": "faults-failed-job"})
+    assert dagrun.state == "success"
+    assert "ClientError: model OOM" in logged(capfd, caplog)  # the first try failed with the job's reason
+    (rep,) = reports(devstack, "faults-failed-job")
+    assert_balanced(rep, 30)
+    key = rep["run_key"]
+    assert jobs_for_run_key(devstack, key) == {key: "Failed", f"{key}-r2": "Completed"}
+    assert rep["transform_job_name"] == f"{key}-r2"
+    assert os_get(devstack, "/faults-failed-job/_count")["count"] == 30
+
+
+def test_stalled_job_is_cancelled_at_wait_timeout_and_the_run_fails_accounted(
+        dag_without_retries, airflow_env, tmp_path, capfd, caplog):
+    devstack = airflow_env
+    faults.set_faults(devstack.state_dir, stall_job={"count": 1})
+    source = write_jsonl(tmp_path / "in.jsonl", docs("st", 10))
+    dagrun = run(dag_without_retries, datetime(2026, 4, 3, tzinfo=UTC),
+                 {"input_uri": str(source), "index_name": "faults-stall", "wait_timeout": 3})
+    assert dagrun.state == "failed"
+    assert task_states(dagrun)[("batch_predict", -1)] == "failed"
+    text = logged(capfd, caplog)
+    assert "(SageMaker InProgress)" in text and "past the wait_timeout: cancelled it" in text
+    (rep,) = reports(devstack, "faults-stall")  # the report is written even so
+    t = assert_balanced(rep, 10)
+    assert t["failed"] == {"batch_job_failed": 10}
+    status = jobs_for_run_key(devstack, rep["run_key"])
+    assert set(status.values()) <= {"Stopped", "Stopping"}, status
+    deadline = time.monotonic() + 20
+    while no_live_jobs(devstack) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not no_live_jobs(devstack)  # nothing left running that nobody waits for
+
+
+def test_missing_output_fails_that_shard_by_name_and_the_others_index(
+        dag_without_retries, airflow_env, tmp_path, capfd, caplog):
+    devstack = airflow_env
+    faults.set_faults(devstack.state_dir, drop_output={"count": 1})
+    source = write_jsonl(tmp_path / "in.jsonl", docs("do", 60))
+    dagrun = run(dag_without_retries, datetime(2026, 4, 4, tzinfo=UTC),
+                 {"input_uri": str(source), "index_name": "faults-drop", "shards": 3})
+    assert dagrun.state == "failed"
+    states = task_states(dagrun)
+    shard_states = sorted(v for (task, _), v in states.items() if task == "index_shard")
+    assert shard_states == ["failed", "success", "success"]
+    assert states[("report", -1)] == "failed" and states[("restore_index", -1)] == "success"
+    (rep,) = reports(devstack, "faults-drop")
+    t = assert_balanced(rep, 60)
+    (lost,) = [r for r in rep["shards"] if r["failed"]]
+    assert lost["failed"] == {"output_missing": lost["records_in"]}
+    text = logged(capfd, caplog)
+    assert f"ShardFailed: shard {lost['shard']}: output s3://" in text and "is missing" in text
+    assert t["created"] == 60 - lost["records_in"]
+    assert os_get(devstack, "/faults-drop/_count")["count"] == 60 - lost["records_in"]
+    assert f"RunFailed: {lost['records_in']} records failed" in text  # after the report
+
+
+def test_batch_task_limit_429_waits_for_a_free_slot(dag, airflow_env, tmp_path, capfd, caplog):
+    """ML Commons refuses a new batch task past plugins.ml_commons.max_batch_inference_tasks
+    with 429: the submit backs off until another task ends, then runs once."""
+    devstack = airflow_env
+    ep = devstack.endpoints
+    auth = (ep["opensearch_user"], ep["opensearch_password"])
+    live = sum(1 for j in transform_jobs(devstack) if j["TransformJobStatus"] in LIVE_JOB_STATES)
+    setting = {"persistent": {"plugins.ml_commons.max_batch_inference_tasks": live + 1}}
+    requests.put(ep["opensearch"] + "/_cluster/settings", json=setting, auth=auth,
+                 timeout=10).raise_for_status()
+    try:
+        blocker = occupy_batch_slot(devstack)
+        release = threading.Timer(8.0, lambda: cancel_task(devstack, blocker))
+        release.start()
+        source = write_jsonl(tmp_path / "in.jsonl", docs("tl", 20))
+        dagrun = run(dag, datetime(2026, 4, 5, tzinfo=UTC),
+                     {"input_uri": str(source), "index_name": "faults-task-limit"})
+        release.join()
+    finally:
+        requests.put(ep["opensearch"] + "/_cluster/settings", auth=auth, timeout=10, json={
+            "persistent": {"plugins.ml_commons.max_batch_inference_tasks": None}})
+    assert dagrun.state == "success"
+    assert "Exceeded maximum limit for BATCH_PREDICTION tasks" in logged(capfd, caplog)
+    (rep,) = reports(devstack, "faults-task-limit")
+    assert_balanced(rep, 20)
+    assert jobs_for_run_key(devstack, rep["run_key"]) == {rep["run_key"]: "Completed"}
+
+
+def occupy_batch_slot(devstack) -> str:
+    """A stalled batch task of another 'run', holding one slot until cancelled."""
+    from batchvec import connectors
+    from batchvec.opensearch_hook import OpenSearchHook
+    from batchvec.operators import BatchPredictOperator
+
+    ep = devstack.endpoints
+    spec = connectors.ModelSpec(
+        role_arn="arn:aws:iam::000000000000:role/batchvec-sagemaker", region=ep["region"],
+        model_name="minilm-embedder", endpoint_name="devstack-minilm",
+        sagemaker_api_url=ep["sagemaker"], sagemaker_runtime_url=ep["sagemaker_runtime"])
+    model_id = connectors.ensure_model(OpenSearchHook(), spec)["model_id"]
+    key = f"blocker-{uuid.uuid4().hex[:8]}"
+    s3 = devstack.s3.client()
+    s3.put_object(Bucket=devstack.s3.bucket, Key=f"jobs/{key}/input/part-0.jsonl",
+                  Body=b'{"_id": "1", "text": "hold the slot"}\n')
+    faults.set_faults(devstack.state_dir, stall_job={"count": 1})
+    op = BatchPredictOperator(task_id="blocker", model_id=model_id, run_key=key,
+                              input_s3_uri=f"s3://{devstack.s3.bucket}/jobs/{key}/input/",
+                              output_s3_uri=f"s3://{devstack.s3.bucket}/jobs/{key}/output/")
+    _name, task_id = op.submit_or_attach(OpenSearchHook())
+    return task_id
+
+
+def cancel_task(devstack, task_id: str) -> None:
+    from batchvec import mlcommons
+    from batchvec.opensearch_hook import OpenSearchHook
+
+    mlcommons.cancel_task(OpenSearchHook(), task_id)
+
+
+def test_devstack_restart_in_the_middle_of_the_job(dag, airflow_env, tmp_path):
+    """SageMaker and OpenSearch/ML Commons go down and come back while the job runs: the
+    trigger keeps polling through the outage and the run completes with one job."""
+    devstack = airflow_env
+    source = write_jsonl(tmp_path / "in.jsonl", docs("rs", 400))
+    restarted = threading.Event()
+
+    def restart_when_the_job_runs():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            running = [j for j in transform_jobs(devstack) if j["TransformJobStatus"] == "InProgress"]
+            if running:
+                launcher.down(devstack.state_dir, services=("opensearch", "sagemaker"))
+                launcher.up(devstack.state_dir, services=("sagemaker", "opensearch"))
+                restarted.set()
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=restart_when_the_job_runs, daemon=True)
+    watcher.start()
+    dagrun = run(dag, datetime(2026, 4, 6, tzinfo=UTC),
+                 {"input_uri": str(source), "index_name": "faults-restart", "shards": 2})
+    watcher.join(timeout=120)
+    assert restarted.is_set(), "the job finished before the restart could happen"
+    assert dagrun.state == "success"
+    (rep,) = reports(devstack, "faults-restart")
+    assert_balanced(rep, 400)
+    assert jobs_for_run_key(devstack, rep["run_key"]) == {rep["run_key"]: "Completed"}
+    assert os_get(devstack, "/faults-restart/_count")["count"] == 400
