@@ -10,6 +10,7 @@ Fault names (each a dict; `count` = how many times it fires, -1 = until cleared)
   stall_job              {count}            next job(s) stay InProgress until stopped
   drop_output            {count}            next job(s) leave one .out unwritten
   bulk_item_429          {count, ratio}     next bulk request(s): that share of items 429
+  sts_lifetime           {count, seconds}   next AssumeRole(s) issue credentials lasting seconds
   http                   [{service, path_regex, method?, count, status? | action: "reset" |
                            action: "reset_after" | latency_ms}]  generic faults: "reset" drops
                            the connection before handling, "reset_after" after doing the work

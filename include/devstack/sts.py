@@ -3,8 +3,9 @@
 Served by the SageMaker stand-in (AWS's Query protocol: a form-encoded `POST /` with
 `Action=AssumeRole`), so an Airflow AWS connection with a `role_arn` and
 `service_config.sts.endpoint_url` gets refreshable credentials, and SageMaker refuses them
-once expired (`ExpiredTokenException`), as AWS does. Unlike AWS, `DurationSeconds` may be
-below 900 so tests can watch credentials expire during a wait.
+once expired (`ExpiredTokenException`), as AWS does. The `sts_lifetime {seconds, count}`
+fault makes the next credentials last only that long (clients cannot ask for less than
+900 s), so tests can watch credentials expire during a wait.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
+from devstack import faults
 from devstack.sigv4 import SignatureError
 
 ACCOUNT = "000000000000"
@@ -68,11 +70,14 @@ class Sts:
             duration = int(form.get("DurationSeconds", DEFAULT_DURATION))
         except ValueError:
             raise StsError(400, "ValidationError", "DurationSeconds must be an integer") from None
-        if not 1 <= duration <= MAX_DURATION:
-            raise StsError(400, "ValidationError", f"DurationSeconds must be 1..{MAX_DURATION}")
+        if not 900 <= duration <= MAX_DURATION:
+            raise StsError(400, "ValidationError", f"DurationSeconds must be 900..{MAX_DURATION}")
+        if short := faults.take("sts_lifetime"):
+            duration = float(short.get("seconds", 2))
         now = now or datetime.now(UTC)
         creds = TempCredentials("ASIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30),
                                 secrets.token_urlsafe(60), now + timedelta(seconds=duration))
+        # AWS prints whole seconds; milliseconds keep a 2-second lifetime from looking expired.
         with self._lock:
             self._issued = {k: c for k, c in self._issued.items() if c.expires > now}
             self._issued[creds.access_key] = creds
@@ -84,7 +89,7 @@ class Sts:
             f"<AccessKeyId>{creds.access_key}</AccessKeyId>"
             f"<SecretAccessKey>{creds.secret_key}</SecretAccessKey>"
             f"<SessionToken>{creds.token}</SessionToken>"
-            f"<Expiration>{creds.expires.strftime('%Y-%m-%dT%H:%M:%SZ')}</Expiration>"
+            f"<Expiration>{creds.expires.isoformat(timespec='milliseconds')}</Expiration>"
             "</Credentials><AssumedRoleUser>"
             f"<AssumedRoleId>AROA{secrets.token_hex(6).upper()}:{escape(session)}</AssumedRoleId>"
             f"<Arn>arn:aws:sts::{ACCOUNT}:assumed-role/{escape(role_name)}/{escape(session)}</Arn>"

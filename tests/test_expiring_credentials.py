@@ -1,0 +1,82 @@
+"""Temporary AWS credentials that expire during a long wait are refreshed, not fatal.
+
+The AWS connection assumes a role through the devstack's STS, which hands out credentials
+lasting two seconds (the `sts_lifetime` fault); the SageMaker stand-in refuses them once expired, as AWS does. A batch
+job that outlives many generations of them must still be watched to the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import boto3
+import pytest
+import requests
+from botocore.exceptions import ClientError
+
+from devstack import faults
+from devstack_connections import connections
+from tests.test_batch_job import deferred_event, jobs_named, key, model_id, operator
+
+__all__ = ["model_id"]  # the fixture, imported for pytest
+pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
+
+ROLE = "arn:aws:iam::000000000000:role/batchvec-airflow"
+
+
+def sts_calls(ep: dict) -> int:
+    return requests.get(ep["sagemaker"] + "/_devstack/sts", timeout=10).json()["assume_role_calls"]
+
+
+def test_the_devstack_refuses_expired_temporary_credentials(airflow_env):
+    ep = airflow_env.endpoints
+    base = {"region_name": ep["region"], "aws_access_key_id": ep["aws_access_key_id"],
+            "aws_secret_access_key": ep["aws_secret_access_key"]}
+    faults.set_faults(airflow_env.state_dir, sts_lifetime={"count": 1, "seconds": 1})
+    creds = boto3.client("sts", endpoint_url=ep["sagemaker"], **base).assume_role(
+        RoleArn=ROLE, RoleSessionName="expiry-check", DurationSeconds=900)["Credentials"]
+    temp = boto3.client("sagemaker", endpoint_url=ep["sagemaker"], region_name=ep["region"],
+                        aws_access_key_id=creds["AccessKeyId"],
+                        aws_secret_access_key=creds["SecretAccessKey"],
+                        aws_session_token=creds["SessionToken"])
+    temp.list_transform_jobs(MaxResults=1)  # good while fresh
+    time.sleep(1.5)
+    with pytest.raises(ClientError, match="ExpiredTokenException"):
+        temp.list_transform_jobs(MaxResults=1)
+    wrong_token = boto3.client("sagemaker", endpoint_url=ep["sagemaker"], region_name=ep["region"],
+                               aws_access_key_id=creds["AccessKeyId"],
+                               aws_secret_access_key=creds["SecretAccessKey"],
+                               aws_session_token="not-the-token")
+    with pytest.raises(ClientError, match="UnrecognizedClientException"):
+        wrong_token.list_transform_jobs(MaxResults=1)
+
+
+def test_credentials_expiring_during_a_long_wait_are_refreshed(airflow_env, model_id, monkeypatch):
+    devstack = airflow_env
+    ep = devstack.endpoints
+    conn = connections(ep)["aws_default"]
+    conn["extra"] = {**conn["extra"], "role_arn": ROLE,
+                     "service_config": {**conn["extra"]["service_config"],
+                                        "sts": {"endpoint_url": ep["sagemaker"]}}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_EXPIRING", json.dumps(conn))
+    run_key = key()
+    op = operator(devstack, run_key, model_id, aws_conn_id="aws_expiring")
+    # Enough input that the job runs for several seconds: many credential lifetimes.
+    devstack.s3.client().put_object(
+        Bucket=devstack.s3.bucket, Key=f"jobs/{run_key}/input/part-1.jsonl",
+        Body=b"\n".join(json.dumps({"_id": f"x{i}", "text": f"a longer wait, doc {i}"}).encode()
+                        for i in range(500)))
+    faults.set_faults(devstack.state_dir, sts_lifetime={"count": -1, "seconds": 2})
+    before = sts_calls(ep)
+    started = time.monotonic()
+    try:
+        event = deferred_event(op)
+    finally:
+        faults.clear(devstack.state_dir)
+    waited = time.monotonic() - started
+    assert event["status"] == "success", event
+    assert waited > 2  # the wait outlived the first credentials
+    assert sts_calls(ep) - before >= 3  # and the connection assumed the role again and again
+    assert op.execute_complete({}, event)["job_name"] == run_key
+    assert len(jobs_named(devstack, run_key)) == 1
