@@ -154,7 +154,10 @@ def index_shard(plan_data: dict, shard: dict, index: dict) -> dict:
     return indexing.index_shard(plan, shard, hook, s3_client(), index["dimension"])
 
 
-def restore_index(plan_data: dict) -> Any:
+def restore_index(plan_data: dict | None) -> Any:
+    if plan_data is None:  # runs after any failure; without a plan nothing touched the index
+        log.info("no plan (the plan task failed): no index settings to restore")
+        return None
     return indexing.restore_index(plan_of(plan_data), OpenSearchHook(OPENSEARCH_CONN_ID), s3_client())
 
 
