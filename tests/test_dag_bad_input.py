@@ -250,3 +250,16 @@ def test_params_that_make_no_sense_fail_the_plan_with_one_message(dag, airflow_e
     for conf in ({"shards": -1}, {"instance_count": 0}, {"max_reject_ratio": 1.5}):
         with pytest.raises(ParamValidationError, match=next(iter(conf))):
             run(load_dag(), datetime(2026, 4, 5, tzinfo=UTC), conf)
+
+
+def test_an_input_of_blank_lines_only_says_so():
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from batchvec import plan, steps
+
+    p = plan.resolve_plan({}, dag_id="d", run_id="r", ds="2026-04-06", region="us-east-1")
+    manifest = {"shards": [], "records_in": 0, "rejected": {}, "rejected_key": None,
+                "sources": [{"name": "a.jsonl"}, {"name": "b.jsonl"}]}
+    with pytest.raises(AirflowFailException, match="no records in s3://batchvec/input/"
+                       r"ds=2026-04-06/: its 2 file\(s\) are empty or hold only blank lines"):
+        steps._require_records(p, manifest)
