@@ -69,6 +69,69 @@ def test_all_bad_params_reported_at_once(tmp_path):
     assert "index_name" in text and "shards" in text and "space_type" in text
 
 
+# Index names OpenSearch refuses (MetadataCreateIndexService.validateIndexOrAliasName).
+BAD_INDEX_NAMES = ["Docs", "UPPER", "_docs", "-docs", "+docs", ".", "..", "a" * 256, "é" * 128,
+                   "", *(f"do{c}cs" for c in '*?"<>| ,#\\:/')]
+
+
+@pytest.mark.parametrize("name", BAD_INDEX_NAMES)
+def test_index_names_opensearch_refuses(tmp_path, name):
+    with pytest.raises(ValueError, match="index_name: invalid index name|index_name: index name"):
+        resolve(tmp_path, index_name=name)
+
+
+@pytest.mark.parametrize("name", ["docs", "docs-2026.03", "a" * 255, "é" * 127, "my_index", ".hidden"])
+def test_index_names_opensearch_accepts(tmp_path, name):
+    assert resolve(tmp_path, index_name=name).index_name == name
+
+
+@pytest.mark.parametrize("params, fragment", [
+    ({"input_uri": "s3://"}, "input_uri: S3 URI has no bucket"),
+    ({"input_uri": "s3://ab/x"}, "input_uri: bad S3 URI"),
+    ({"input_uri": "s3://bucket/" + "k" * 1025}, "key longer than 1024 bytes"),
+    ({"input_uri": 5}, "input_uri: must be a string"),
+    ({"bucket": "No_Such"}, "bucket: invalid S3 bucket name"),
+    ({"bucket": None}, "bucket: must be a string"),
+    ({"shards": -1}, "shards: must be an integer in 0..256, got -1"),
+    ({"shards": 257}, "shards: must be an integer in 0..256, got 257"),
+    ({"shards": 2.5}, "shards: must be an integer"),
+    ({"shards": True}, "shards: must be an integer"),
+    ({"instance_count": 0}, "instance_count: must be an integer in 1..100, got 0"),
+    ({"instance_count": "2"}, "instance_count: must be an integer"),
+    ({"bulk_concurrency": 0}, "bulk_concurrency: must be an integer in 1..64"),
+    ({"wait_timeout": 0}, "wait_timeout: must be an integer >= 1"),
+    ({"max_reject_ratio": -0.1}, "max_reject_ratio: must be a number between 0 and 1"),
+    ({"max_reject_ratio": 1.01}, "max_reject_ratio"),
+    ({"max_reject_ratio": float("nan")}, "max_reject_ratio"),
+    ({"max_reject_ratio": "0.1"}, "max_reject_ratio"),
+    ({"id_field": "body", "text_field": "body"}, "id_field and text_field are both 'body'"),
+    ({"text_field": ""}, "text_field must be a non-empty string"),
+    ({"vector_field": "text"}, "vector_field"),
+    ({"metadata_fields": "topic"}, "metadata_fields: must be a array"),
+    ({"metadata_fields": ["a", "a"]}, "listed twice"),
+    ({"metadata_fields": ["embedding"]}, "metadata_fields"),
+    ({"keep_staging": "false"}, "keep_staging: must be a boolean"),
+])
+def test_params_that_make_no_sense(tmp_path, params, fragment):
+    with pytest.raises(ValueError, match="invalid params") as err:
+        resolve(tmp_path, **params)
+    assert fragment in str(err.value)
+
+
+def test_one_message_names_every_bad_param_once(tmp_path):
+    bad = {"input_uri": "s3://Bad_Bucket/in/", "index_name": "_Bad*Index", "bucket": "x",
+           "shards": -3, "instance_count": 0, "max_reject_ratio": 7, "space_type": "hamming",
+           "id_field": "t", "text_field": "t", "keep_outputs": "no"}
+    with pytest.raises(ValueError) as err:
+        resolve(tmp_path, **bad)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "invalid params:"
+    named = [line.strip().split(":")[0] for line in lines[1:]]
+    assert sorted(named) == sorted(["input_uri", "index_name", "bucket", "shards", "instance_count",
+                                    "max_reject_ratio", "space_type", "id_field/text_field",
+                                    "keep_outputs"])
+
+
 def test_blueprint_renders_typed_values_and_leaves_ml_commons_placeholders():
     definition = connectors.connector_definition(SPEC)
     params = definition["parameters"]

@@ -163,6 +163,9 @@ def test_rejected_at_and_json() -> None:
                    "detail": "bad", "raw": "x" * 1024}
     assert raw_excerpt(b"\xff" + b"a" * 10) == "\ufffd" + "a" * 10
     assert raw_excerpt({"id": 1}) == '{"id":1}'
+    # a CRLF line's terminator is not shown as part of the record; an inner \r is
+    crlf = Rejected("invalid_json", "bad").at("a.jsonl", 3, b'{"id": 1\r')
+    assert crlf.raw == '{"id": 1' and raw_excerpt(b"a\rb\r") == "a\rb"
     many = Rejected("missing_column", "no 'text'", count=10).at("f.parquet", 0)
     assert orjson.loads(many.to_json())["count"] == 10
 

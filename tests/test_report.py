@@ -16,6 +16,7 @@ def _report(**kw) -> RunReport:
                 1000,
                 created=990,
                 updated=2,
+                duplicates=2,
                 rejected={"missing_id": 3, "bad_vector": 1},
                 failed={"mapper_parsing_exception": 4},
             ),
@@ -50,6 +51,7 @@ def test_totals_and_ratio() -> None:
     report = _report()
     t = report.totals
     assert (t.shard, t.records_in, t.created, t.updated) == ("TOTAL", 1500, 1485, 2)
+    assert t.duplicates == 2 and t.balanced  # duplicates are among the indexed, not extra
     assert t.rejected == {"missing_id": 8, "bad_vector": 1}
     assert t.failed == {"mapper_parsing_exception": 4}
     assert report.balanced and t.balanced
@@ -74,11 +76,15 @@ def test_dict_round_trip_is_json_safe() -> None:
     data = json.loads(json.dumps(report.to_dict()))
     assert data["totals"]["records_in"] == 1500 and data["balanced"] is True
     assert data["shards"][0]["rejected_total"] == 4
+    assert data["totals"]["duplicates"] == 2
     again = RunReport.from_dict(data)
     assert again == report
     assert again.to_dict() == report.to_dict()
     minimal = RunReport.from_dict({"run_key": "k", "dag_id": "d", "run_id": "r", "index": "i"})
     assert minimal.shards == [] and minimal.model_id is None
+    # reports written before the duplicates count existed still load
+    old = {k: v for k, v in data["shards"][0].items() if k != "duplicates"}
+    assert ShardReport.from_dict(old).duplicates == 0
 
 
 def test_render_table() -> None:
@@ -91,17 +97,19 @@ def test_render_table() -> None:
         "records_in",
         "created",
         "updated",
+        "duplicates",
         "rejected",
         "failed",
         "balance",
     ]
     row = next(line for line in lines if line.startswith("input/part-00000.jsonl"))
-    assert row.split() == ["input/part-00000.jsonl", "1,000", "990", "2", "4", "4", "ok"]
+    assert row.split() == ["input/part-00000.jsonl", "1,000", "990", "2", "2", "4", "4", "ok"]
     total = next(line for line in lines if line.startswith("TOTAL"))
-    assert total.split() == ["TOTAL", "1,500", "1,485", "2", "9", "4", "ok"]
+    assert total.split() == ["TOTAL", "1,500", "1,485", "2", "2", "9", "4", "ok"]
     # right-aligned numbers end where their header ends
     assert row.index("1,000") + 5 == header.index("records_in") + len("records_in")
     assert total.index("1,485") + 5 == header.index("created") + len("created")
+    assert "duplicates: 2 indexed records superseded" in text
     assert "rejected: missing_id=8, bad_vector=1" in text
     assert "failed:   mapper_parsing_exception=4" in text
     assert "balanced" in text and "NOT BALANCED" not in text
@@ -120,3 +128,22 @@ def test_render_flags_unbalanced_and_elides_many_shards() -> None:
     assert "... 280 more balanced shards not shown" in text
     shown = [line.split()[0] for line in text.splitlines() if line.startswith("s0")]
     assert shown == sorted(shown) and len(shown) == 20  # input order, 19 balanced + 1 not
+
+
+def _hashes(ids: list[str]):
+    from array import array
+
+    return array("q", map(hash, ids))
+
+
+def test_count_duplicates_per_id_minus_one_and_refused_copies_supersede_nothing() -> None:
+    from batchvec.indexing import count_duplicates
+
+    sent = ["a", "b", "a", "c", "a", "b", "d"]  # a x3, b x2: 3 superseded
+    assert count_duplicates(_hashes(sent)) == 3
+    assert count_duplicates(_hashes([])) == 0 and count_duplicates(_hashes(["x"])) == 0
+    assert count_duplicates(_hashes([str(i) for i in range(10_000)] * 2)) == 10_000
+    # a refused copy is not in the index: one of a's refused leaves 2 copies, b's only
+    # indexed copy is b's other one, d refused entirely; an unknown id changes nothing
+    assert count_duplicates(_hashes(sent), _hashes(["a", "b", "d", "zz"])) == 1
+    assert count_duplicates(_hashes(sent), _hashes(["a", "a", "a"])) == 1

@@ -173,6 +173,10 @@ def test_gzip_multi_member_and_truncated(tmp_path: Path) -> None:
     assert all(orjson.loads(p) for _, _, p in lines)  # complete lines only
     assert isinstance(last[2], Rejected) and last[2].reason == "truncated_gzip"
     assert last[1] == len(lines) + 1
+    # says how far it got; the excerpt is the cut-off line
+    assert f"lines 1-{len(lines)} were read" in last[2].detail
+    assert last[2].raw and orjson.loads(big.splitlines()[len(lines)]) and \
+        big.splitlines()[len(lines)].decode().startswith(last[2].raw)
     (tmp_path / "bad.jsonl.gz").write_bytes(packed[:100] + b"\x00garbage" * 50)
     assert items(str(tmp_path / "bad.jsonl.gz"))[-1][2].reason == "corrupt_gzip"
 
@@ -206,6 +210,7 @@ def test_parquet_local_and_s3(tmp_path: Path, s3, fresh_bucket) -> None:
     (tmp_path / "y.parquet").write_bytes(write_parquet(no_text))
     [(_, line, rej)] = items(str(tmp_path / "y.parquet"))
     assert (line, rej.reason, rej.count) == (0, "missing_column", 13)
+    assert "no column 'text'" in rej.detail and rej.raw == "columns: id, body"  # what it has
     (tmp_path / "z.parquet").write_bytes(b"PAR1 not really")
     assert items(str(tmp_path / "z.parquet"))[0][2].reason == "unreadable_file"
 
@@ -224,7 +229,7 @@ def test_csv(tmp_path: Path, s3, fresh_bucket) -> None:
         assert [line for _, line, _ in got] == [1, 2, 3, 4]
     (tmp_path / "b.csv").write_bytes(b"id,body\n1,a\n2,b\n3,c\n")
     [(_, _, rej)] = items(str(tmp_path / "b.csv"))
-    assert (rej.reason, rej.count) == ("missing_column", 3)
+    assert (rej.reason, rej.count, rej.raw) == ("missing_column", 3, "columns: id, body")
 
 
 def test_s3_prefix_object_and_errors(s3, fresh_bucket, tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from batchvec import naming
 from batchvec.connectors import ModelSpec
+from batchvec.records import RecordSpec
+from batchvec.staging import MAX_SHARDS
 
 INPUT_FORMATS = ("auto", "jsonl", "jsonl.gz", "parquet", "csv")
 SPACE_TYPES = ("cosinesimil", "l2", "innerproduct")
@@ -49,7 +51,7 @@ def param_schema() -> dict[str, dict]:
         "connector_role_arn": {"default": os.environ.get(
             "BATCHVEC_CONNECTOR_ROLE_ARN", "arn:aws:iam::000000000000:role/batchvec-sagemaker"),
             "type": "string", "description": "role ML Commons assumes to call SageMaker"},
-        "shards": {"default": 0, "type": "integer", "minimum": 0,
+        "shards": {"default": 0, "type": "integer", "minimum": 0, "maximum": MAX_SHARDS,
                    "description": "input shards; 0 = 2 x instance_count (at least 2)"},
         "wait_timeout": {"default": 6 * 3600, "type": "integer", "minimum": 1,
                          "description": "seconds to wait for the transform job before cancelling it"},
@@ -114,7 +116,15 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
                  sagemaker_api_url: str = "", sagemaker_runtime_url: str = "") -> Plan:
     """Validate params and build the plan; raise ValueError naming every bad param at once."""
     errors: list[str] = []
-    p = {name: params.get(name, spec["default"]) for name, spec in param_schema().items()}
+    schema = param_schema()
+    p = {name: params.get(name, spec["default"]) for name, spec in schema.items()}
+    # Wrong JSON types first (conf from the CLI or API skips the form): a later check must
+    # never crash on them, and "false" must not become True.
+    for name, spec in schema.items():
+        want = {"string": str, "boolean": bool, "array": list}.get(spec.get("type"))
+        if want is not None and not isinstance(p[name], want):
+            errors.append(f"{name}: must be a {spec['type']}, got {p[name]!r}")
+            p[name] = spec["default"]
     input_uri = _render(str(p["input_uri"]), {"ds": ds, "params": p, "run_id": run_id})
     if input_uri.startswith("s3://"):
         try:
@@ -137,15 +147,30 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         errors.append(f"bucket: {exc}")
     if p["space_type"] not in SPACE_TYPES:
         errors.append(f"space_type: {p['space_type']!r} not one of {SPACE_TYPES}")
-    for name, low in (("shards", 0), ("instance_count", 1), ("wait_timeout", 1), ("bulk_concurrency", 1)):
-        if not isinstance(p[name], int) or isinstance(p[name], bool) or p[name] < low:
-            errors.append(f"{name}: must be an integer >= {low}, got {p[name]!r}")
-    if not isinstance(p["max_reject_ratio"], int | float) or not 0 <= p["max_reject_ratio"] <= 1:
-        errors.append(f"max_reject_ratio: must be between 0 and 1, got {p['max_reject_ratio']!r}")
+    for name, low, high in (("shards", 0, MAX_SHARDS), ("instance_count", 1, 100),
+                            ("wait_timeout", 1, None), ("bulk_concurrency", 1, 64)):
+        value = p[name]
+        if (not isinstance(value, int) or isinstance(value, bool) or value < low
+                or (high is not None and value > high)):
+            within = f"in {low}..{high}" if high is not None else f">= {low}"
+            errors.append(f"{name}: must be an integer {within}, got {value!r}")
+            p[name] = schema[name]["default"]  # so the model checks below do not repeat it
+    ratio = p["max_reject_ratio"]
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+        errors.append(f"max_reject_ratio: must be a number between 0 and 1, got {ratio!r}")
+    try:
+        RecordSpec(p["id_field"], p["text_field"])
+    except ValueError as exc:
+        errors.append(f"id_field/text_field: {exc}")
+    if not p["vector_field"] or p["vector_field"] in ("_id", "text"):
+        errors.append(f"vector_field: {p['vector_field']!r} is empty or a field every document "
+                      "already has (_id, text)")
     reserved = {"_id", "text", "SageMakerOutput", p["vector_field"]}
-    metadata = list(p["metadata_fields"] or [])
-    if any(not isinstance(m, str) or m in reserved for m in metadata):
-        errors.append(f"metadata_fields: names must be strings other than {sorted(reserved)}")
+    metadata = list(p["metadata_fields"])
+    if any(not isinstance(m, str) or not m or m in reserved for m in metadata):
+        errors.append(f"metadata_fields: names must be non-empty strings other than {sorted(reserved)}")
+    elif len(set(metadata)) < len(metadata):
+        errors.append(f"metadata_fields: a name is listed twice in {metadata}")
     spec = ModelSpec(role_arn=p["connector_role_arn"], region=region,
                      model_name=p["sagemaker_model_name"], endpoint_name=p["sagemaker_endpoint_name"],
                      instance_type=p["instance_type"], instance_count=p["instance_count"],

@@ -88,7 +88,8 @@ def raw_excerpt(raw: bytes | dict | str | None) -> str:
         raw = _dumps(raw, default=_json_default)
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "replace")
-    return raw[:RAW_EXCERPT_BYTES].decode("utf-8", "replace")
+    # A CRLF file's lines end in "\r": a line terminator, not part of the record.
+    return raw[:RAW_EXCERPT_BYTES].removesuffix(b"\r").decode("utf-8", "replace")
 
 
 def _json_default(value: Any) -> Any:

@@ -25,12 +25,18 @@ def _sum_counts(dicts: Iterable[Mapping[str, int]]) -> dict[str, int]:
 
 @dataclass
 class ShardReport:
-    """One input shard: records staged vs. what became of them (reasons -> counts)."""
+    """One input shard: records staged vs. what became of them (reasons -> counts).
+
+    ``duplicates`` is informational, not a fourth fate: of the indexed records (created +
+    updated), how many were superseded by a later record with the same id in this run (last
+    wins), so the index holds ``indexed - duplicates`` of this run's documents.
+    """
 
     shard: str
     records_in: int
     created: int = 0
     updated: int = 0
+    duplicates: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     failed: dict[str, int] = field(default_factory=dict)
 
@@ -65,6 +71,7 @@ class ShardReport:
             "records_in": self.records_in,
             "created": self.created,
             "updated": self.updated,
+            "duplicates": self.duplicates,
             "rejected": dict(self.rejected),
             "failed": dict(self.failed),
             "rejected_total": self.rejected_total,
@@ -79,6 +86,7 @@ class ShardReport:
             records_in=int(data["records_in"]),
             created=int(data.get("created", 0)),
             updated=int(data.get("updated", 0)),
+            duplicates=int(data.get("duplicates", 0)),
             rejected={str(k): int(v) for k, v in (data.get("rejected") or {}).items()},
             failed={str(k): int(v) for k, v in (data.get("failed") or {}).items()},
         )
@@ -107,6 +115,7 @@ class RunReport:
             records_in=sum(s.records_in for s in self.shards),
             created=sum(s.created for s in self.shards),
             updated=sum(s.updated for s in self.shards),
+            duplicates=sum(s.duplicates for s in self.shards),
             rejected=_sum_counts(s.rejected for s in self.shards),
             failed=_sum_counts(s.failed for s in self.shards),
         )
@@ -173,6 +182,7 @@ def _row(shard: ShardReport) -> list[str]:
         f"{shard.records_in:,}",
         f"{shard.created:,}",
         f"{shard.updated:,}",
+        f"{shard.duplicates:,}",
         f"{shard.rejected_total:,}",
         f"{shard.failed_total:,}",
         status,
@@ -217,7 +227,8 @@ def render_table(report: RunReport, *, max_shards: int = 50) -> str:
                 room -= s.balanced
                 shown.append(s)
     totals = report.totals
-    rows = [["shard", "records_in", "created", "updated", "rejected", "failed", "balance"]]
+    rows = [["shard", "records_in", "created", "updated", "duplicates", "rejected", "failed",
+             "balance"]]
     rows += [_row(s) for s in shown]
     rows.append(_row(totals))
     table = _format_rows(rows)
@@ -227,6 +238,9 @@ def render_table(report: RunReport, *, max_shards: int = 50) -> str:
         lines.append(f"... {len(shards) - len(shown):,} more balanced shards not shown")
     lines += [rule, table[-1]]
 
+    if totals.duplicates:
+        lines.append(f"duplicates: {totals.duplicates:,} indexed records superseded by a later "
+                     "record with the same id (last wins)")
     if totals.rejected:
         lines.append(f"rejected: {_reasons(totals.rejected)}")
     if totals.failed:

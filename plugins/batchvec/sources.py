@@ -169,11 +169,11 @@ class InputSet:
                 yield f.name, 0, Rejected("unreadable_file", f"not a Parquet file: {exc}"[:300])
                 return
             total = pf.metadata.num_rows
-            columns, missing = self._needed_columns(pf.schema_arrow.names)
+            names = pf.schema_arrow.names
+            columns, missing = self._needed_columns(names)
             if missing:
                 self.bytes_read += f.size
-                detail = f"no column {', '.join(map(repr, missing))}; all {total} rows rejected"
-                yield f.name, 0, Rejected("missing_column", detail, count=total)
+                yield f.name, 0, _missing_column(missing, names, total)
                 return
             row, base = 0, self.bytes_read
             for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, columns=columns):
@@ -222,8 +222,15 @@ class InputSet:
                 yield f.name, row + 1, Rejected("invalid_csv", str(exc)[:300])
             return
         if missing:
-            detail = f"no column {', '.join(map(repr, missing))}; all {row} rows rejected"
-            yield f.name, 0, Rejected("missing_column", detail, count=row)
+            yield f.name, 0, _missing_column(missing, names, row)
+
+
+def _missing_column(missing: list[str], names: list[str], rows: int) -> Rejected:
+    """One rejection for a whole file (line 0) without the id or text column; the excerpt
+    lists the columns it has, so a misnamed field (``body`` for ``text``) shows at once."""
+    detail = (f"no column {', '.join(map(repr, missing))} (set id_field / text_field?); "
+              f"all {rows} rows rejected")
+    return Rejected("missing_column", detail, raw="columns: " + ", ".join(names), count=rows)
 
 
 def _decode_row(columns: list[str], values: tuple) -> dict | Rejected:
@@ -305,8 +312,9 @@ def _split_lines(source: str, pieces: Iterable[bytes]) -> Iterator[Item]:
                 yield source, n, Rejected(
                     "line_too_long", f"line over {MAX_LINE_BYTES} bytes", raw=raw_excerpt(carry))
                 carry, skipping = b"", True
-    except _Broken as exc:
-        yield source, n + 1, Rejected(exc.reason, exc.detail, raw=raw_excerpt(carry))
+    except _Broken as exc:  # what followed the cut is unknown: one rejection stands for it
+        detail = f"{exc.detail}: lines 1-{n} were read, anything after them is lost"
+        yield source, n + 1, Rejected(exc.reason, detail, raw=raw_excerpt(carry))
         return
     if carry:
         yield source, n + 1, carry

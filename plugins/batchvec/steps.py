@@ -32,6 +32,13 @@ def s3_client():
     return aws_hook("s3").conn
 
 
+def fail_for_good(message: str) -> Exception:
+    """For problems a retry cannot fix (bad params, nothing to read): no retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(message)
+
+
 def run_date(context: dict) -> str:
     """The day a run processes: its logical date, or for manual runs without one, when it ran."""
     when = context.get("logical_date") or context["dag_run"].run_after
@@ -41,12 +48,15 @@ def run_date(context: dict) -> str:
 def make_plan(params: dict, context: dict) -> dict:
     hook = aws_hook("sagemaker")
     endpoint = hook.conn_config.get_service_endpoint_url
-    plan = resolve_plan(
-        params, dag_id=context["dag"].dag_id, run_id=context["run_id"], ds=run_date(context),
-        region=hook.conn_region_name or "us-east-1",
-        sagemaker_api_url=endpoint("sagemaker") or "",
-        sagemaker_runtime_url=endpoint("sagemaker-runtime") or "",
-    )
+    try:
+        plan = resolve_plan(
+            params, dag_id=context["dag"].dag_id, run_id=context["run_id"], ds=run_date(context),
+            region=hook.conn_region_name or "us-east-1",
+            sagemaker_api_url=endpoint("sagemaker") or "",
+            sagemaker_runtime_url=endpoint("sagemaker-runtime") or "",
+        )
+    except ValueError as exc:
+        raise fail_for_good(str(exc)) from None
     log.info("run %s -> key %s, input %s, staging s3://%s/%s, index %s", plan.run_id,
              plan.run_key, plan.input_uri, plan.bucket, plan.run_prefix, plan.index_name)
     return {**plan.to_dict(), "staged_input_uri": plan.uri("input/"),
@@ -68,19 +78,36 @@ def stage(plan_data: dict) -> dict:
         manifest = s3io.get_json(s3, plan.bucket, plan.key(MANIFEST_KEY))
         log.info("staging already complete for this run (manifest found): %d records in %d shards",
                  manifest["records_in"], len(manifest["shards"]))
+        _require_records(plan, manifest)  # an earlier try that found none must not pass now
         return _manifest_summary(manifest, 0.0)
     except s3.exceptions.NoSuchKey:
         pass
-    source = sources.open_input(plan.input_uri, fmt=plan.input_format, s3_client=s3)
+    try:
+        source = sources.open_input(plan.input_uri, fmt=plan.input_format, s3_client=s3)
+    except sources.InputError as exc:  # nothing there, or a file no format fits
+        raise fail_for_good(f"cannot read input_uri: {exc}") from None
     manifest = staging.stage(
         source, s3_client=s3, bucket=plan.bucket, prefix=plan.run_prefix, shards=plan.shards,
         id_field=plan.id_field, text_field=plan.text_field, metadata_fields=plan.metadata_fields,
         progress=lambda p: log.info("staging: %s", p))
     manifest = manifest if isinstance(manifest, dict) else manifest.to_dict()
-    if not manifest["shards"]:
-        raise ValueError(f"no valid record in {plan.input_uri}: {manifest['records_in']} read, "
-                         f"rejected {manifest['rejected']}")
+    _require_records(plan, manifest)
     return _manifest_summary(manifest, time.monotonic() - started)
+
+
+def _require_records(plan: Plan, manifest: dict) -> None:
+    """No transform job for an input without one valid record (SageMaker refuses an empty
+    input prefix anyway); the report task still writes the report from the manifest."""
+    if manifest["shards"]:
+        return
+    n = manifest["records_in"]
+    if not n:
+        raise fail_for_good(f"no records in {plan.input_uri}: its {len(manifest['sources'])} "
+                            "file(s) are empty or hold only blank lines")
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(manifest["rejected"].items()))
+    raise fail_for_good(
+        f"every record in {plan.input_uri} was rejected ({n} of {n}: {reasons}); each one "
+        f"with its reason in s3://{plan.bucket}/{manifest['rejected_key']}")
 
 
 def _manifest_summary(manifest: dict, seconds: float) -> dict:
@@ -127,7 +154,10 @@ def index_shard(plan_data: dict, shard: dict, index: dict) -> dict:
     return indexing.index_shard(plan, shard, hook, s3_client(), index["dimension"])
 
 
-def restore_index(plan_data: dict) -> Any:
+def restore_index(plan_data: dict | None) -> Any:
+    if plan_data is None:  # runs after any failure; without a plan nothing touched the index
+        log.info("no plan (the plan task failed): no index settings to restore")
+        return None
     return indexing.restore_index(plan_of(plan_data), OpenSearchHook(OPENSEARCH_CONN_ID), s3_client())
 
 
@@ -148,7 +178,16 @@ def report(plan_data: dict, manifest: dict, context: dict, asset) -> dict:
     """Assemble and publish the run report; fails the run (after writing it) when off."""
     from batchvec import verify
 
+    if plan_data is None:
+        raise fail_for_good("no report: the plan task failed (its log names the bad params)")
     plan = plan_of(plan_data)
+    s3 = s3_client()
+    if manifest is None:  # stage failed; it may still have staged and counted (all rejected)
+        try:
+            manifest = s3io.get_json(s3, plan.bucket, plan.key(MANIFEST_KEY))
+        except s3.exceptions.NoSuchKey:
+            raise fail_for_good(f"no report: nothing was staged from {plan.input_uri} "
+                                "(the stage task's log says why)") from None
     ti = context["ti"]
     model = ti.xcom_pull(task_ids="ensure_model") or {}
     job = ti.xcom_pull(task_ids="batch_predict") or {}
@@ -164,7 +203,6 @@ def report(plan_data: dict, manifest: dict, context: dict, asset) -> dict:
         "batch_predict": job.get("elapsed") or 0.0,
         "index (slowest shard)": max((r.get("seconds", 0.0) for r in shard_results), default=0.0),
     }
-    s3 = s3_client()
     hook = OpenSearchHook(OPENSEARCH_CONN_ID)
     result = verify.build_report(plan, s3, hook, manifest=manifest, shards_present=present,
                                  model=model, job=job, stage_seconds=stage_seconds,

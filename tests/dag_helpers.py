@@ -1,0 +1,64 @@
+"""Helpers for tests that run the batch_embeddings DAG on the devstack through dag.test()."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_dag():
+    """Parsed afresh per test: dag.test() leaves a run's conf in the DAG object's params."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags["batch_embeddings"]
+
+
+def write_jsonl(path: Path, docs: list[dict], extra_lines: list[str] = ()) -> Path:
+    lines = [json.dumps(d) for d in docs] + list(extra_lines)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def docs(prefix: str, n: int) -> list[dict]:
+    topics = ["a kitten naps in the sun", "stock markets fell on rate fears",
+              "bake bread with flour and yeast", "the rover drove across Mars"]
+    return [{"id": f"{prefix}-{i}", "text": f"{topics[i % 4]} (note {i})", "topic": str(i % 4)}
+            for i in range(n)]
+
+
+def run(dag, logical_date: datetime, conf: dict):
+    # run_after fixes the run_id, so calling twice is the same run again, not a new one.
+    return dag.test(run_after=logical_date, logical_date=logical_date, run_conf=conf)
+
+
+def reports(devstack, index: str) -> list[dict]:
+    s3 = devstack.s3.client()
+    found = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=devstack.s3.bucket, Prefix="runs/"):
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith("/report.json"):
+                rep = json.loads(s3.get_object(Bucket=devstack.s3.bucket, Key=obj["Key"])["Body"].read())
+                if rep["index"] == index:
+                    found.append((obj["LastModified"], rep))
+    return [r for _, r in sorted(found, key=lambda x: x[0])]
+
+
+def os_get(devstack, path: str, body: dict | None = None) -> dict:
+    ep = devstack.endpoints
+    resp = requests.post(ep["opensearch"] + path, json=body, timeout=30,
+                         auth=(ep["opensearch_user"], ep["opensearch_password"])) if body is not None \
+        else requests.get(ep["opensearch"] + path, timeout=30,
+                          auth=(ep["opensearch_user"], ep["opensearch_password"]))
+    resp.raise_for_status()
+    return resp.json()
+
+
+def transform_jobs(devstack) -> list[dict]:
+    return devstack.boto3_client("sagemaker").list_transform_jobs(MaxResults=100)["TransformJobSummaries"]
