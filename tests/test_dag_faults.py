@@ -11,19 +11,21 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 import requests
 
 from devstack import faults, launcher
-from tests.test_dag_e2e import dag, docs, os_get, reports, run, transform_jobs, write_jsonl
+from tests.dag_helpers import docs, load_dag, os_get, reports, run, transform_jobs, write_jsonl
 
-__all__ = ["dag"]  # the fixture, imported for pytest
 pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
 
-REPO = Path(__file__).resolve().parents[1]
 LIVE_JOB_STATES = {"InProgress", "Stopping"}
+
+
+@pytest.fixture
+def dag(airflow_env):
+    return load_dag()
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +68,7 @@ def test_transient_faults_everywhere_still_index_every_record_once(dag, airflow_
               {"service": "opensearch", "path_regex": "_bulk$", "action": "reset_after", "count": 2}],
     )
     source = write_jsonl(tmp_path / "in.jsonl", docs("tf", 120))
-    dagrun = run(dag, datetime(2026, 4, 1, tzinfo=UTC),
+    dagrun = run(dag, datetime(2026, 6, 1, tzinfo=UTC),
                  {"input_uri": str(source), "index_name": "faults-transient", "shards": 3})
     assert dagrun.state == "success"
     left = faults.current(devstack.state_dir)
@@ -86,12 +88,8 @@ def test_transient_faults_everywhere_still_index_every_record_once(dag, airflow_
 @pytest.fixture
 def dag_without_retries(airflow_env, monkeypatch):
     """The DAG parsed with BATCHVEC_RETRIES=0, for faults whose first failure is the answer."""
-    from airflow.dag_processing.dagbag import DagBag
-
     monkeypatch.setenv("BATCHVEC_RETRIES", "0")
-    bag = DagBag(dag_folder=str(REPO / "dags"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.dags["batch_embeddings"]
+    return load_dag()
 
 
 def logged(capfd, caplog) -> str:
@@ -110,7 +108,7 @@ def test_failed_job_fails_that_try_with_its_reason_and_the_retry_runs_a_new_job(
     devstack = airflow_env
     faults.set_faults(devstack.state_dir, fail_job={"count": 1, "reason": "ClientError: model OOM"})
     source = write_jsonl(tmp_path / "in.jsonl", docs("fj", 30))
-    dagrun = run(dag, datetime(2026, 4, 2, tzinfo=UTC),
+    dagrun = run(dag, datetime(2026, 6, 2, tzinfo=UTC),
                  {"input_uri": str(source), "index_name": "faults-failed-job"})
     assert dagrun.state == "success"
     assert "ClientError: model OOM" in logged(capfd, caplog)  # the first try failed with the job's reason
@@ -127,7 +125,7 @@ def test_stalled_job_is_cancelled_at_wait_timeout_and_the_run_fails_accounted(
     devstack = airflow_env
     faults.set_faults(devstack.state_dir, stall_job={"count": 1})
     source = write_jsonl(tmp_path / "in.jsonl", docs("st", 10))
-    dagrun = run(dag_without_retries, datetime(2026, 4, 3, tzinfo=UTC),
+    dagrun = run(dag_without_retries, datetime(2026, 6, 3, tzinfo=UTC),
                  {"input_uri": str(source), "index_name": "faults-stall", "wait_timeout": 3})
     assert dagrun.state == "failed"
     assert task_states(dagrun)[("batch_predict", -1)] == "failed"
@@ -149,7 +147,7 @@ def test_missing_output_fails_that_shard_by_name_and_the_others_index(
     devstack = airflow_env
     faults.set_faults(devstack.state_dir, drop_output={"count": 1})
     source = write_jsonl(tmp_path / "in.jsonl", docs("do", 60))
-    dagrun = run(dag_without_retries, datetime(2026, 4, 4, tzinfo=UTC),
+    dagrun = run(dag_without_retries, datetime(2026, 6, 4, tzinfo=UTC),
                  {"input_uri": str(source), "index_name": "faults-drop", "shards": 3})
     assert dagrun.state == "failed"
     states = task_states(dagrun)
@@ -164,7 +162,7 @@ def test_missing_output_fails_that_shard_by_name_and_the_others_index(
     assert f"ShardFailed: shard {lost['shard']}: output s3://" in text and "is missing" in text
     assert t["created"] == 60 - lost["records_in"]
     assert os_get(devstack, "/faults-drop/_count")["count"] == 60 - lost["records_in"]
-    assert f"RunFailed: {lost['records_in']} records failed" in text  # after the report
+    assert f"{lost['records_in']} records failed: " in text  # after the report
 
 
 def test_batch_task_limit_429_waits_for_a_free_slot(dag, airflow_env, tmp_path, capfd, caplog):
@@ -182,7 +180,7 @@ def test_batch_task_limit_429_waits_for_a_free_slot(dag, airflow_env, tmp_path, 
         release = threading.Timer(8.0, lambda: cancel_task(devstack, blocker))
         release.start()
         source = write_jsonl(tmp_path / "in.jsonl", docs("tl", 20))
-        dagrun = run(dag, datetime(2026, 4, 5, tzinfo=UTC),
+        dagrun = run(dag, datetime(2026, 6, 5, tzinfo=UTC),
                      {"input_uri": str(source), "index_name": "faults-task-limit"})
         release.join()
     finally:
@@ -246,7 +244,7 @@ def test_devstack_restart_in_the_middle_of_the_job(dag, airflow_env, tmp_path):
 
     watcher = threading.Thread(target=restart_when_the_job_runs, daemon=True)
     watcher.start()
-    dagrun = run(dag, datetime(2026, 4, 6, tzinfo=UTC),
+    dagrun = run(dag, datetime(2026, 6, 6, tzinfo=UTC),
                  {"input_uri": str(source), "index_name": "faults-restart", "shards": 2})
     watcher.join(timeout=120)
     assert restarted.is_set(), "the job finished before the restart could happen"

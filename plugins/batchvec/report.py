@@ -131,10 +131,10 @@ class RunReport:
 
     @property
     def reject_ratio(self) -> float:
-        """Share of input records not indexed (rejected while staging/converting or failed
-        at bulk time); 0.0 for an empty run."""
+        """Share of input records rejected as bad input (what `max_reject_ratio` bounds);
+        failed records are not bad input and fail a run on their own. 0.0 for an empty run."""
         t = self.totals
-        return (t.rejected_total + t.failed_total) / t.records_in if t.records_in else 0.0
+        return t.rejected_total / t.records_in if t.records_in else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {

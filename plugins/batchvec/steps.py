@@ -206,10 +206,16 @@ def report(plan_data: dict, manifest: dict, context: dict, asset) -> dict:
     hook = OpenSearchHook(OPENSEARCH_CONN_ID)
     result = verify.build_report(plan, s3, hook, manifest=manifest, shards_present=present,
                                  model=model, job=job, stage_seconds=stage_seconds,
-                                 missing_reason="output_missing" if shards is not None else "batch_job_failed")
+                                 missing_reason="batch_job_failed" if shards is None
+                                 else "output_missing")
     if shards is None:
         result.extra["batch_job"] = "failed or not run: see the batch_predict task log"
-    uri = verify.publish(plan, s3, result)
+    try:
+        uri = verify.publish(plan, s3, result)
+    except verify.RunFailed as exc:
+        if exc.retryable:
+            raise
+        raise fail_for_good(str(exc)) from exc  # a retry would only say it again
     totals = result.totals
     context["outlet_events"][asset].extra = {
         "index": plan.index_name, "run_key": plan.run_key, "created": totals.created,

@@ -19,7 +19,12 @@ STAGING_ROW = "(staging)"
 
 
 class RunFailed(Exception):
-    pass
+    """The run is off. `retryable` only when a retry of the report could change the verdict
+    (the smoke query alone failed); accounting, failed records and reject ratio are final."""
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def shard_reports(plan: Plan, s3, manifest: dict, present: dict[str, bool],
@@ -94,9 +99,10 @@ def publish(plan: Plan, s3, report: RunReport) -> str:
     if report.reject_ratio > plan.max_reject_ratio:
         problems.append(f"rejected ratio {report.reject_ratio:.4f} exceeds max_reject_ratio "
                         f"{plan.max_reject_ratio} ({totals.rejected_total} of {totals.records_in})")
+    final = bool(problems)
     smoke = report.extra.get("smoke_query")
     if totals.indexed and not (smoke and smoke.get("ok")):
         problems.append(f"smoke k-NN query failed: {smoke}")
     if problems:
-        raise RunFailed("; ".join(problems))
+        raise RunFailed("; ".join(problems), retryable=not final)
     return f"s3://{plan.bucket}/{key}"
