@@ -1,0 +1,201 @@
+"""No secret leaks from a real run: connections carry known, distinctive secrets, the DAG runs
+through dag.test() on the devstack, and every place a secret could surface is grepped: all
+logging (DEBUG) and stdout/stderr, task log files, XComs, rendered template fields, trigger
+rows, every JSON object the run wrote to S3, and the ML Commons connector as read back.
+
+The AWS session token rides on a connection used only to sign OpenSearch requests (SigV4):
+SeaweedFS refuses unknown session tokens (InvalidAccessKeyId), while the OpenSearch stand-in
+checks the signature over the signed `x-amz-security-token` header, as AWS does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
+
+REPO = Path(__file__).resolve().parents[1]
+SESSION_TOKEN = "IQoJb3JpZ2luX2VjBatchvecToken" + secrets.token_hex(12)
+WRONG_PASSWORD = "Wr0ngPassw0rd-" + secrets.token_hex(8)
+
+
+def needles(named: dict[str, str], user: str = "") -> dict[str, str]:
+    """Each secret, a 16-char slice of it (a truncated echo is still a leak), and the base64
+    forms it travels in (`Authorization: Basic base64(user:password)`)."""
+    out = {}
+    for label, value in named.items():
+        out[label] = value
+        out[f"{label}[4:20]"] = value[4:20]
+        out[f"{label} base64"] = base64.b64encode(value.encode()).decode().rstrip("=")
+        if user:
+            out[f"{label} basic header"] = base64.b64encode(f"{user}:{value}".encode()).decode()
+    return out
+
+
+def leaks(places: dict[str, str], secret_needles: dict[str, str]) -> list[str]:
+    return [f"{label} in {place}" for place, text in places.items()
+            for label, needle in secret_needles.items() if needle in text]
+
+
+class Capture:
+    """Every log record of the run at DEBUG, from every logger, before any handler or masker.
+
+    Airflow reconfigures logging when a run starts (handlers replaced, levels reset), so a
+    root handler would miss the run: records are taken where Logger.handle() receives them,
+    and every logger is made DEBUG-enabled (SQLAlchemy's would echo each query: left alone).
+    """
+
+    def __init__(self, monkeypatch):
+        self.lines: list[str] = []
+        self.formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+        handle, enabled = logging.Logger.handle, logging.Logger.isEnabledFor
+
+        def capture(logger, record):
+            try:
+                self.lines.append(self.formatter.format(record))
+            except Exception as exc:  # a record that cannot format is still evidence
+                self.lines.append(f"{record.name} {record.msg!r} {record.args!r} {exc}")
+            if record.levelno >= logger.getEffectiveLevel():  # what would have been emitted
+                handle(logger, record)
+
+        def debug_enabled(logger, level):
+            return enabled(logger, level) if logger.name.startswith("sqlalchemy") else True
+
+        monkeypatch.setattr(logging.Logger, "handle", capture)
+        monkeypatch.setattr(logging.Logger, "isEnabledFor", debug_enabled)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def capture_logs(monkeypatch):
+    return Capture(monkeypatch)
+
+
+def _conns(ep: dict, *, auth: str, password: str) -> dict[str, dict]:
+    sys_path = str(REPO / "scripts")
+    import sys
+
+    if sys_path not in sys.path:
+        sys.path.insert(0, sys_path)
+    from devstack_connections import connections
+
+    conns = connections(ep)
+    conns["opensearch_default"]["password"] = password
+    if auth == "sigv4":
+        conns["aws_opensearch"] = {
+            "conn_type": "aws", "login": ep["aws_access_key_id"],
+            "password": ep["aws_secret_access_key"],
+            "extra": {"region_name": ep["region"], "aws_session_token": SESSION_TOKEN}}
+        conns["opensearch_default"]["extra"] = {
+            "auth": "sigv4", "aws_conn_id": "aws_opensearch", "region": ep["region"]}
+    return conns
+
+
+@pytest.fixture
+def dag_with(airflow_env, monkeypatch):
+    def make(*, auth: str = "basic", password: str | None = None, retries: int = 0):
+        ep = airflow_env.endpoints
+        for conn_id, conn in _conns(ep, auth=auth,
+                                    password=password or ep["opensearch_password"]).items():
+            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        monkeypatch.setenv("BATCHVEC_RETRIES", str(retries))
+        from airflow.dag_processing.dagbag import DagBag
+
+        bag = DagBag(dag_folder=str(REPO / "dags"))
+        assert not bag.import_errors, bag.import_errors
+        return bag.dags["batch_embeddings"]
+    return make
+
+
+def db_places(dag_id: str, run_id: str) -> dict[str, str]:
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.models.trigger import Trigger
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        xcoms = session.scalars(select(XComModel).where(
+            XComModel.dag_id == dag_id, XComModel.run_id == run_id)).all()
+        rtif = session.scalars(select(RenderedTaskInstanceFields).where(
+            RenderedTaskInstanceFields.dag_id == dag_id,
+            RenderedTaskInstanceFields.run_id == run_id)).all()
+        triggers = session.scalars(select(Trigger)).all()
+        places = {f"xcom {x.task_id}[{x.map_index}].{x.key}": json.dumps(x.value, default=str)
+                  for x in xcoms}
+        places |= {f"rendered fields {r.task_id}[{r.map_index}]": json.dumps(r.rendered_fields, default=str)
+                   for r in rtif}
+        places |= {f"trigger {t.id}": json.dumps(t.kwargs, default=str) for t in triggers}
+    assert any(p.startswith("xcom plan") for p in places), sorted(places)
+    assert any(p.startswith("rendered fields batch_predict") for p in places), sorted(places)
+    return places
+
+
+def s3_places(devstack, prefix: str) -> dict[str, str]:
+    s3 = devstack.s3.client()
+    places = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=devstack.s3.bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith((".json", ".jsonl")):
+                body = s3.get_object(Bucket=devstack.s3.bucket, Key=obj["Key"])["Body"].read()
+                places[f"s3 {obj['Key']}"] = body.decode(errors="replace")
+    return places
+
+
+def log_file_places() -> dict[str, str]:
+    import os
+
+    logs = Path(os.environ["AIRFLOW_HOME"]) / "logs"
+    return {f"log file {p}": p.read_text(errors="replace")
+            for p in logs.rglob("*") if p.is_file()} if logs.exists() else {}
+
+
+@pytest.mark.parametrize("auth", ["basic", "sigv4"])
+def test_a_run_leaks_no_credential_anywhere(dag_with, airflow_env, capture_logs, capfd, auth, tmp_path):
+    devstack = airflow_env
+    ep = devstack.endpoints
+    dag = dag_with(auth=auth)
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": f"s-{i}", "text": f"secure text {i}"}) + "\n"
+                              for i in range(6)) + '{"id": "bad", "text": ""}\n')
+    when = datetime(2026, 4, 1 if auth == "basic" else 2, tzinfo=UTC)
+    dagrun = dag.test(run_after=when, logical_date=when,
+                      run_conf={"input_uri": str(source), "index_name": f"sec-{auth}",
+                                "max_reject_ratio": 0.5})
+    out, err = capfd.readouterr()
+    assert dagrun.state == "success", out[-3000:] + err[-3000:]
+
+    from batchvec import naming
+
+    key = naming.run_key(dag.dag_id, dagrun.run_id)
+    places = {"logging (DEBUG)": capture_logs.text, "stdout": out, "stderr": err}
+    places |= log_file_places() | db_places(dag.dag_id, dagrun.run_id)
+    places |= s3_places(devstack, f"runs/{key}/")
+    assert f"s3 runs/{key}/report.json" in places and f"s3 runs/{key}/manifest.json" in places
+    import requests
+
+    connectors = requests.post(ep["opensearch"] + "/_plugins/_ml/connectors/_search",
+                               json={"query": {"match_all": {}}, "size": 100}, timeout=30,
+                               auth=(ep["opensearch_user"], ep["opensearch_password"])).json()
+    for hit in connectors["hits"]["hits"]:
+        got = requests.get(ep["opensearch"] + f"/_plugins/_ml/connectors/{hit['_id']}", timeout=30,
+                           auth=(ep["opensearch_user"], ep["opensearch_password"])).json()
+        places[f"connector {hit['_id']}"] = json.dumps(got)
+    secret_needles = needles({"aws secret key": ep["aws_secret_access_key"],
+                              "opensearch password": ep["opensearch_password"],
+                              "session token": SESSION_TOKEN}, user=ep["opensearch_user"])
+    Path("/tmp/secplaces.json").write_text(json.dumps(places))
+    found = leaks(places, secret_needles)
+    assert not found, found
+    # The grep looked where it should: the run's own traces are in what was captured.
+    assert key in places["logging (DEBUG)"] + out + err
