@@ -50,18 +50,23 @@ class Capture:
     Airflow reconfigures logging when a run starts (handlers replaced, levels reset), so a
     root handler would miss the run: records are taken where Logger.handle() receives them,
     and every logger is made DEBUG-enabled (SQLAlchemy's would echo each query: left alone).
+
+    Our own records (any logger named batchvec...) are grepped raw: our code must not log a
+    secret at all. Third-party DEBUG records are grepped as the task log would show them,
+    through Airflow's secrets masker: botocore at DEBUG prints the signed request, session
+    token included, and only the masker (which knows connection secrets) stands in its way.
     """
 
     def __init__(self, monkeypatch):
-        self.lines: list[str] = []
+        self.records: list[tuple[str, str]] = []
         self.formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
         handle, enabled = logging.Logger.handle, logging.Logger.isEnabledFor
 
         def capture(logger, record):
             try:
-                self.lines.append(self.formatter.format(record))
+                self.records.append((record.name, self.formatter.format(record)))
             except Exception as exc:  # a record that cannot format is still evidence
-                self.lines.append(f"{record.name} {record.msg!r} {record.args!r} {exc}")
+                self.records.append((record.name, f"{record.msg!r} {record.args!r} {exc}"))
             if record.levelno >= logger.getEffectiveLevel():  # what would have been emitted
                 handle(logger, record)
 
@@ -72,8 +77,18 @@ class Capture:
         monkeypatch.setattr(logging.Logger, "isEnabledFor", debug_enabled)
 
     @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
+    def ours(self) -> str:
+        return "\n".join(text for name, text in self.records if "batchvec" in name)
+
+    @property
+    def others_masked(self) -> str:
+        from airflow.sdk._shared.secrets_masker import redact
+
+        return "\n".join(str(redact(text)) for name, text in self.records if "batchvec" not in name)
+
+    def places(self) -> dict[str, str]:
+        return {"our logging (DEBUG, raw)": self.ours,
+                "third-party logging (DEBUG, as masked by Airflow)": self.others_masked}
 
 
 @pytest.fixture
@@ -117,7 +132,7 @@ def dag_with(airflow_env, monkeypatch):
     return make
 
 
-def db_places(dag_id: str, run_id: str) -> dict[str, str]:
+def db_places(dag_id: str, run_id: str, batch_predict_ran: bool = True) -> dict[str, str]:
     from airflow.models.renderedtifields import RenderedTaskInstanceFields
     from airflow.models.trigger import Trigger
     from airflow.models.xcom import XComModel
@@ -137,7 +152,8 @@ def db_places(dag_id: str, run_id: str) -> dict[str, str]:
                    for r in rtif}
         places |= {f"trigger {t.id}": json.dumps(t.kwargs, default=str) for t in triggers}
     assert any(p.startswith("xcom plan") for p in places), sorted(places)
-    assert any(p.startswith("rendered fields batch_predict") for p in places), sorted(places)
+    if batch_predict_ran:
+        assert any(p.startswith("rendered fields batch_predict") for p in places), sorted(places)
     return places
 
 
@@ -178,7 +194,7 @@ def test_a_run_leaks_no_credential_anywhere(dag_with, airflow_env, capture_logs,
     from batchvec import naming
 
     key = naming.run_key(dag.dag_id, dagrun.run_id)
-    places = {"logging (DEBUG)": capture_logs.text, "stdout": out, "stderr": err}
+    places = {**capture_logs.places(), "stdout": out, "stderr": err}
     places |= log_file_places() | db_places(dag.dag_id, dagrun.run_id)
     places |= s3_places(devstack, f"runs/{key}/")
     assert f"s3 runs/{key}/report.json" in places and f"s3 runs/{key}/manifest.json" in places
@@ -198,4 +214,103 @@ def test_a_run_leaks_no_credential_anywhere(dag_with, airflow_env, capture_logs,
     found = leaks(places, secret_needles)
     assert not found, found
     # The grep looked where it should: the run's own traces are in what was captured.
-    assert key in places["logging (DEBUG)"] + out + err
+    assert key in capture_logs.ours and key in out
+
+
+def test_a_failing_run_leaks_neither_the_wrong_nor_the_right_password(dag_with, airflow_env,
+                                                                     capture_logs, capfd, tmp_path):
+    ep = airflow_env.endpoints
+    dag = dag_with(password=WRONG_PASSWORD)
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"id": "f-1", "text": "never embedded"}) + "\n")
+    when = datetime(2026, 4, 3, tzinfo=UTC)
+    dagrun = dag.test(run_after=when, logical_date=when,
+                      run_conf={"input_uri": str(source), "index_name": "sec-fail"})
+    out, err = capfd.readouterr()
+    assert dagrun.state == "failed"
+    assert "401" in out + capture_logs.ours  # it failed where it should: OpenSearch said no
+    places = {**capture_logs.places(), "stdout": out, "stderr": err}
+    places |= log_file_places() | db_places(dag.dag_id, dagrun.run_id, batch_predict_ran=False)
+    found = leaks(places, needles({"aws secret key": ep["aws_secret_access_key"],
+                                   "opensearch password": ep["opensearch_password"],
+                                   "wrong password": WRONG_PASSWORD}, user=ep["opensearch_user"]))
+    assert not found, found
+
+
+# -- exception paths, one client at a time --------------------------------------------------
+
+def _set_conn(monkeypatch, conn_id: str, conn: dict) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+
+
+def _bad_aws(ep: dict) -> dict:
+    """The right key id with a wrong secret and a session token: AWS (and the stand-ins) answer
+    with the canonical request they expected, which carries the token."""
+    return {"conn_type": "aws", "login": ep["aws_access_key_id"], "password": WRONG_PASSWORD,
+            "extra": {"region_name": ep["region"], "aws_session_token": SESSION_TOKEN,
+                      "service_config": {"sagemaker": {"endpoint_url": ep["sagemaker"]}}}}
+
+
+def _secret_needles(ep: dict) -> dict[str, str]:
+    return needles({"aws secret key": ep["aws_secret_access_key"], "wrong secret": WRONG_PASSWORD,
+                    "opensearch password": ep["opensearch_password"],
+                    "session token": SESSION_TOKEN}, user=ep["opensearch_user"])
+
+
+def test_opensearch_signature_errors_do_not_echo_the_session_token(airflow_env, monkeypatch,
+                                                                   capture_logs):
+    from batchvec.opensearch_hook import OpenSearchError, OpenSearchHook
+
+    ep = airflow_env.endpoints
+    host, port = ep["opensearch"].rsplit(":", 1)
+    _set_conn(monkeypatch, "aws_bad", _bad_aws(ep))
+    _set_conn(monkeypatch, "os_bad_sig", {
+        "conn_type": "generic", "host": host.split("://")[1], "port": int(port), "schema": "http",
+        "extra": {"auth": "sigv4", "aws_conn_id": "aws_bad", "region": ep["region"]}})
+    with pytest.raises(OpenSearchError) as err:
+        OpenSearchHook("os_bad_sig", max_retries=0).count("anything")
+    assert err.value.status == 403 and "signature" in str(err.value)
+    assert "Canonical String" in str(err.value)  # the diagnosis stays, only the token goes
+    found = leaks({"exception": str(err.value), "reason": err.value.reason,
+                   **capture_logs.places()}, _secret_needles(ep))
+    assert not found, found
+
+
+def test_sagemaker_errors_while_polling_or_cancelling_do_not_echo_the_session_token(
+        airflow_env, monkeypatch, capture_logs):
+    from batchvec.opensearch_hook import OpenSearchHook
+    from batchvec.operators import BatchPredictOperator
+    from batchvec.triggers import cancel_job, poll_job
+
+    ep = airflow_env.endpoints
+    _set_conn(monkeypatch, "aws_bad", _bad_aws(ep))
+    with pytest.raises(ConnectionError) as err:
+        poll_job("opensearch_default", "aws_bad", None, "no-such-job")
+    assert "InvalidSignatureException" in str(err.value)
+    cancel_job("opensearch_default", "aws_bad", "no-such-job", None)  # logs, never raises
+    op = BatchPredictOperator(task_id="bp", model_id="m1", run_key="k", input_s3_uri="s3://b/i/",
+                              output_s3_uri="s3://b/o/", aws_conn_id="aws_bad")
+    assert op._existing(OpenSearchHook("opensearch_default"), "no-such-job") is None  # logged
+    logged = capture_logs.ours
+    assert "could not cancel job no-such-job" in logged and "DescribeTransformJob" in logged
+    found = leaks({"exception": str(err.value), **capture_logs.places()}, _secret_needles(ep))
+    assert not found, found
+
+
+def test_unreachable_endpoint_errors_carry_no_password(airflow_env, monkeypatch, capture_logs):
+    from batchvec.opensearch_hook import OpenSearchError, OpenSearchHook
+    from devstack.launcher import free_port
+
+    ep = airflow_env.endpoints
+    password = ep["opensearch_password"]
+    closed = free_port()
+    # userinfo in the host as well as in login/password: neither may surface
+    _set_conn(monkeypatch, "os_down", {
+        "conn_type": "generic", "host": f"http://admin:{password}@127.0.0.1", "port": closed,
+        "login": "admin", "password": password, "extra": {"auth": "basic"}})
+    with pytest.raises(OpenSearchError) as err:
+        OpenSearchHook("os_down", max_retries=1).count("anything")
+    assert err.value.type == "connection_error" and str(closed) in str(err.value)
+    found = leaks({"exception": str(err.value), **capture_logs.places()},
+                  _secret_needles(ep))
+    assert not found, found

@@ -135,6 +135,10 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         naming.validate_bucket_name(p["bucket"])
     except ValueError as exc:
         errors.append(f"bucket: {exc}")
+    try:  # it becomes part of the S3 URIs in the _batch_predict request
+        naming.validate_key_prefix(p["staging_prefix"])
+    except ValueError as exc:
+        errors.append(f"staging_prefix: {exc}")
     if p["space_type"] not in SPACE_TYPES:
         errors.append(f"space_type: {p['space_type']!r} not one of {SPACE_TYPES}")
     for name, low in (("shards", 0), ("instance_count", 1), ("wait_timeout", 1), ("bulk_concurrency", 1)):
@@ -150,10 +154,8 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
                      model_name=p["sagemaker_model_name"], endpoint_name=p["sagemaker_endpoint_name"],
                      instance_type=p["instance_type"], instance_count=p["instance_count"],
                      sagemaker_api_url=sagemaker_api_url, sagemaker_runtime_url=sagemaker_runtime_url)
-    try:
-        spec = spec.resolved()
-    except ValueError as exc:
-        errors.append(str(exc))
+    spec = spec.with_default_urls()
+    errors.extend(spec.problems())  # with the others: one message names every bad param
     if errors:
         raise ValueError("invalid params:\n  " + "\n  ".join(errors))
     key = naming.run_key(dag_id, run_id)
