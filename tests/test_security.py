@@ -215,6 +215,15 @@ def test_a_run_leaks_no_credential_anywhere(dag_with, airflow_env, capture_logs,
     assert not found, found
     # The grep looked where it should: the run's own traces are in what was captured.
     assert key in capture_logs.ours and key in out
+    if auth == "sigv4":  # and the token really travelled, signed, on every OpenSearch call
+        from batchvec.opensearch_hook import OpenSearchHook
+
+        sent = []
+        hook = OpenSearchHook("opensearch_default")
+        hook.session.hooks["response"].append(lambda r, *a, **k: sent.append(r.request.headers))
+        assert hook.count(f"sec-{auth}") == 6
+        assert sent[0]["x-amz-security-token"] == SESSION_TOKEN
+        assert "x-amz-security-token" in sent[0]["Authorization"]  # in SignedHeaders
 
 
 def test_a_failing_run_leaks_neither_the_wrong_nor_the_right_password(dag_with, airflow_env,
@@ -293,6 +302,8 @@ def test_sagemaker_errors_while_polling_or_cancelling_do_not_echo_the_session_to
     assert op._existing(OpenSearchHook("opensearch_default"), "no-such-job") is None  # logged
     logged = capture_logs.ours
     assert "could not cancel job no-such-job" in logged and "DescribeTransformJob" in logged
+    # botocore's own DEBUG record of the signed request was seen, and the masker hid the token
+    assert "x-amz-security-token:***" in capture_logs.others_masked
     found = leaks({"exception": str(err.value), **capture_logs.places()}, _secret_needles(ep))
     assert not found, found
 
@@ -314,3 +325,27 @@ def test_unreachable_endpoint_errors_carry_no_password(airflow_env, monkeypatch,
     found = leaks({"exception": str(err.value), **capture_logs.places()},
                   _secret_needles(ep))
     assert not found, found
+
+
+def test_credentials_the_sigv4_signer_fetches_itself_are_masked_in_task_logs():
+    """An assumed role or instance profile hands botocore a secret and token Airflow never
+    saw in a connection; the signer registers them with the masker as it picks them up."""
+    import threading
+
+    import botocore.session
+    import requests
+    from airflow.sdk._shared.secrets_masker import redact
+
+    from batchvec.opensearch_hook import _AwsAuth
+
+    secret, token = "fetched-secret-" + secrets.token_hex(8), "FetchedToken" + secrets.token_hex(8)
+    session = botocore.session.Session()
+    session.set_credentials("AKIDFETCHED", secret, token)
+    auth = _AwsAuth.__new__(_AwsAuth)  # as __init__ leaves it, minus the Airflow connection
+    auth._session, auth._region, auth._service = session, "us-east-1", "es"
+    auth._lock, auth._auth, auth._frozen = threading.Lock(), None, None
+    assert token in redact(f"DEBUG x-amz-security-token:{token}")  # not known yet
+    request = auth(requests.Request("GET", "http://127.0.0.1:9/_count").prepare())
+    assert request.headers["x-amz-security-token"] == token
+    masked = redact(f"DEBUG x-amz-security-token:{token} key {secret}")
+    assert token not in masked and secret not in masked

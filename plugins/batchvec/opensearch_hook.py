@@ -3,9 +3,10 @@
 Authentication from the Airflow connection's extras:
   {"auth": "sigv4", "aws_conn_id": "aws_default", "region": "us-east-1", "service": "es"}
   {"auth": "basic"}   (login/password of the connection)
-TLS certificates are verified unless the connection says `"verify_certs": false`; a CA
-bundle path may be given as `"ca_certs"`. Errors are raised with OpenSearch's `type` and
-`reason`, never a bare status code, and never with credentials in the message.
+TLS certificates are verified unless the connection says `"verify_certs": false` (or
+"false"; a warning is logged); a CA bundle path may be given as `"ca_certs"`. Errors are
+raised with OpenSearch's `type` and `reason`, never a bare status code, and scrubbed of
+credentials (batchvec.redact).
 """
 
 from __future__ import annotations
@@ -167,6 +168,8 @@ class OpenSearchHook(BaseHook):
             session.auth = (conn.login or "", conn.password or "")
         elif auth != "none":
             raise ValueError(f"connection {self.conn_id!r}: extra.auth must be sigv4, basic or none")
+        # Passed again on every request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE
+        # override a session's verify, which would silently drop ca_certs.
         session.verify = tls_verify(self.conn_id, extra)
         session.headers["Content-Type"] = "application/json"
         self._session = session
@@ -196,7 +199,8 @@ class OpenSearchHook(BaseHook):
         for attempt in range(attempts):
             try:
                 resp = self.session.request(method, self.base_url + path, data=data, params=params,
-                                            headers=headers, timeout=self.timeout)
+                                            headers=headers, timeout=self.timeout,
+                                            verify=self.session.verify)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt + 1 >= attempts:
                     raise OpenSearchError(0, "connection_error", str(exc), method, path) from None
@@ -260,6 +264,7 @@ class OpenSearchHook(BaseHook):
 
         try:
             resp = self.session.post(self.base_url + "/_bulk", data=body, timeout=self.timeout,
+                                     verify=self.session.verify,
                                      headers={"Content-Type": "application/x-ndjson"})
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise BulkTransientError(f"bulk request failed: {type(exc).__name__}") from None

@@ -38,7 +38,9 @@ def param_schema() -> dict[str, dict]:
         "space_type": {"default": "cosinesimil", "enum": list(SPACE_TYPES)},
         "bucket": {"default": os.environ.get("BATCHVEC_BUCKET", "batchvec"), "type": "string",
                    "description": "S3 bucket for staging, outputs, rejects, DLQ and reports"},
-        "staging_prefix": {"default": "runs", "type": "string"},
+        "staging_prefix": {"default": "runs", "type": "string",
+                           "description": "key prefix under the bucket: '/'-separated letters, "
+                           "digits and _ . = -"},
         "sagemaker_model_name": {"default": os.environ.get("BATCHVEC_SAGEMAKER_MODEL", "minilm-embedder"),
                                  "type": "string"},
         "sagemaker_endpoint_name": {"default": os.environ.get("BATCHVEC_SAGEMAKER_ENDPOINT", "devstack-minilm"),

@@ -25,8 +25,8 @@ _PATTERNS = [
     (re.compile(r"(?i)(?P<keep>\bbasic\s+)[A-Za-z0-9+/]{12,}={0,2}"), r"\g<keep>" + MASK),
     (re.compile(r"(?i)(?P<keep>signature=)[0-9a-f]{64}"), r"\g<keep>" + MASK),
     # key/value pairs that name a secret (password=..., "secret_key": "...", token: ...)
-    (re.compile(r"(?i)(?P<keep>\b(?:password|passwd|secret[_-]?(?:access[_-]?)?key|session[_-]?token"
-                r"|aws_session_token)['\"]?\s*[:=]\s*['\"]?)[^\s'\",&}]+"), r"\g<keep>" + MASK),
+    (re.compile(r"(?i)(?P<keep>\b(?:aws_)?(?:password|passwd|secret[_-]?(?:access[_-]?)?key"
+                r"|session[_-]?token)['\"]?\s*[:=]\s*['\"]?)[^\s'\",&}]+"), r"\g<keep>" + MASK),
 ]
 
 
