@@ -219,10 +219,8 @@ def test_run_keys_always_make_valid_job_names_and_request_uris():
         naming.validate_request_s3_uri(naming.join_s3("bucket", "runs", key, "input/"))
 
 
-def test_resolve_plan_reports_injection_attempts_with_every_other_bad_param(tmp_path):
-    source = tmp_path / "in.jsonl"
-    source.write_text("{}\n")
-    params = {"input_uri": str(source), "sagemaker_model_name": 'm", "x": "y',
+def test_resolve_plan_reports_injection_attempts_with_every_other_bad_param():
+    params = {"input_uri": "https://me:x-secret-pw@example.com/in.jsonl", "sagemaker_model_name": 'm", "x": "y',
               "sagemaker_endpoint_name": "ep\n", "connector_role_arn": "${parameters.region}",
               "instance_type": "ml.m5.xlarge}", "staging_prefix": 'runs/"}', "shards": -1,
               "index_name": "BAD"}
@@ -230,7 +228,8 @@ def test_resolve_plan_reports_injection_attempts_with_every_other_bad_param(tmp_
         plan.resolve_plan(params, dag_id="d", run_id="r", ds="2026-01-01", region="us-east-1\n",
                           sagemaker_api_url='http://h", "u": "')
     text = str(err.value)
-    for name in ("sagemaker_model_name", "sagemaker_endpoint_name", "connector_role_arn",
+    assert "x-secret-pw" not in text  # the input URL's userinfo is not echoed
+    for name in ("input_uri", "sagemaker_model_name", "sagemaker_endpoint_name", "connector_role_arn",
                  "instance_type", "staging_prefix", "shards", "index_name", "region",
                  "sagemaker_api_url"):
         assert f"\n  {name}" in text, (name, text)

@@ -14,6 +14,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from batchvec import naming
 from batchvec.connectors import ModelSpec
+from batchvec.redact import scrub
 
 INPUT_FORMATS = ("auto", "jsonl", "jsonl.gz", "parquet", "csv")
 SPACE_TYPES = ("cosinesimil", "l2", "innerproduct")
@@ -124,7 +125,8 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         except ValueError as exc:
             errors.append(f"input_uri: {exc}")
     elif "://" in input_uri:
-        errors.append(f"input_uri: {input_uri!r} is neither s3:// nor a local path")
+        # a URL pasted with user:password@ in it is not repeated into the log
+        errors.append(f"input_uri: {scrub(input_uri)!r} is neither s3:// nor a local path")
     elif not Path(input_uri).exists():
         errors.append(f"input_uri: local path {input_uri!r} does not exist on this worker")
     if p["input_format"] not in INPUT_FORMATS:
