@@ -102,10 +102,15 @@ def verify(
         )
         if hmac.compare_digest(hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest(), m["sig"]):
             return
+    # AWS echoes what it expected, signed headers (x-amz-security-token included) and all:
+    # clients must not pass this message on verbatim, so the stand-in does the same.
     raise SignatureError(
         403,
         "InvalidSignatureException",
-        "The request signature we calculated does not match the signature you provided.",
+        "The request signature we calculated does not match the signature you provided. Check "
+        "your AWS Secret Access Key and signing method. Consult the service documentation for "
+        f"details.\n\nThe Canonical String for this request should have been\n'{canonical}'\n\n"
+        f"The String-to-Sign should have been\n'{to_sign}'\n",
     )
 
 

@@ -24,11 +24,32 @@ BLUEPRINTS = Path(__file__).resolve().parents[2] / "include" / "blueprints"
 DEFAULT_BLUEPRINT = "sagemaker_batch_embedding.json"
 MODEL_GROUP = "batchvec"
 
-_SAGEMAKER_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
-_INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
-_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
-_HTTP_URL = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d+)?$")
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+# Allow-lists for every value that reaches the connector body and, through ML Commons'
+# `${parameters.X}` substitution, its request templates: none of them admits `"`, `\`, `{`,
+# `}`, `$` or a control character, so a value cannot close the JSON string it lands in, add
+# keys, or smuggle a placeholder in. ASCII only; checked with fullmatch (a `$` anchor would
+# let a trailing newline through).
+_SAGEMAKER_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", re.ASCII)
+_INSTANCE_TYPE = re.compile(r"ml\.[a-z0-9]+\.[a-z0-9]+", re.ASCII)
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}", re.ASCII)
+_HTTP_URL = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d+)?", re.ASCII)
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d", re.ASCII)
+
+# field -> (what the user sets it as, what it should look like, pattern)
+_CHECKS = {
+    "role_arn": ("connector_role_arn", "an IAM role ARN", _ROLE_ARN),
+    "region": ("region (the aws connection's region_name)", "an AWS region such as us-east-1",
+               _REGION),
+    "model_name": ("sagemaker_model_name", "a SageMaker model name", _SAGEMAKER_NAME),
+    "endpoint_name": ("sagemaker_endpoint_name", "a SageMaker endpoint name", _SAGEMAKER_NAME),
+    "instance_type": ("instance_type", "like ml.m5.xlarge", _INSTANCE_TYPE),
+    "sagemaker_api_url": ("sagemaker_api_url (the aws connection's "
+                          "service_config.sagemaker.endpoint_url)", "scheme://host[:port]",
+                          _HTTP_URL),
+    "sagemaker_runtime_url": ("sagemaker_runtime_url (the aws connection's "
+                              "service_config.sagemaker-runtime.endpoint_url)",
+                              "scheme://host[:port]", _HTTP_URL),
+}
 
 
 @dataclass(frozen=True)
@@ -46,31 +67,38 @@ class ModelSpec:
     sagemaker_runtime_url: str = ""
     blueprint: str = DEFAULT_BLUEPRINT
 
-    def resolved(self) -> ModelSpec:
+    def with_default_urls(self) -> ModelSpec:
+        """The AWS endpoints of the region where no URL is given; not validated."""
         api = self.sagemaker_api_url or f"https://api.sagemaker.{self.region}.amazonaws.com"
         rt = self.sagemaker_runtime_url or f"https://runtime.sagemaker.{self.region}.amazonaws.com"
-        spec = ModelSpec(**{**asdict(self), "sagemaker_api_url": api.rstrip("/"),
-                            "sagemaker_runtime_url": rt.rstrip("/")})
+        return ModelSpec(**{**asdict(self), "sagemaker_api_url": str(api).rstrip("/"),
+                            "sagemaker_runtime_url": str(rt).rstrip("/")})
+
+    def resolved(self) -> ModelSpec:
+        spec = self.with_default_urls()
         spec.validate()
         return spec
 
+    def problems(self) -> list[str]:
+        """Every invalid field, each naming the param it comes from and the allowed pattern."""
+        found = []
+        for name, (param, what, pattern) in _CHECKS.items():
+            value = getattr(self, name)
+            if not isinstance(value, str) or not pattern.fullmatch(value):
+                found.append(f"{param}: {value!r} is not valid: expected {what} "
+                             f"(pattern {pattern.pattern})")
+        count = self.instance_count
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
+            found.append(f"instance_count: {count!r} must be an integer 1..100")
+        if (not isinstance(self.blueprint, str) or "/" in self.blueprint or "\\" in self.blueprint
+                or not (BLUEPRINTS / self.blueprint).is_file()):
+            found.append(f"blueprint: {self.blueprint!r} not found in {BLUEPRINTS}")
+        return found
+
     def validate(self) -> None:
-        checks = [
-            (_ROLE_ARN, self.role_arn, "role_arn", "an IAM role ARN"),
-            (_REGION, self.region, "region", "an AWS region such as us-east-1"),
-            (_SAGEMAKER_NAME, self.model_name, "sagemaker_model_name", "a SageMaker model name"),
-            (_SAGEMAKER_NAME, self.endpoint_name, "sagemaker_endpoint_name", "a SageMaker endpoint name"),
-            (_INSTANCE_TYPE, self.instance_type, "instance_type", "like ml.m5.xlarge"),
-            (_HTTP_URL, self.sagemaker_api_url, "sagemaker_api_url", "scheme://host[:port]"),
-            (_HTTP_URL, self.sagemaker_runtime_url, "sagemaker_runtime_url", "scheme://host[:port]"),
-        ]
-        for pattern, value, name, what in checks:
-            if not isinstance(value, str) or not pattern.match(value):
-                raise ValueError(f"{name}={value!r} is not valid: expected {what}")
-        if not isinstance(self.instance_count, int) or not 1 <= self.instance_count <= 100:
-            raise ValueError(f"instance_count={self.instance_count!r} must be an integer 1..100")
-        if "/" in self.blueprint or not (BLUEPRINTS / self.blueprint).is_file():
-            raise ValueError(f"blueprint {self.blueprint!r} not found in {BLUEPRINTS}")
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 _PLACEHOLDER = re.compile(r"\$\{(?!parameters\.)([a-z_]+)\}")

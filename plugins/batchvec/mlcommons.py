@@ -7,6 +7,7 @@ the client must read them).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from batchvec.opensearch_hook import OpenSearchError, OpenSearchHook
@@ -18,6 +19,17 @@ DONE_STATES = frozenset({"COMPLETED"})
 FAILED_STATES = frozenset({"FAILED", "CANCELLED", "EXPIRED", "UNREACHABLE", "COMPLETED_WITH_ERROR"})
 # SageMaker's own statuses, read directly because 2.18 never maps Failed and 2.17 maps little.
 SAGEMAKER_TERMINAL = {"Completed": "COMPLETED", "Failed": "FAILED", "Stopped": "CANCELLED"}
+
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}", re.ASCII)
+
+
+def _id(value: str) -> str:
+    """A server-assigned id about to go into a URL path (it arrives through XCom and a
+    templated operator field): refuse anything that could change the path."""
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise ValueError(f"not an ML Commons id: {value!r} (pattern {_ID.pattern})")
+    return value
 
 
 class ThrottledError(Exception):
@@ -74,11 +86,11 @@ def register_model(hook: OpenSearchHook, *, name: str, connector_id: str, model_
 
 
 def deploy_model(hook: OpenSearchHook, model_id: str) -> None:
-    hook.request("POST", f"{ML}/models/{model_id}/_deploy")
+    hook.request("POST", f"{ML}/models/{_id(model_id)}/_deploy")
 
 
 def predict_embeddings(hook: OpenSearchHook, model_id: str, texts: list[str]) -> list[list[float]]:
-    resp = hook.request("POST", f"{ML}/models/{model_id}/_predict",
+    resp = hook.request("POST", f"{ML}/models/{_id(model_id)}/_predict",
                         {"parameters": {"input": texts}})[1]
     return [r["output"][0]["data"] for r in resp["inference_results"]]
 
@@ -91,7 +103,7 @@ def batch_predict(hook: OpenSearchHook, model_id: str, parameters: dict) -> dict
     POST could start a second job.
     """
     try:
-        return hook.request("POST", f"{ML}/models/{model_id}/_batch_predict",
+        return hook.request("POST", f"{ML}/models/{_id(model_id)}/_batch_predict",
                             {"parameters": parameters}, retries=0)[1]
     except OpenSearchError as err:
         if err.status == 429 or "throttl" in err.reason.lower():
@@ -101,7 +113,7 @@ def batch_predict(hook: OpenSearchHook, model_id: str, parameters: dict) -> dict
 
 def get_task(hook: OpenSearchHook, task_id: str) -> dict:
     """GET refreshes the remote job status on the server (2.17+)."""
-    return hook.request("GET", f"{ML}/tasks/{task_id}")[1]
+    return hook.request("GET", f"{ML}/tasks/{_id(task_id)}")[1]
 
 
 def find_batch_task(hook: OpenSearchHook, model_id: str, job_name: str) -> tuple[str, dict] | None:
@@ -124,7 +136,7 @@ def find_batch_task(hook: OpenSearchHook, model_id: str, job_name: str) -> tuple
 
 
 def cancel_task(hook: OpenSearchHook, task_id: str) -> None:
-    hook.request("POST", f"{ML}/tasks/{task_id}/_cancel")
+    hook.request("POST", f"{ML}/tasks/{_id(task_id)}/_cancel")
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,17 @@ __all__ = [
     "validate_bucket_name",
     "validate_index_name",
     "validate_job_name",
+    "validate_key_prefix",
+    "validate_request_s3_uri",
 ]
 
 MAX_RUN_KEY_LEN = 40
 _HASH_LEN = 10  # 40 bits of sha1: collisions among one account's runs are not a concern
-_JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+# Names that reach ML Commons request templates are matched whole (fullmatch: a `$` anchor
+# lets a trailing newline through) against ASCII allow-lists with no `"`, `\`, `{`, `}`, `$`.
+_JOB_NAME_RE = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", re.ASCII)
+_KEY_PREFIX_RE = re.compile(r"(?:[A-Za-z0-9_.=-]+/)*[A-Za-z0-9_.=-]+/?", re.ASCII)
+MAX_KEY_PREFIX_LEN = 200
 _NON_SLUG = re.compile(r"[^a-z0-9]+")
 _DIGIT_DASH_DIGIT = re.compile(r"(?<=\d)-(?=\d)")
 # Airflow run types, shortened so the date part of a run id survives the length cut.
@@ -37,7 +43,7 @@ _RUN_TYPES = {
     "dataset-triggered": "ast",
 }
 _INDEX_FORBIDDEN = set('\\/*?"<>| ,#:')
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", re.ASCII)
 _BUCKET_BAD_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _BUCKET_BAD_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 
@@ -81,7 +87,7 @@ def transform_job_name(run_key: str, attempt: int = 1) -> str:
 
 def validate_job_name(name: str) -> str:
     """Return ``name`` if SageMaker accepts it as a transform job name, else raise ValueError."""
-    if not isinstance(name, str) or not _JOB_NAME_RE.match(name):
+    if not isinstance(name, str) or not _JOB_NAME_RE.fullmatch(name):
         raise ValueError(
             f"invalid SageMaker job name {name!r}: 1-63 chars of letters, digits and hyphens, "
             "starting and ending with a letter or digit"
@@ -112,7 +118,7 @@ def validate_index_name(name: str) -> str:
 def validate_bucket_name(bucket: str) -> str:
     """Return ``bucket`` if it follows S3's general-purpose bucket naming rules."""
     problem = None
-    if not _BUCKET_RE.match(bucket):
+    if not isinstance(bucket, str) or not _BUCKET_RE.fullmatch(bucket):
         problem = "3-63 chars of lowercase letters, digits, '.' and '-', starting and ending with a letter or digit"
     elif ".." in bucket or ".-" in bucket or "-." in bucket:
         problem = "no '..', '.-' or '-.'"
@@ -147,6 +153,36 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     if len(key.encode("utf-8")) > 1024:
         raise ValueError(f"bad S3 URI {uri!r}: key longer than 1024 bytes")
     return bucket, key
+
+
+def validate_key_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a safe S3 key prefix: '/'-separated segments of letters,
+    digits and ``_ . = -`` (no ``.``/``..`` segment, no empty one), at most 200 chars; ''
+    is allowed. It ends up inside the S3 URIs of the ``_batch_predict`` request, where ML
+    Commons substitutes ``${parameters.X}`` recursively: no quote, brace or ``$`` may pass."""
+    if not isinstance(prefix, str):
+        raise ValueError(f"key prefix must be a string, got {prefix!r}")
+    if prefix == "":
+        return prefix
+    segments = prefix.rstrip("/").split("/")
+    if (len(prefix) > MAX_KEY_PREFIX_LEN or not _KEY_PREFIX_RE.fullmatch(prefix)
+            or any(s in (".", "..") for s in segments)):
+        raise ValueError(
+            f"invalid key prefix {prefix!r}: '/'-separated segments of letters, digits and "
+            f"'_.=-', no '.' or '..' segment, at most {MAX_KEY_PREFIX_LEN} chars "
+            f"(pattern {_KEY_PREFIX_RE.pattern})")
+    return prefix
+
+
+def validate_request_s3_uri(uri: str) -> str:
+    """Return ``uri`` if it is ``s3://<bucket>/<safe key>``, safe to put in an ML Commons
+    request (see validate_key_prefix); else raise ValueError."""
+    _, key = parse_s3_uri(uri)
+    try:
+        validate_key_prefix(key)
+    except ValueError as exc:
+        raise ValueError(f"S3 URI {uri!r} cannot go into a request: {exc}") from None
+    return uri
 
 
 def join_key(*parts: str) -> str:

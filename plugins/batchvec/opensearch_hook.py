@@ -3,9 +3,10 @@
 Authentication from the Airflow connection's extras:
   {"auth": "sigv4", "aws_conn_id": "aws_default", "region": "us-east-1", "service": "es"}
   {"auth": "basic"}   (login/password of the connection)
-TLS certificates are verified unless the connection says `"verify_certs": false`; a CA
-bundle path may be given as `"ca_certs"`. Errors are raised with OpenSearch's `type` and
-`reason`, never a bare status code, and never with credentials in the message.
+TLS certificates are verified unless the connection says `"verify_certs": false` (or
+"false"; a warning is logged); a CA bundle path may be given as `"ca_certs"`. Errors are
+raised with OpenSearch's `type` and `reason`, never a bare status code, and scrubbed of
+credentials (batchvec.redact).
 """
 
 from __future__ import annotations
@@ -21,15 +22,21 @@ import requests
 from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 
+from batchvec.redact import scrub
+
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 class OpenSearchError(Exception):
-    """An error answer from OpenSearch, carrying its status, `type` and `reason`."""
+    """An error answer from OpenSearch, carrying its status, `type` and `reason`.
+
+    The reason is scrubbed: a refused SigV4 signature is answered with the canonical request,
+    session token included (see batchvec.redact)."""
 
     def __init__(self, status: int, err_type: str, reason: str, method: str = "", path: str = ""):
+        reason = scrub(reason)
         super().__init__(f"{method} {path} -> {status} {err_type}: {reason}".strip())
         self.status, self.type, self.reason = status, err_type, reason
 
@@ -74,11 +81,50 @@ class _AwsAuth:
         frozen = self._session.get_credentials().get_frozen_credentials()
         with self._lock:
             if frozen != self._frozen:
+                _mask(frozen.secret_key, frozen.token)
                 self._auth = AWS4Auth(frozen.access_key, frozen.secret_key, self._region,
                                       self._service, session_token=frozen.token)
                 self._frozen = frozen
             auth = self._auth
         return auth(request)
+
+
+def _mask(*values: str | None) -> None:
+    """Tell Airflow's log masker about credentials it never saw in a connection: those that
+    botocore fetched or refreshed itself (assumed role, instance profile, SSO)."""
+    from airflow.sdk.log import mask_secret
+
+    for value in values:
+        if value:
+            mask_secret(value)
+
+
+_FALSE = {"false", "0", "no", "off"}
+_TRUE = {"true", "1", "yes", "on"}
+
+
+def tls_verify(conn_id: str, extra: dict) -> bool | str:
+    """requests' `verify` for a connection: True (system CAs), a CA bundle path, or False only
+    when the extras say `verify_certs: false` in so many words. Extras typed in the UI or a
+    connection URI arrive as strings, and bool("false") is True: parse them, and refuse
+    anything that is neither clearly on nor clearly off rather than guess."""
+    raw = extra.get("verify_certs", True)
+    if isinstance(raw, str) and raw.strip().lower() in _FALSE | _TRUE:
+        raw = raw.strip().lower() in _TRUE
+    if not isinstance(raw, bool):
+        raise ValueError(f"connection {conn_id!r}: extra.verify_certs must be true or false, "
+                         f"got {raw!r}")
+    ca_certs = extra.get("ca_certs")
+    if ca_certs and not isinstance(ca_certs, str):
+        raise ValueError(f"connection {conn_id!r}: extra.ca_certs must be a file path")
+    if not raw and ca_certs:
+        raise ValueError(f"connection {conn_id!r}: extra.ca_certs and verify_certs=false "
+                         "contradict each other; drop one")
+    if not raw:
+        log.warning("TLS certificate verification is OFF for connection %s (extra.verify_certs "
+                    "= false): anyone on the path can read its credentials", conn_id)
+        return False
+    return ca_certs or True
 
 
 class OpenSearchHook(BaseHook):
@@ -122,10 +168,9 @@ class OpenSearchHook(BaseHook):
             session.auth = (conn.login or "", conn.password or "")
         elif auth != "none":
             raise ValueError(f"connection {self.conn_id!r}: extra.auth must be sigv4, basic or none")
-        verify = extra.get("verify_certs", True)
-        session.verify = extra.get("ca_certs") or bool(verify)
-        if session.verify is False:
-            log.warning("TLS verification is OFF for connection %s (verify_certs=false)", self.conn_id)
+        # Passed again on every request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE
+        # override a session's verify, which would silently drop ca_certs.
+        session.verify = tls_verify(self.conn_id, extra)
         session.headers["Content-Type"] = "application/json"
         self._session = session
 
@@ -154,10 +199,11 @@ class OpenSearchHook(BaseHook):
         for attempt in range(attempts):
             try:
                 resp = self.session.request(method, self.base_url + path, data=data, params=params,
-                                            headers=headers, timeout=self.timeout)
+                                            headers=headers, timeout=self.timeout,
+                                            verify=self.session.verify)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt + 1 >= attempts:
-                    raise OpenSearchError(0, "connection_error", _scrub(str(exc)), method, path) from None
+                    raise OpenSearchError(0, "connection_error", str(exc), method, path) from None
                 self._backoff(attempt, f"{method} {path}: {type(exc).__name__}")
                 continue
             status = resp.status_code
@@ -218,22 +264,16 @@ class OpenSearchHook(BaseHook):
 
         try:
             resp = self.session.post(self.base_url + "/_bulk", data=body, timeout=self.timeout,
+                                     verify=self.session.verify,
                                      headers={"Content-Type": "application/x-ndjson"})
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise BulkTransientError(f"bulk request failed: {type(exc).__name__}") from None
         if resp.status_code in RETRY_STATUSES:
             err_type, reason = parse_error(resp.status_code, resp.content)
             retry_after = resp.headers.get("Retry-After")
-            raise BulkTransientError(f"bulk {resp.status_code} {err_type}: {reason}",
+            raise BulkTransientError(scrub(f"bulk {resp.status_code} {err_type}: {reason}"),
                                      retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None)
         if resp.status_code >= 300:
             err_type, reason = parse_error(resp.status_code, resp.content)
             raise OpenSearchError(resp.status_code, err_type, reason, "POST", "/_bulk")
         return orjson.loads(resp.content)
-
-
-def _scrub(message: str) -> str:
-    """Connection errors may echo URLs; never let userinfo (user:password@) through."""
-    import re
-
-    return re.sub(r"//[^/@\s]+:[^/@\s]+@", "//***@", message)

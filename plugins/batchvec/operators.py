@@ -17,6 +17,7 @@ from airflow.sdk import BaseOperator
 
 from batchvec import mlcommons, naming
 from batchvec.opensearch_hook import OpenSearchHook
+from batchvec.redact import scrub
 from batchvec.triggers import BatchJobTrigger, cancel_job, describe_transform_job, poll_job
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,11 @@ class BatchJobFailed(Exception):
 
 
 def transform_parameters(job_name: str, input_s3_uri: str, output_s3_uri: str) -> dict:
+    """`_batch_predict` parameters. ML Commons pastes them into the connector's request
+    template, so each user-derived value is checked against an allow-list first."""
+    naming.validate_job_name(job_name)
+    naming.validate_request_s3_uri(input_s3_uri)
+    naming.validate_request_s3_uri(output_s3_uri)
     return {
         "TransformJobName": job_name,
         "TransformInput": {
@@ -76,7 +82,7 @@ class BatchPredictOperator(BaseOperator):
                 describe_transform_job(self.aws_conn_id, job_name)
             except Exception as exc:  # not found (or no permission): nothing to attach to
                 if "ResourceNotFound" not in str(exc) and "ValidationException" not in str(exc):
-                    log.warning("DescribeTransformJob %s: %s", job_name, exc)
+                    log.warning("DescribeTransformJob %s: %s", job_name, scrub(exc))
                 return None
         elif found is None:
             return None

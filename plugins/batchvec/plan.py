@@ -15,6 +15,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from batchvec import naming
 from batchvec.connectors import ModelSpec
 from batchvec.records import RecordSpec
+from batchvec.redact import scrub
 from batchvec.staging import MAX_SHARDS
 
 INPUT_FORMATS = ("auto", "jsonl", "jsonl.gz", "parquet", "csv")
@@ -40,7 +41,9 @@ def param_schema() -> dict[str, dict]:
         "space_type": {"default": "cosinesimil", "enum": list(SPACE_TYPES)},
         "bucket": {"default": os.environ.get("BATCHVEC_BUCKET", "batchvec"), "type": "string",
                    "description": "S3 bucket for staging, outputs, rejects, DLQ and reports"},
-        "staging_prefix": {"default": "runs", "type": "string"},
+        "staging_prefix": {"default": "runs", "type": "string",
+                           "description": "key prefix under the bucket: '/'-separated letters, "
+                           "digits and _ . = -"},
         "sagemaker_model_name": {"default": os.environ.get("BATCHVEC_SAGEMAKER_MODEL", "minilm-embedder"),
                                  "type": "string"},
         "sagemaker_endpoint_name": {"default": os.environ.get("BATCHVEC_SAGEMAKER_ENDPOINT", "devstack-minilm"),
@@ -132,7 +135,8 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         except ValueError as exc:
             errors.append(f"input_uri: {exc}")
     elif "://" in input_uri:
-        errors.append(f"input_uri: {input_uri!r} is neither s3:// nor a local path")
+        # a URL pasted with user:password@ in it is not repeated into the log
+        errors.append(f"input_uri: {scrub(input_uri)!r} is neither s3:// nor a local path")
     elif not Path(input_uri).exists():
         errors.append(f"input_uri: local path {input_uri!r} does not exist on this worker")
     if p["input_format"] not in INPUT_FORMATS:
@@ -145,6 +149,10 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         naming.validate_bucket_name(p["bucket"])
     except ValueError as exc:
         errors.append(f"bucket: {exc}")
+    try:  # it becomes part of the S3 URIs in the _batch_predict request
+        naming.validate_key_prefix(p["staging_prefix"])
+    except ValueError as exc:
+        errors.append(f"staging_prefix: {exc}")
     if p["space_type"] not in SPACE_TYPES:
         errors.append(f"space_type: {p['space_type']!r} not one of {SPACE_TYPES}")
     for name, low, high in (("shards", 0, MAX_SHARDS), ("instance_count", 1, 100),
@@ -175,10 +183,8 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
                      model_name=p["sagemaker_model_name"], endpoint_name=p["sagemaker_endpoint_name"],
                      instance_type=p["instance_type"], instance_count=p["instance_count"],
                      sagemaker_api_url=sagemaker_api_url, sagemaker_runtime_url=sagemaker_runtime_url)
-    try:
-        spec = spec.resolved()
-    except ValueError as exc:
-        errors.append(str(exc))
+    spec = spec.with_default_urls()
+    errors.extend(spec.problems())  # with the others: one message names every bad param
     if errors:
         raise ValueError("invalid params:\n  " + "\n  ".join(errors))
     key = naming.run_key(dag_id, run_id)

@@ -15,6 +15,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from batchvec.mlcommons import JobStatus
+from batchvec.redact import scrub
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,12 @@ def poll_job(opensearch_conn_id: str, aws_conn_id: str | None, task_id: str | No
             hook = OpenSearchHook(opensearch_conn_id, max_retries=1)
             task_status = mlcommons.status_from_task(mlcommons.get_task(hook, task_id))
         except Exception as exc:  # keep polling through blips; counted by the caller
-            errors.append(f"ML Commons: {exc}")
+            errors.append(f"ML Commons: {scrub(exc)}")
     if aws_conn_id:
         try:
             sm_status = mlcommons.status_from_sagemaker(describe_transform_job(aws_conn_id, job_name))
         except Exception as exc:
-            errors.append(f"SageMaker: {exc}")
+            errors.append(f"SageMaker: {scrub(exc)}")  # AWS echoes the signed token
     if sm_status and (sm_status.terminal or not task_status or not task_status.terminal):
         return sm_status
     if task_status:
@@ -68,7 +69,7 @@ def cancel_job(opensearch_conn_id: str, aws_conn_id: str | None, job_name: str,
                 .stop_transform_job(TransformJobName=job_name)
         log.warning("cancelled transform job %s", job_name)
     except Exception as exc:
-        log.error("could not cancel job %s: %s (stop it by hand)", job_name, exc)
+        log.error("could not cancel job %s: %s (stop it by hand)", job_name, scrub(exc))
 
 
 def describe_transform_job(aws_conn_id: str, job_name: str) -> dict:
@@ -124,9 +125,10 @@ class BatchJobTrigger(BaseTrigger):
             except Exception as exc:
                 blind += 1
                 blind_since = blind_since if blind > 1 else time.time()
-                self.log.warning("poll %d of %s failed: %s", blind, self.job_name, exc)
+                self.log.warning("poll %d of %s failed: %s", blind, self.job_name, scrub(exc))
                 if blind >= MAX_BLIND_POLLS and time.time() - blind_since >= MAX_BLIND_SECONDS:
-                    yield self._event("error", None, f"job {self.job_name} unreachable: {exc}")
+                    yield self._event("error", None,
+                                      f"job {self.job_name} unreachable: {scrub(exc)}")
                     return
                 job = None
             elapsed = time.time() - self.started_at
