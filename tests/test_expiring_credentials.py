@@ -16,7 +16,6 @@ import requests
 from botocore.exceptions import ClientError
 
 from devstack import faults
-from devstack_connections import connections
 from tests.test_batch_job import deferred_event, jobs_named, key, model_id, operator
 
 __all__ = ["model_id"]  # the fixture, imported for pytest
@@ -53,6 +52,8 @@ def test_the_devstack_refuses_expired_temporary_credentials(airflow_env):
 
 
 def test_credentials_expiring_during_a_long_wait_are_refreshed(airflow_env, model_id, monkeypatch):
+    from devstack_connections import connections  # scripts/ is on sys.path once airflow_env ran
+
     devstack = airflow_env
     ep = devstack.endpoints
     conn = connections(ep)["aws_default"]
