@@ -45,13 +45,13 @@ class Row:
 
 
 def text_of(i: int, chars: int = TEXT_CHARS) -> str:
-    """A deterministic passage of about ``chars`` characters (no two consecutive alike)."""
-    words, n, k = [], 0, i
+    """A deterministic passage of about ``chars`` characters, words drawn by an LCG."""
+    words, n, k = [], 0, (i * 2654435761 + 1) % 2**31
     while n < chars:
-        w = _WORDS[k % len(_WORDS)]
+        k = (k * 1103515245 + 12345) % 2**31
+        w = _WORDS[(k >> 8) % len(_WORDS)]
         words.append(w)
         n += len(w) + 1
-        k = k * 7 + 3 if k < 1 << 40 else k % 9973
     return f"doc {i}: " + " ".join(words)[: chars - 8 - len(str(i))]
 
 
@@ -100,13 +100,17 @@ def input_line(i: int, texts: list[bytes]) -> bytes:
                      b',"lang":"en"}\n'))
 
 
-def write_input(path: Path, n: int, chunk_records: int = 20_000) -> int:
-    """Stream ``n`` input records to ``path`` (never more than one chunk in memory)."""
-    texts = [orjson.dumps(text_of(i)) for i in range(256)]
+def write_input(path: Path, n: int, chunk_records: int = 20_000, unique: bool = False) -> int:
+    """Stream ``n`` input records to ``path`` (never more than one chunk in memory). Texts
+    cycle through a pool of 256 unless ``unique`` (what the model sees must all differ, or
+    identical vectors make the report's smoke k-NN query ambiguous)."""
+    pool = [orjson.dumps(text_of(i)) for i in range(256)]
     size = 0
     with open(path, "wb") as fh:
         for start in range(0, n, chunk_records):
-            block = b"".join(input_line(i, texts) for i in range(start, min(n, start + chunk_records)))
+            ids = range(start, min(n, start + chunk_records))
+            block = b"".join(input_line(i, [orjson.dumps(text_of(i))] if unique else pool)
+                             for i in ids)
             fh.write(block)
             size += len(block)
     return size

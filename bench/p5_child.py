@@ -51,6 +51,9 @@ def dag(path: str, index: str) -> dict:
         if ti.start_date and ti.end_date:
             key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
             tasks[key] = round((ti.end_date - ti.start_date).total_seconds(), 1)
+            if str(ti.state) != "success" or ti.try_number > 1:
+                tasks[key + f" ({ti.state}, try {ti.try_number})"] = tasks.pop(key)
+                key += f" ({ti.state}, try {ti.try_number})"
             timeline.append((round((ti.start_date - run.start_date).total_seconds(), 1),
                              tasks[key], key))
     return {"seconds": wall, "state": str(run.state), "tasks": tasks,

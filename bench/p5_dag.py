@@ -48,7 +48,7 @@ def run(docs: int) -> Row:
     with tempfile.TemporaryDirectory(prefix="bench-p5-") as tmp, \
             devstack(launcher.SERVICES) as (state, endpoints):
         path = Path(tmp) / "docs.jsonl"
-        write_input(path, docs)
+        write_input(path, docs, unique=True)
         seed.ensure_sagemaker_model(endpoints)
         env = airflow_env(state, endpoints)
         migrate(env)
