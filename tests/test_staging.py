@@ -372,3 +372,15 @@ def test_stage_param_errors(s3, fresh_bucket) -> None:
         run_stage(s3, fresh_bucket, [], metadata_fields=["SageMakerOutput"])
     with pytest.raises(ValueError, match="part_size"):
         run_stage(s3, fresh_bucket, [], part_size=1 << 20)
+
+
+def test_progress_line_gives_records_mb_rate_and_eta():
+    from batchvec.staging import format_eta, progress_line
+
+    p = {"records": 1_234_567, "accepted": 1_234_000, "rejected": 567, "mb": 420.5,
+         "elapsed_s": 10.0, "mb_per_s": 42.1, "records_per_s": 123_456}
+    assert progress_line(p, 3_400_000_000) == (
+        "1,234,567 records (567 rejected), 420.5/3400.0 MB (12%), 123,456 records/s, "
+        "42.1 MB/s, ETA 1m11s")
+    assert progress_line({**p, "mb_per_s": 0.0}, None).endswith("0.0 MB/s")
+    assert [format_eta(s) for s in (0, 59.6, 185, 7620)] == ["0s", "1m00s", "3m05s", "2h07m"]

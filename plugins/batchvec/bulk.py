@@ -96,6 +96,18 @@ def _join(batch: list[Action]) -> bytes:
     return b"".join(action for _, action in batch)
 
 
+Span = tuple[str, int, int]  # (doc_id, start, end) of one action inside a request body
+
+
+def _join_spans(batch: list[Action]) -> tuple[bytes, list[Span]]:
+    """The request body and where each action lies in it."""
+    spans, pos = [], 0
+    for doc_id, action in batch:
+        spans.append((doc_id, pos, pos + len(action)))
+        pos += len(action)
+    return _join(batch), spans
+
+
 class _Batcher:
     """Accumulates actions into a request that respects both limits."""
 
@@ -303,12 +315,17 @@ class BulkWriter:
                 self._fail_fast(exc)
 
     def _send_batch(self, batch: list[Action]) -> None:
-        """Send one request; resend its retryable items (in order) until done or exhausted."""
-        pending = batch
+        """Send one request; resend its retryable items (in order) until done or exhausted.
+
+        The batch list is emptied once joined, so a lane holds one copy of its request (the
+        body), not two; actions needed again (resends, failures) are sliced from the body.
+        """
+        body, pending = _join_spans(batch)
+        batch.clear()
         attempt = 0
         while pending:
             try:
-                response = self._send(_join(pending))
+                response = self._send(body)
             except BulkTransientError as exc:
                 self._count(requests=1)
                 if attempt >= self.max_retries:
@@ -318,7 +335,7 @@ class BulkWriter:
                 attempt += 1
                 self._count(retries=len(pending))
                 continue
-            retry = self._settle(pending, response)
+            retry = self._settle(body, pending, response)
             if not retry:
                 return
             if attempt >= self.max_retries:
@@ -327,9 +344,11 @@ class BulkWriter:
             self._backoff(attempt, None)
             attempt += 1
             self._count(retries=len(retry))
-            pending = [(doc_id, action) for doc_id, action, _ in retry]
+            body, pending = _join_spans([(doc_id, action) for doc_id, action, _ in retry])
 
-    def _settle(self, pending: list[Action], response: dict) -> list[tuple[str, bytes, str]]:
+    def _settle(
+        self, body: bytes, pending: list[Span], response: dict
+    ) -> list[tuple[str, bytes, str]]:
         """Count a response's outcomes; returns the items to resend, in request order."""
         items = response.get("items") if isinstance(response, dict) else None
         if not isinstance(items, list) or len(items) != len(pending):
@@ -341,7 +360,7 @@ class BulkWriter:
         failed: list[tuple[str, bytes, str]] = []
         later_ok: set[str] = set()
         # Walk backwards so we know whether an id succeeds later in this same request.
-        for (doc_id, action), (outcome, reason) in zip(
+        for (doc_id, start, end), (outcome, reason) in zip(
             reversed(pending), reversed(outcomes), strict=True
         ):
             if outcome == "created":
@@ -353,9 +372,9 @@ class BulkWriter:
             elif outcome == "retry" and doc_id in later_ok:
                 superseded += 1  # resending it would overwrite the newer version
             elif outcome == "retry":
-                retry.append((doc_id, action, reason or "retry"))
+                retry.append((doc_id, body[start:end], reason or "retry"))
             else:
-                failed.append((doc_id, action, reason or "failed"))
+                failed.append((doc_id, body[start:end], reason or "failed"))
         retry.reverse()
         failed.reverse()
         self._count(

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 BULK_LOAD_SETTINGS = {"refresh_interval": "-1", "number_of_replicas": 0}
 SETTINGS_KEY = "index/original-settings.json"
+# The low end of the recommended 5-15 MiB (~1,000 actions at 384-d): the writer holds up to
+# lanes x 3 requests, so 4 lanes stay near 60 MB and the task well under 256 MB.
+BULK_MAX_BYTES = 5 << 20
 
 
 class ShardFailed(Exception):
@@ -185,8 +188,8 @@ def index_shard(plan: Plan, shard: dict, hook: OpenSearchHook, s3, dimension: in
         log.info("shard %s: %d/%d docs sent (%.0f docs/s, %.1f MB, ETA %.0fs)", name,
                  p.get("sent", 0), expected, rate, p.get("bytes", 0) / 1e6, eta)
 
-    writer = BulkWriter(hook.bulk, concurrency=plan.bulk_concurrency, on_failed=refused,
-                        progress=progress)
+    writer = BulkWriter(hook.bulk, concurrency=plan.bulk_concurrency, max_bytes=BULK_MAX_BYTES,
+                        on_failed=refused, progress=progress)
     try:
         counts = writer.write(actions())
     finally:

@@ -42,7 +42,7 @@ from batchvec.s3io import (
     put_json,
 )
 
-__all__ = ["MAX_SHARDS", "Manifest", "shard_name", "shard_of", "stage"]
+__all__ = ["MAX_SHARDS", "Manifest", "format_eta", "progress_line", "shard_name", "shard_of", "stage"]
 
 MAX_SHARDS = 256  # memory is shards x part_size; 256 x 8 MiB is already 2 GiB
 PROGRESS_EVERY_S = 5.0
@@ -55,6 +55,31 @@ def shard_of(doc_id: str, shards: int) -> int:
 
 def shard_name(index: int) -> str:
     return f"part-{index:05d}.jsonl"
+
+
+def format_eta(seconds: float) -> str:
+    """``45s``, ``3m05s``, ``2h07m``: short enough for a progress line."""
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def progress_line(p: dict[str, Any], total_bytes: int | None = None) -> str:
+    """One staging log line from ``stage``'s progress dict: records, MB of the total, rates
+    and an ETA from the input's stored size (listed up front, so known before reading)."""
+    line = f"{p['records']:,} records ({p['rejected']:,} rejected), {p['mb']:.1f}"
+    if total_bytes:
+        total_mb = total_bytes / 1e6
+        line += f"/{total_mb:.1f} MB ({min(100.0, 100 * p['mb'] / total_mb):.0f}%)"
+    else:
+        line += " MB"
+    line += f", {p['records_per_s']:,} records/s, {p['mb_per_s']:.1f} MB/s"
+    if total_bytes and p["mb_per_s"] > 0:
+        line += f", ETA {format_eta((total_bytes / 1e6 - p['mb']) / p['mb_per_s'])}"
+    return line
 
 
 @dataclass

@@ -86,10 +86,13 @@ def stage(plan_data: dict) -> dict:
         source = sources.open_input(plan.input_uri, fmt=plan.input_format, s3_client=s3)
     except sources.InputError as exc:  # nothing there, or a file no format fits
         raise fail_for_good(f"cannot read input_uri: {exc}") from None
+    total = sum(f.size for f in source.files)  # stored bytes, listed up front: gives the ETA
+    log.info("staging %d input files, %.1f MB, into %d shards", len(source.files), total / 1e6,
+             plan.shards)
     manifest = staging.stage(
         source, s3_client=s3, bucket=plan.bucket, prefix=plan.run_prefix, shards=plan.shards,
         id_field=plan.id_field, text_field=plan.text_field, metadata_fields=plan.metadata_fields,
-        progress=lambda p: log.info("staging: %s", p))
+        progress=lambda p: log.info("staging: %s", staging.progress_line(p, total)))
     manifest = manifest if isinstance(manifest, dict) else manifest.to_dict()
     _require_records(plan, manifest)
     return _manifest_summary(manifest, time.monotonic() - started)

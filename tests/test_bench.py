@@ -1,0 +1,58 @@
+"""The benchmark harness compares equal work and prints the table it promises (fast: P1 only)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import p1_convert, run  # noqa: E402
+from bench.common import OutLines, Row  # noqa: E402
+from bench.table import COLUMNS, render, summary  # noqa: E402
+
+
+def test_converter_output_equals_the_naive_output_once_parsed():
+    lines = list(OutLines().lines(3000))
+    assert p1_convert.same_actions(lines) == 0
+    doc_id, body = p1_convert.ours()(lines[5])
+    head, source = (json.loads(part) for part in body.splitlines())
+    assert doc_id == "doc-5" and head == {"index": {"_index": "bench-index", "_id": "doc-5"}}
+    assert len(source["embedding"]) == 384 and source["text"].startswith("doc 5:")
+
+
+def test_generated_out_lines_are_sagemaker_join_format():
+    line = json.loads(OutLines().line(42))
+    assert list(line) == ["_id", "text", "SageMakerOutput"]
+    assert len(line["SageMakerOutput"]) == 1 and len(line["SageMakerOutput"][0]) == 384
+    assert 250 <= len(line["text"]) <= 300
+
+
+def test_quick_p1_prints_the_table(capsys):
+    assert run.main(["--quick", "--only", "P1", "--p1-docs", "3000", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    header = [c.strip() for c in out[0].split("|")]
+    assert header == list(COLUMNS)
+    row = [c.strip() for c in out[2].split("|")]
+    assert row[0] == "P1" and row[2] == "docs/s" and row[-1] in ("yes", "NO")
+    assert float(row[3].replace(",", "")) > float(row[4].replace(",", ""))  # ours beats stdlib
+    assert out[-1].startswith("bench: ")
+
+
+def test_summary_names_missed_and_crashed_rows():
+    rows = [Row("P1", "x", "u", met=True), Row("P2", "y", "u", met=False),
+            Row("P3", "z", "u", error="boom")]
+    text = render(rows)
+    assert "ERROR boom" in text and "| NO" in text
+    assert summary(rows) == "bench: goals missed: P2; rows that crashed: P3"
+    assert summary(rows[:1]) == "bench: every goal met"
+
+
+def test_unknown_rows_are_refused():
+    with pytest.raises(SystemExit):
+        run.parse_args(["--only", "P9"])
