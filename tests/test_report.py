@@ -137,7 +137,7 @@ def _hashes(ids: list[str]):
 
 
 def test_count_duplicates_per_id_minus_one_and_refused_copies_supersede_nothing() -> None:
-    from batchvec.indexing import count_duplicates
+    from batchvec.duplicates import count_duplicates
 
     sent = ["a", "b", "a", "c", "a", "b", "d"]  # a x3, b x2: 3 superseded
     assert count_duplicates(_hashes(sent)) == 3
@@ -147,3 +147,21 @@ def test_count_duplicates_per_id_minus_one_and_refused_copies_supersede_nothing(
     # indexed copy is b's other one, d refused entirely; an unknown id changes nothing
     assert count_duplicates(_hashes(sent), _hashes(["a", "b", "d", "zz"])) == 1
     assert count_duplicates(_hashes(sent), _hashes(["a", "a", "a"])) == 1
+
+
+def test_duplicate_counter_spilling_to_disk_counts_the_same_as_in_memory() -> None:
+    from batchvec.duplicates import DuplicateCounter, count_duplicates
+
+    ids = [f"doc-{i % 7_000}" for i in range(20_000)] + ["x", "x", "y"]  # 13,001 superseded
+    refused = ["doc-1", "doc-1", "x", "never-sent"]
+    expected = count_duplicates(_hashes(ids), _hashes(refused))
+    for budget in (1_000, 4_096, 1 << 20):  # spilled into several partitions, or not at all
+        counter = DuplicateCounter(budget=budget)
+        for n, doc_id in enumerate(ids, 1):
+            counter.remember(hash(doc_id))
+            if not n % 500:
+                counter.maybe_spill()
+        for doc_id in refused:
+            counter.refuse(doc_id)
+        assert counter.count() == expected, budget
+    assert expected == 13_001 - 2 - 1  # doc-1 lost 2 of its 3 copies, x 1 of its 2

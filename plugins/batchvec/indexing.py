@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from array import array
 
 import orjson
 
-from batchvec import outputs, s3io
+from batchvec import memory, outputs, s3io
 from batchvec.bulk import BulkWriter
+from batchvec.duplicates import SPILL_EVERY, DuplicateCounter
 from batchvec.opensearch_hook import OpenSearchHook
 from batchvec.plan import Plan
 
@@ -99,29 +99,6 @@ def restore_index(plan: Plan, hook: OpenSearchHook, s3) -> dict | None:
     return original
 
 
-def count_duplicates(sent: array, failed: array | None = None) -> int:
-    """Records superseded by a later one with the same id: per id, indexed copies - 1.
-
-    ``sent`` holds a 64-bit hash of each id sent to the index, ``failed`` one per record the
-    index refused (those superseded nothing). 8 bytes per record of one shard; sorted in
-    place, so ``sent`` is consumed.
-    """
-    import numpy as np
-
-    if len(sent) < 2:
-        return 0
-    ids = np.frombuffer(sent, dtype=np.int64)
-    ids.sort()
-    if not failed:
-        return int(np.count_nonzero(ids[1:] == ids[:-1]))
-    uniq, copies = np.unique(ids, return_counts=True)
-    gone, gone_copies = np.unique(np.frombuffer(failed, dtype=np.int64), return_counts=True)
-    at = np.searchsorted(uniq, gone)
-    known = (at < len(uniq)) & (uniq[np.minimum(at, len(uniq) - 1)] == gone)
-    np.subtract.at(copies, at[known], gone_copies[known])
-    return int(np.maximum(copies - 1, 0).sum())
-
-
 class _DlqWriter:
     """Final per-item failures, with the server's reason, as JSON lines in S3."""
 
@@ -151,17 +128,15 @@ def index_shard(plan: Plan, shard: dict, hook: OpenSearchHook, s3, dimension: in
     if not shard.get("output_present", True):
         raise ShardFailed(f"shard {name}: output s3://{plan.bucket}/{out_key} is missing "
                           f"({expected} records not indexed)")
+    memory.fix_mmap_threshold()  # 5 MB bulk bodies must not grow the heap
     started = time.monotonic()
     builder = outputs.ActionBuilder(plan.index_name, plan.vector_field, dimension)
     dlq = _DlqWriter(s3, plan.bucket, plan.key("dlq", name + ".jsonl"))
     lines = 0
     conversion_failed: dict[str, int] = {}
     sample_id: list[str] = []
-    # Duplicate ids of one run are all in this shard, in input order (staging shards by id),
-    # so counting them here is exact. hash() is 64-bit, stable within this process and ~20x
-    # cheaper than a hashlib digest on the hot path; 8 bytes a record, only this shard's.
-    sent_ids, refused_ids = array("q"), array("q")
-    remember = sent_ids.append
+    ids = DuplicateCounter()  # exact, in bounded memory: see duplicates.py
+    remember = ids.remember
 
     def actions():
         nonlocal lines
@@ -176,10 +151,12 @@ def index_shard(plan: Plan, shard: dict, hook: OpenSearchHook, s3, dimension: in
             if not sample_id:
                 sample_id.append(doc_id)
             remember(hash(doc_id))
+            if not lines % SPILL_EVERY:
+                ids.maybe_spill()
             yield doc_id, action
 
     def refused(doc_id: str, action: bytes, reason: str) -> None:
-        refused_ids.append(hash(doc_id))
+        ids.refuse(doc_id)
         dlq(doc_id, action, reason)
 
     def progress(p: dict) -> None:
@@ -199,7 +176,7 @@ def index_shard(plan: Plan, shard: dict, hook: OpenSearchHook, s3, dimension: in
         failed[f"output_{reason}"] = failed.get(f"output_{reason}", 0) + n
     if lines < expected:  # SageMaker wrote fewer lines than it was given
         failed["missing_output_line"] = expected - lines
-    duplicates = count_duplicates(sent_ids, refused_ids)
+    duplicates = ids.count()
     result = {
         "shard": name, "records_in": expected, "created": counts.created,
         "updated": counts.updated, "duplicates": duplicates, "rejected": {}, "failed": failed,

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from batchvec.memory import fix_mmap_threshold
 from batchvec.naming import join_key
 from batchvec.records import (
     DEFAULT_MAX_TEXT_BYTES,
@@ -213,6 +214,7 @@ def stage(
         raise ValueError(f"shards must be an integer in 1..{MAX_SHARDS}, got {shards!r}")
     if part_size < MIN_PART_SIZE:
         raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes, got {part_size}")
+    fix_mmap_threshold()  # multi-MB part buffers must not grow the heap with the input
     prefix = prefix.strip("/")
     manifest_key = join_key(prefix, "manifest.json")
     # A manifest from an earlier try must not vouch for shards this try is rewriting.
