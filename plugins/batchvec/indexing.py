@@ -7,12 +7,13 @@ settings, and each shard's result.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import orjson
 
 from batchvec import outputs, s3io
-from batchvec.bulk import BulkWriter
+from batchvec.bulk import DEFAULT_MAX_ACTIONS, BulkWriter
 from batchvec.opensearch_hook import OpenSearchHook
 from batchvec.plan import Plan
 
@@ -24,6 +25,15 @@ SETTINGS_KEY = "index/original-settings.json"
 
 class ShardFailed(Exception):
     pass
+
+
+def bulk_max_actions() -> int:
+    """Documents per bulk request at most (`BATCHVEC_BULK_MAX_ACTIONS`; requests are also
+    capped at 10 MB). Small values make many requests per shard, as `make chaos` uses."""
+    value = int(os.environ.get("BATCHVEC_BULK_MAX_ACTIONS", DEFAULT_MAX_ACTIONS))
+    if value < 1:
+        raise ValueError(f"BATCHVEC_BULK_MAX_ACTIONS must be >= 1, got {value}")
+    return value
 
 
 def index_body(dimension: int, vector_field: str, space_type: str, text_field: str = "text") -> dict:
@@ -151,7 +161,8 @@ def index_shard(plan: Plan, shard: dict, hook: OpenSearchHook, s3, dimension: in
         log.info("shard %s: %d/%d docs sent (%.0f docs/s, %.1f MB, ETA %.0fs)", name,
                  p.get("sent", 0), expected, rate, p.get("bytes", 0) / 1e6, eta)
 
-    writer = BulkWriter(hook.bulk, concurrency=plan.bulk_concurrency, on_failed=dlq, progress=progress)
+    writer = BulkWriter(hook.bulk, concurrency=plan.bulk_concurrency, max_actions=bulk_max_actions(),
+                        on_failed=dlq, progress=progress)
     try:
         counts = writer.write(actions())
     finally:
