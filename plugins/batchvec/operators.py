@@ -2,7 +2,8 @@
 
 The job name is derived from the run key, so a retry finds its own job instead of starting a
 second one (XComs are cleared between tries). A job that ended Failed or Stopped is never
-resubmitted under the same name: the next attempt gets `<name>-r<n>`.
+resubmitted under the same name: the next attempt gets `<name>-r<n>`. If the name turns out
+taken when we submit (a killed try's request landed late), we attach to that job.
 """
 
 from __future__ import annotations
@@ -107,7 +108,17 @@ class BatchPredictOperator(BaseOperator):
             job_name = naming.transform_job_name(self.run_key, attempt)
             existing = self._existing(hook, job_name)
             if existing is None:
-                return job_name, self._submit(hook, job_name)
+                try:
+                    return job_name, self._submit(hook, job_name)
+                except mlcommons.JobNameTaken as exc:
+                    # An earlier try's request created it after that try died (its POST was
+                    # still in flight), between our look-up and our submit: attach to it.
+                    existing = self._existing(hook, job_name)
+                    if existing is None:
+                        raise BatchJobFailed(f"job {job_name} already exists but cannot be "
+                                             f"read: {exc}") from None
+                    log.warning("job %s appeared while this try submitted it (an earlier "
+                                "try's request landed late)", job_name)
             task_id, state = existing
             if state in mlcommons.FAILED_STATES:
                 log.info("job %s ended %s on an earlier try; the next attempt gets a new name",
