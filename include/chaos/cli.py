@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import sys
 import tempfile
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chaos: {opts.runs} runs, seed {opts.seed}, {opts.records} records + 2 bad lines, "
           f"{opts.shards} shards, retries {opts.retries}; work dir {root}", flush=True)
     started = time.monotonic()
-    stack = None
+    stack, ok = None, False
     try:
         endpoints = launcher.up(state, ports=launcher.random_ports())
         seed.ensure_sagemaker_model(endpoints)
@@ -107,3 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             launcher.down(state)
             print(f"chaos: stopped Airflow and the devstack ({time.monotonic() - started:.0f}s "
                   f"in all)" + (f"; processes still alive: {left}" if left else ""), flush=True)
+            if ok and args.dir is None and not left:
+                shutil.rmtree(root, ignore_errors=True)  # kept after a failure: logs are there
+            elif not ok:
+                print(f"chaos: Airflow task logs under {root / 'airflow-home' / 'logs'}")
