@@ -1,12 +1,14 @@
-"""A killed batch_predict try whose `_batch_predict` POST was still in flight: the request can
-create the job after the try died, between the retry's look-up and its own submit. The retry
-must then attach to that job (found by name), not fail or submit a second one."""
+"""Retries of batch_predict without a server. A killed try whose `_batch_predict` POST was
+still in flight: the request can create the job after the try died, between the retry's
+look-up and its own submit; the retry must attach to that job (found by name), not fail or
+submit a second one. A retry that finds its job already completed returns without deferring."""
 
 from __future__ import annotations
 
 import pytest
+from airflow.exceptions import TaskDeferred
 
-from batchvec import mlcommons
+from batchvec import mlcommons, operators
 from batchvec.opensearch_hook import OpenSearchError
 from batchvec.operators import BatchJobFailed, BatchPredictOperator
 
@@ -71,3 +73,17 @@ def test_a_taken_name_that_cannot_be_read_fails_clearly(monkeypatch, op):
     script(monkeypatch, op, [None, None], [mlcommons.JobNameTaken(TAKEN)])
     with pytest.raises(BatchJobFailed, match="already exists but cannot be read"):
         op.submit_or_attach(hook=None)
+
+
+def test_a_retry_that_finds_its_job_completed_returns_without_deferring(monkeypatch, op):
+    monkeypatch.setattr(operators, "OpenSearchHook", lambda conn_id: None)
+    script(monkeypatch, op, [("task-1", "COMPLETED")], [])
+    assert op.execute({}) == {"job_name": "k", "task_id": "task-1", "output_s3_uri": "s3://b/o/",
+                              "elapsed": 0.0}
+
+
+def test_a_retry_that_finds_its_job_running_defers_to_wait(monkeypatch, op):
+    monkeypatch.setattr(operators, "OpenSearchHook", lambda conn_id: None)
+    script(monkeypatch, op, [("task-1", "RUNNING")], [])
+    with pytest.raises(TaskDeferred):
+        op.execute({})
