@@ -268,6 +268,8 @@ def describe(res: RunResult, runs: int) -> str:
     k = res.kill
     killed = (f"killed {k.target}" + (f" try {k.try_number}" if k.try_number else "")
               + f" at {k.at:.1f}s ({k.detail})") if k else "no kill landed (the target ended first)"
+    if k and k.try_number and k.target not in res.retried:
+        killed += " (no retry followed: the try had already finished its work)"
     retried = ", ".join(f"{t} x{n}" for t, n in sorted(res.retried.items())) or "none"
     c = res.check
     line = (f"chaos: run {res.index}/{runs} [{res.plan.describe()}] {killed} -> {res.state} in "
