@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from devstack_connections import connections
 
     signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     root = (args.dir or Path(tempfile.mkdtemp(prefix="batchvec-chaos-"))).resolve()
     root.mkdir(parents=True, exist_ok=True)
     state = root / "devstack"
