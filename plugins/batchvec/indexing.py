@@ -7,12 +7,13 @@ settings, and each shard's result.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import orjson
 
 from batchvec import memory, outputs, s3io
-from batchvec.bulk import BulkWriter
+from batchvec.bulk import DEFAULT_MAX_ACTIONS, BulkWriter
 from batchvec.duplicates import SPILL_EVERY, DuplicateCounter
 from batchvec.opensearch_hook import OpenSearchHook
 from batchvec.plan import Plan
@@ -28,6 +29,15 @@ BULK_MAX_BYTES = 5 << 20
 
 class ShardFailed(Exception):
     pass
+
+
+def bulk_max_actions() -> int:
+    """Documents per bulk request at most (`BATCHVEC_BULK_MAX_ACTIONS`; requests are also
+    capped at BULK_MAX_BYTES). Small values make many requests per shard, as `make chaos` uses."""
+    value = int(os.environ.get("BATCHVEC_BULK_MAX_ACTIONS", DEFAULT_MAX_ACTIONS))
+    if value < 1:
+        raise ValueError(f"BATCHVEC_BULK_MAX_ACTIONS must be >= 1, got {value}")
+    return value
 
 
 def index_body(dimension: int, vector_field: str, space_type: str, text_field: str = "text") -> dict:
@@ -166,7 +176,7 @@ def index_shard(plan: Plan, shard: dict, hook: OpenSearchHook, s3, dimension: in
                  p.get("sent", 0), expected, rate, p.get("bytes", 0) / 1e6, eta)
 
     writer = BulkWriter(hook.bulk, concurrency=plan.bulk_concurrency, max_bytes=BULK_MAX_BYTES,
-                        on_failed=refused, progress=progress)
+                        max_actions=bulk_max_actions(), on_failed=refused, progress=progress)
     try:
         counts = writer.write(actions())
     finally:

@@ -36,6 +36,14 @@ class ThrottledError(Exception):
     """ML Commons or the remote service asked us to slow down (429 / remote throttling)."""
 
 
+class JobNameTaken(Exception):
+    """The remote refused the job name because a job of that name exists already: SageMaker's
+    `ValidationException: Job name must be unique ... a job with this name already exists`."""
+
+
+_NAME_TAKEN = re.compile(r"name already exists|must be unique|ResourceInUse", re.IGNORECASE)
+
+
 def _search_by_name(hook: OpenSearchHook, kind: str, name: str) -> list[dict]:
     body = {"query": {"term": {"name.keyword": name}}, "size": 100,
             "sort": [{"created_time": {"order": "asc", "unmapped_type": "long"}}]}
@@ -100,7 +108,7 @@ def batch_predict(hook: OpenSearchHook, model_id: str, parameters: dict) -> dict
 
     Throttling (429, or the remote's throttling passed through) raises ThrottledError so the
     caller can back off within its retry window; nothing is retried here because a retried
-    POST could start a second job.
+    POST could start a second job. A job name already in use raises JobNameTaken.
     """
     try:
         return hook.request("POST", f"{ML}/models/{_id(model_id)}/_batch_predict",
@@ -108,6 +116,8 @@ def batch_predict(hook: OpenSearchHook, model_id: str, parameters: dict) -> dict
     except OpenSearchError as err:
         if err.status == 429 or "throttl" in err.reason.lower():
             raise ThrottledError(err.reason) from None
+        if _NAME_TAKEN.search(err.reason):
+            raise JobNameTaken(err.reason) from None
         raise
 
 

@@ -2,7 +2,8 @@
 
 The job name is derived from the run key, so a retry finds its own job instead of starting a
 second one (XComs are cleared between tries). A job that ended Failed or Stopped is never
-resubmitted under the same name: the next attempt gets `<name>-r<n>`.
+resubmitted under the same name: the next attempt gets `<name>-r<n>`. If the name turns out
+taken when we submit (a killed try's request landed late), we attach to that job.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class BatchPredictOperator(BaseOperator):
         self.submit_retry_window = submit_retry_window
         self.deferrable = deferrable
         self._job: tuple[str, str | None] | None = None
+        self._attached_state: str | None = None  # state of the job an earlier try made
 
     # -- submit or attach -----------------------------------------------------------------
     def _existing(self, hook: OpenSearchHook, job_name: str) -> tuple[str | None, str | None] | None:
@@ -109,17 +111,29 @@ class BatchPredictOperator(BaseOperator):
         return task_id
 
     def submit_or_attach(self, hook: OpenSearchHook) -> tuple[str, str | None]:
+        self._attached_state = None
         for attempt in range(1, MAX_JOB_ATTEMPTS + 1):
             job_name = naming.transform_job_name(self.run_key, attempt)
             existing = self._existing(hook, job_name)
             if existing is None:
-                return job_name, self._submit(hook, job_name)
+                try:
+                    return job_name, self._submit(hook, job_name)
+                except mlcommons.JobNameTaken as exc:
+                    # An earlier try's request created it after that try died (its POST was
+                    # still in flight), between our look-up and our submit: attach to it.
+                    existing = self._existing(hook, job_name)
+                    if existing is None:
+                        raise BatchJobFailed(f"job {job_name} already exists but cannot be "
+                                             f"read: {exc}") from None
+                    log.warning("job %s appeared while this try submitted it (an earlier "
+                                "try's request landed late)", job_name)
             task_id, state = existing
             if state in mlcommons.FAILED_STATES:
                 log.info("job %s ended %s on an earlier try; the next attempt gets a new name",
                          job_name, state)
                 continue
             log.info("attaching to job %s from an earlier try (state %s)", job_name, state)
+            self._attached_state = state
             return job_name, task_id
         raise BatchJobFailed(f"{MAX_JOB_ATTEMPTS} jobs for run {self.run_key} failed; giving up")
 
@@ -130,6 +144,13 @@ class BatchPredictOperator(BaseOperator):
         self._job = (job_name, task_id)
         started = time.time()
         timeout = float(self.wait_timeout)
+        if self._attached_state in mlcommons.DONE_STATES:
+            # Nothing to wait for (a retry after the job finished). Not deferring also keeps the
+            # retry clear of Airflow's race where a trigger that fires at once makes the
+            # scheduler fail the task (apache/airflow#66374, #67287, #71580).
+            return self.execute_complete(context, {
+                "status": "success", "job_name": job_name, "task_id": task_id, "elapsed": 0.0,
+                "message": f"job {job_name} had already completed"})
         if self.deferrable:
             self.defer(
                 trigger=BatchJobTrigger(

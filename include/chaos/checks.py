@@ -1,0 +1,120 @@
+"""The accounting after a killed-and-retried run: pure functions of what the index, the report
+and SageMaker hold, so they are unit-tested without any server.
+
+- lost: expected documents missing from the index (or counted failed by the report);
+- duplicated: documents in the index beyond the distinct expected ones, records the report
+  counts more than once, and more than one transform job (or ML Commons connector/model of
+  one name) doing the same work;
+- orphan_jobs: transform jobs of the run still InProgress / Stopping after the run ended.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+LIVE_JOB_STATES = ("InProgress", "Stopping")
+WORKING_JOB_STATES = ("Completed", *LIVE_JOB_STATES)
+RESULT_LINE_KEYS = ("runs", "lost", "duplicated", "orphan_jobs")
+
+
+@dataclass
+class RunCheck:
+    lost: int = 0
+    duplicated: int = 0
+    orphan_jobs: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.lost or self.duplicated or self.orphan_jobs or self.problems)
+
+    def add(self, other: RunCheck) -> RunCheck:
+        return RunCheck(self.lost + other.lost, self.duplicated + other.duplicated,
+                        self.orphan_jobs + other.orphan_jobs, self.problems + other.problems)
+
+
+def check_index(expected_ids: set[str], index_ids: list[str], index_count: int) -> RunCheck:
+    """`index_ids`: every `_id` a search returned; `index_count`: the index's `_count`."""
+    present = set(index_ids)
+    out = RunCheck(lost=len(expected_ids - present))
+    found = len(present & expected_ids)
+    out.duplicated = max(0, max(index_count, len(index_ids)) - found)
+    strangers = sorted(present - expected_ids)
+    if strangers:
+        out.problems.append(f"{len(strangers)} unexpected ids in the index, e.g. {strangers[:3]}")
+    if out.lost:
+        out.problems.append(f"{out.lost} documents missing, e.g. {sorted(expected_ids - present)[:3]}")
+    return out
+
+
+def check_report(report: dict | None, *, records_in: int, accepted: int, rejected: int) -> RunCheck:
+    """The run report must balance and count each record once: created + updated = accepted."""
+    if report is None:
+        return RunCheck(problems=["no report.json for the run"])
+    out = RunCheck()
+    totals = report.get("totals", {})
+    indexed = totals.get("created", 0) + totals.get("updated", 0)
+    failed = totals.get("failed_total", 0)
+    if indexed > accepted:
+        out.duplicated += indexed - accepted
+        out.problems.append(f"report counts {indexed} indexed for {accepted} accepted records")
+    if failed:
+        out.lost += failed
+        out.problems.append(f"report counts {failed} failed records: {totals.get('failed')}")
+    if not report.get("balanced"):
+        out.problems.append("report does not balance")
+    seen = (totals.get("records_in"), indexed + failed, totals.get("rejected_total"))
+    if seen != (records_in, accepted, rejected):
+        out.problems.append(f"report totals (records_in, indexed+failed, rejected) = {seen}, "
+                            f"expected {(records_in, accepted, rejected)}")
+    if not (report.get("extra", {}).get("smoke_query") or {}).get("ok"):
+        out.problems.append(f"smoke query not ok: {report.get('extra', {}).get('smoke_query')}")
+    return out
+
+
+def job_summaries_for_run(jobs: list[dict], run_key: str) -> list[dict]:
+    """The transform jobs a run may have made: `<run_key>` and `<run_key>-r<n>`."""
+    mine = []
+    for job in jobs:
+        name = job["TransformJobName"]
+        suffix = name[len(run_key):]
+        if name.startswith(run_key) and (suffix == "" or (suffix.startswith("-r") and suffix[2:].isdigit())):
+            mine.append(job)
+    return mine
+
+
+def check_jobs(jobs: list[dict]) -> RunCheck:
+    """`jobs`: this run's ListTransformJobs summaries, after the run ended."""
+    states = Counter(job["TransformJobStatus"] for job in jobs)
+    out = RunCheck(orphan_jobs=sum(states[s] for s in LIVE_JOB_STATES))
+    working = sum(states[s] for s in WORKING_JOB_STATES)
+    out.duplicated = max(0, working - 1)
+    if out.orphan_jobs:
+        out.problems.append(f"transform jobs still running after the run: {dict(states)}")
+    if out.duplicated:
+        out.problems.append(f"{working} transform jobs did the run's work: "
+                            f"{[j['TransformJobName'] for j in jobs]}")
+    if states["Completed"] != 1:
+        out.problems.append(f"expected one Completed transform job, found {dict(states)}")
+    return out
+
+
+def check_unique_names(kind: str, names: list[str]) -> RunCheck:
+    """ML Commons connectors / models are found-or-created by name: one of each name."""
+    extra = {name: n for name, n in Counter(names).items() if n > 1}
+    out = RunCheck(duplicated=sum(n - 1 for n in extra.values()))
+    if extra:
+        out.problems.append(f"duplicate {kind}: {extra}")
+    return out
+
+
+def result_line(runs: int, total: RunCheck) -> str:
+    return f"runs={runs} lost={total.lost} duplicated={total.duplicated} orphan_jobs={total.orphan_jobs}"
+
+
+def parse_result_line(line: str) -> dict[str, int]:
+    parts = dict(item.split("=", 1) for item in line.split())
+    if tuple(parts) != RESULT_LINE_KEYS:
+        raise ValueError(f"not a chaos result line: {line!r}")
+    return {k: int(v) for k, v in parts.items()}

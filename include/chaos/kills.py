@@ -1,0 +1,198 @@
+"""Where and when each run's kill lands.
+
+A plan is drawn per run from the seed: a mode and a position `u` in [0, 1) inside that mode's
+window. The watcher is fed the run's task instances (REST) and the stack's task processes
+(psutil) every tick and SIGKILLs the chosen process when its moment comes:
+
+  index_shard_bulk      an index_shard runner while its bulk requests are in flight (the
+                        devstack holds each `_bulk` for a while, so a shard takes several
+                        requests per lane and the kill lands between / inside them)
+  batch_predict_submit  the batch_predict runner while its `_batch_predict` request is held
+                        by the devstack: the request still creates the job after the kill,
+                        so the retry must find that job and attach, not submit another
+  batch_predict_resume  the batch_predict runner that resumed after the deferral
+                        (execute_complete): the retry must attach to the Completed job
+  task                  any other task (plan, stage, ensure_model, check_outputs,
+                        prepare_index, restore_index, report, cleanup) at a random point
+                        of its process's life
+  triggerer             the whole triggerer (SIGKILL) while batch_predict is deferred; a new
+                        triggerer takes the trigger over (no task retry: the wait resumes)
+
+If the target ends before the moment comes, the next task process that starts is killed
+instead, so nearly every run has its kill (not when the target was the last task, cleanup).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+MODES: dict[str, int] = {  # weights
+    "index_shard_bulk": 6,
+    "batch_predict_submit": 3,
+    "batch_predict_resume": 2,
+    "task": 6,
+    "triggerer": 1,
+}
+OTHER_TASKS = ("plan", "stage", "stage", "ensure_model", "check_outputs", "prepare_index",
+               "restore_index", "report", "cleanup")
+# Seconds a task runner process lives (its title is set after the fork, so this is parse +
+# execute), measured here; each session updates them from what it sees.
+PRIOR_SECONDS = {"plan": 1.7, "stage": 2.0, "ensure_model": 1.5, "check_outputs": 1.0,
+                 "prepare_index": 1.4, "restore_index": 0.9, "report": 1.3, "cleanup": 1.0,
+                 "batch_predict": 1.5, "batch_predict_resume": 0.7, "index_shard": 3.0}
+# A `task` kill lands in the first WINDOW_SHARE of the expected life, so a process that runs
+# a little shorter than usual is still hit (cleanup, the last task, has no fallback after it).
+WINDOW_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class KillPlan:
+    mode: str
+    task: str
+    u: float  # where in the window: 0 = its start, 1 = its end
+
+    def describe(self) -> str:
+        return self.mode if self.mode != "task" else f"task:{self.task}"
+
+
+def choose(rng: random.Random, modes: list[str] | None = None, run_index: int = 0) -> KillPlan:
+    """Weighted draw, or the given modes in turn (`--modes`)."""
+    if modes:
+        mode = modes[(run_index - 1) % len(modes)]  # runs count from 1
+    else:
+        names = list(MODES)
+        mode = rng.choices(names, weights=[MODES[n] for n in names])[0]
+    task = {"index_shard_bulk": "index_shard", "batch_predict_submit": "batch_predict",
+            "batch_predict_resume": "batch_predict", "triggerer": "batch_predict"}.get(mode)
+    if mode.startswith("task:"):
+        mode, task = "task", mode.split(":", 1)[1]
+    elif mode == "task":
+        task = rng.choice(OTHER_TASKS)
+    return KillPlan(mode, task or "", rng.random())
+
+
+@dataclass
+class KillRecord:
+    target: str
+    try_number: int | None
+    at: float  # seconds after the run was triggered
+    detail: str
+    process_key: tuple[str, int] | None = None  # (ti id, pid) of the killed process
+
+
+@dataclass
+class Watcher:
+    """Feed `tick()` until it returns a KillRecord (the kill happened) or the run ends."""
+
+    plan: KillPlan
+    kill_process: Callable[[object], bool]
+    kill_triggerer: Callable[[], None]
+    estimates: dict[str, float]
+    bulk_window: float
+    submit_window: float
+    started: float = field(default_factory=time.monotonic)
+    fallback: bool = False
+    deferred_seen: bool = False
+    _moment: float | None = None
+    _seen: set[str] = field(default_factory=set)
+    _fallback_ti: str | None = None
+    _window_start: float = 0.0
+    _window: float = 0.0
+    note: str = ""
+
+    def _record(self, ti: dict | None, target: str, detail: str, pid: int | None = None) -> KillRecord:
+        label = target
+        if ti is not None:
+            label = ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else "")
+        prefix = f"missed {self.plan.describe()} ({self.note}); " if self.fallback else ""
+        return KillRecord(label, ti["try_number"] if ti else None,
+                          round(time.monotonic() - self.started, 1), prefix + detail,
+                          (ti["id"], pid) if ti is not None and pid is not None else None)
+
+    def _workers_of(self, task_id: str, tis: dict[str, dict], workers: dict) -> list[str]:
+        return sorted(i for i in workers if tis.get(i, {}).get("task_id") == task_id)
+
+    def tick(self, tis: dict[str, dict], workers: dict, *, bulk_started: int,
+             submit_in_flight: bool) -> KillRecord | None:
+        """`tis`: ti id -> task instance (REST); `workers`: ti id -> runner process."""
+        now = time.monotonic()
+        if any(t.get("task_id") == "batch_predict" and t.get("state") == "deferred" for t in tis.values()):
+            self.deferred_seen = True
+        if self.fallback:
+            return self._tick_fallback(now, tis, workers)
+        plan = self.plan
+        candidates = self._workers_of(plan.task, tis, workers)
+        if plan.mode == "triggerer":
+            bp = [t for t in tis.values() if t.get("task_id") == "batch_predict"]
+            deferred = bool(bp) and bp[0].get("state") == "deferred"
+            if self._moment is None and deferred:
+                self._moment = now + plan.u * 4.0
+            if self._moment is not None and now >= self._moment:
+                if deferred:
+                    self.kill_triggerer()
+                    return self._record(None, "triggerer", "SIGKILL while batch_predict deferred; "
+                                        "new triggerer started")
+                return self._miss("the job finished first")
+            return None
+        if self._moment is None:
+            ready = bool(candidates)
+            if plan.mode == "index_shard_bulk":
+                ready = ready and bulk_started > 0
+                window = self.bulk_window
+            elif plan.mode == "batch_predict_submit":
+                ready = ready and submit_in_flight
+                window = self.submit_window
+            elif plan.mode == "batch_predict_resume":
+                ready = ready and self.deferred_seen
+                window = WINDOW_SHARE * self.estimates.get("batch_predict_resume", 0.7)
+            else:
+                window = WINDOW_SHARE * self.estimates.get(plan.task, 1.5)
+            if ready:
+                self._moment = now + plan.u * window
+                self._window_start, self._window = now, window
+                self._seen.update(candidates)
+            return None
+        if now < self._moment:
+            return None
+        alive = [i for i in candidates if i in self._seen] or candidates
+        if not alive:
+            return self._miss("it ended first")
+        ti_id = alive[int(plan.u * 1e6) % len(alive)]
+        detail = {"index_shard_bulk": f"mid-bulk ({bulk_started} bulk requests begun)",
+                  "batch_predict_submit": "while its _batch_predict request was in flight",
+                  "batch_predict_resume": "resumed after the deferral",
+                  "task": "random point"}[plan.mode]
+        proc = workers[ti_id]
+        if self.kill_process(proc):
+            return self._record(tis[ti_id], "", f"{detail}, {now - self._window_start:.1f}s into "
+                                f"a {self._window:.1f}s window", proc.pid)
+        return self._miss("its process was gone")
+
+    def _miss(self, why: str) -> None:
+        self.fallback = True
+        self.note = why
+        self._moment = None
+        return None
+
+    def _tick_fallback(self, now: float, tis: dict[str, dict], workers: dict) -> KillRecord | None:
+        """Kill the next task process that starts (after the missed target)."""
+        if self._fallback_ti is None:
+            fresh = [i for i in workers if i not in self._seen and i in tis]
+            if not fresh:
+                self._seen.update(workers)
+                return None
+            self._fallback_ti = sorted(fresh)[0]
+            self._moment = now + self.plan.u * 1.0
+            return None
+        if now < self._moment:
+            return None
+        proc = workers.get(self._fallback_ti)
+        if proc is not None and self.kill_process(proc):
+            return self._record(tis[self._fallback_ti], "", "next task started after the miss",
+                                proc.pid)
+        self._seen.add(self._fallback_ti)
+        self._fallback_ti = None
+        return None

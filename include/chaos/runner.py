@@ -1,0 +1,292 @@
+"""One chaos session: a private devstack + Airflow, N runs each with one kill, the checks.
+
+Each run gets its own index (`chaos-NNN`) and its own connector role ARN, so it creates its
+own ML Commons connector and model (ensure_model kills land in the create path) and its
+accounting is exact: the same generated input every time, N valid records and 2 bad lines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from chaos import checks, kills, procs
+from chaos.airflow_stack import AirflowStack
+
+LANES = 4  # bulk_concurrency (the DAG's default)
+BAD_LINES = ['{"id": "chaos-bad-1", "text": "   "}', "not json at all"]
+
+
+@dataclass
+class Options:
+    runs: int = 20
+    seed: int | None = None
+    records: int = 300
+    shards: int = 2
+    retries: int = 3
+    bulk_max_actions: int = 10
+    bulk_latency_ms: int = 600
+    submit_latency_ms: int = 4000
+    run_timeout: float = 600.0
+    modes: list[str] = field(default_factory=list)
+    keep: bool = False
+
+
+def write_input(path: Path, records: int, sample: Path) -> set[str]:
+    """`records` valid documents (texts from the sample, made unique) plus BAD_LINES."""
+    texts = []
+    for line in sample.read_text().splitlines():  # the sample has bad lines on purpose
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("text"), str) and doc["text"].strip():
+            texts.append(doc)
+    lines, ids = [], set()
+    for i in range(records):
+        src = texts[i % len(texts)]
+        doc_id = f"chaos-{i:05d}"
+        ids.add(doc_id)
+        lines.append(json.dumps({"id": doc_id, "text": f"{src['text']} (variant {i // len(texts)})",
+                                 "topic": src.get("topic", "none")}))
+    lines[len(lines) // 2:len(lines) // 2] = BAD_LINES
+    path.write_text("\n".join(lines) + "\n")
+    return ids
+
+
+class Services:
+    """Read-only views of the devstack used by the checks."""
+
+    def __init__(self, endpoints: dict):
+        import boto3
+
+        self.ep = endpoints
+        self.http = requests.Session()
+        self.http.auth = (endpoints["opensearch_user"], endpoints["opensearch_password"])
+        keys = {"region_name": endpoints["region"],
+                "aws_access_key_id": endpoints["aws_access_key_id"],
+                "aws_secret_access_key": endpoints["aws_secret_access_key"]}
+        self.s3 = boto3.client("s3", endpoint_url=endpoints["s3"], **keys)
+        self.sagemaker = boto3.client("sagemaker", endpoint_url=endpoints["sagemaker"], **keys)
+
+    def _os(self, method: str, path: str, body: dict | None = None) -> dict:
+        resp = self.http.request(method, self.ep["opensearch"] + path, json=body, timeout=60)
+        resp.raise_for_status()
+        return resp.json()
+
+    def index_ids(self, index: str, size: int) -> tuple[list[str], int]:
+        self._os("POST", f"/{index}/_refresh")
+        count = self._os("GET", f"/{index}/_count")["count"]
+        hits = self._os("POST", f"/{index}/_search", {"size": size, "_source": False,
+                                                      "query": {"match_all": {}}})["hits"]["hits"]
+        return [h["_id"] for h in hits], count
+
+    def ml_names(self, kind: str) -> list[str]:
+        resp = self._os("POST", f"/_plugins/_ml/{kind}/_search",
+                        {"query": {"match_all": {}}, "size": 10000})
+        return [h["_source"].get("name") for h in resp["hits"]["hits"]]
+
+    def report(self, run_key: str) -> dict | None:
+        try:
+            obj = self.s3.get_object(Bucket=self.ep["bucket"], Key=f"runs/{run_key}/report.json")
+        except self.s3.exceptions.NoSuchKey:
+            return None
+        return json.loads(obj["Body"].read())
+
+    def transform_jobs(self, run_key: str) -> list[dict]:
+        jobs, token = [], None
+        while True:
+            kw = {"NameContains": run_key, "MaxResults": 100, **({"NextToken": token} if token else {})}
+            page = self.sagemaker.list_transform_jobs(**kw)
+            jobs += page["TransformJobSummaries"]
+            token = page.get("NextToken")
+            if not token:
+                return checks.job_summaries_for_run(jobs, run_key)
+
+
+@dataclass
+class RunResult:
+    index: int
+    plan: kills.KillPlan
+    kill: kills.KillRecord | None
+    state: str
+    seconds: float
+    retried: dict[str, int]
+    jobs: dict[str, int]
+    check: checks.RunCheck
+
+
+class Session:
+    def __init__(self, opts: Options, root: Path, endpoints: dict, stack: AirflowStack,
+                 state_dir: Path, out=print):
+        self.opts, self.root, self.stack, self.state_dir = opts, root, stack, state_dir
+        self.services = Services(endpoints)
+        self.out = out
+        self.rng = random.Random(opts.seed)
+        self.estimates = dict(kills.PRIOR_SECONDS)
+        self.input = root / "input.jsonl"
+        self.expected = write_input(self.input, opts.records,
+                                    Path(__file__).resolve().parents[1] / "sample" / "documents.jsonl")
+
+    # -- faults -----------------------------------------------------------------------------
+    def _set_faults(self, plan: kills.KillPlan) -> None:
+        from devstack import faults
+
+        rules = [{"service": "opensearch", "path_regex": r"/_bulk$", "count": 1_000_000,
+                  "latency_ms": self.opts.bulk_latency_ms}]
+        if plan.mode == "batch_predict_submit":
+            rules.append({"service": "opensearch", "path_regex": r"/_batch_predict$", "count": 1,
+                          "latency_ms": self.opts.submit_latency_ms})
+        faults.set_faults(self.state_dir, http=rules)
+
+    def _fault_counts(self) -> tuple[int, bool]:
+        """(bulk requests begun this run, whether the held _batch_predict has arrived)."""
+        from devstack import faults
+
+        rules = faults.current(self.state_dir).get("http", [])
+        bulk = next((1_000_000 - r["count"] for r in rules if "_bulk" in r["path_regex"]), 0)
+        submit = any("_batch_predict" in r["path_regex"] and r["count"] == 0 for r in rules)
+        return bulk, submit
+
+    # -- one run ----------------------------------------------------------------------------
+    def run_one(self, i: int) -> RunResult:
+        from batchvec.naming import run_key as make_run_key
+
+        opts = self.opts
+        plan = kills.choose(self.rng, opts.modes, i)
+        run_id = f"chaos-{i:03d}"
+        index = f"chaos-{i:03d}"
+        self._set_faults(plan)
+        per_lane = math.ceil(len(self.expected) / opts.shards / LANES / opts.bulk_max_actions)
+        watcher = kills.Watcher(
+            plan=plan, kill_process=procs.sigkill, kill_triggerer=self._restart_triggerer,
+            estimates=self.estimates,
+            bulk_window=0.9 * per_lane * opts.bulk_latency_ms / 1000,
+            submit_window=0.85 * opts.submit_latency_ms / 1000)
+        conf = {"input_uri": str(self.input), "index_name": index, "metadata_fields": ["topic"],
+                "shards": opts.shards, "max_reject_ratio": 0.5,
+                "connector_role_arn": f"arn:aws:iam::000000000000:role/batchvec-chaos-{i:03d}"}
+        started = time.monotonic()
+        self.stack.trigger(run_id, conf)
+        kill_key = None
+        kill, state, tis, last_rest = None, "queued", {}, 0.0
+        seen_tis: dict[str, dict] = {}
+        lives: dict[tuple[str, int], list[float]] = {}  # (ti id, pid) -> first, last seen
+        while time.monotonic() - started < opts.run_timeout:
+            now = time.monotonic()
+            if now - last_rest >= 0.5:
+                state = self.stack.dag_run(run_id)["state"]
+                tis = {t["id"]: t for t in self.stack.task_instances(run_id)}
+                seen_tis.update(tis)
+                last_rest = now
+                if state in ("success", "failed"):
+                    break
+            workers = procs.task_workers(self.stack.stack_id, str(self.root))
+            for ti_id, proc in workers.items():
+                lives.setdefault((ti_id, proc.pid), [now, now])[1] = now
+            if kill is None:
+                bulk, submit = self._fault_counts()
+                kill = watcher.tick(tis, workers, bulk_started=bulk, submit_in_flight=submit)
+                if kill is not None:
+                    kill_key = kill.process_key
+            time.sleep(0.1)
+        else:
+            state = f"timeout after {opts.run_timeout:.0f}s"
+        seconds = time.monotonic() - started
+        final = self.stack.task_instances(run_id)
+        if kill is not None:
+            lives.pop(kill_key, None)
+        self._learn(lives, seen_tis)
+        retried = {_label(t): t["try_number"] for t in final if (t["try_number"] or 0) > 1}
+        key = make_run_key("batch_embeddings", run_id)
+        jobs = self.services.transform_jobs(key)
+        check = self._check(index, key, jobs)
+        if state != "success":
+            check.problems.append(f"run ended {state}: " + ", ".join(
+                f"{_label(t)}={t['state']}" for t in final if t["state"] != "success"))
+        return RunResult(i, plan, kill, state, seconds, retried,
+                         dict(Counter(j["TransformJobStatus"] for j in jobs)), check)
+
+    def _check(self, index: str, key: str, jobs: list[dict]) -> checks.RunCheck:
+        exp = self.expected
+        try:
+            ids, count = self.services.index_ids(index, len(exp) + 100)
+        except requests.RequestException as exc:
+            ids, count = [], 0
+            note = checks.RunCheck(problems=[f"index {index} unreadable: {exc}"])
+        else:
+            note = checks.RunCheck()
+        total = note.add(checks.check_index(exp, ids, count))
+        total = total.add(checks.check_report(self.services.report(key), records_in=len(exp) + 2,
+                                              accepted=len(exp), rejected=2))
+        total = total.add(checks.check_jobs(jobs))
+        for kind in ("connectors", "models", "model_groups"):
+            total = total.add(checks.check_unique_names(kind, self.services.ml_names(kind)))
+        return total
+
+    def _learn(self, lives: dict[tuple[str, int], list[float]], tis: dict[str, dict]) -> None:
+        """Update how long each task's process lives (the window of a `task` kill). The second
+        process of one batch_predict try is the resumption after the deferral."""
+        counted: Counter = Counter()
+        for (ti_id, _pid), (first, last) in sorted(lives.items(), key=lambda kv: kv[1][0]):
+            task = tis.get(ti_id, {}).get("task_id")
+            if task is None:
+                continue
+            counted[ti_id] += 1
+            if task == "batch_predict" and counted[ti_id] > 1:
+                task = "batch_predict_resume"
+            old = self.estimates.get(task, kills.PRIOR_SECONDS.get(task, 3.0))
+            self.estimates[task] = 0.5 * old + 0.5 * max(last - first, 0.2)
+
+    def _restart_triggerer(self) -> None:
+        self.stack.kill_component("triggerer")
+        self.stack.start_component("triggerer")
+
+    # -- the session ------------------------------------------------------------------------
+    def run_all(self) -> tuple[list[RunResult], checks.RunCheck]:
+        results, total = [], checks.RunCheck()
+        for i in range(1, self.opts.runs + 1):
+            res = self.run_one(i)
+            results.append(res)
+            total = total.add(res.check)
+            self.out(describe(res, self.opts.runs))
+        return results, total
+
+
+def _label(ti: dict) -> str:
+    return ti["task_id"] + (f"[{ti['map_index']}]" if ti.get("map_index", -1) >= 0 else "")
+
+
+def describe(res: RunResult, runs: int) -> str:
+    k = res.kill
+    killed = (f"killed {k.target}" + (f" try {k.try_number}" if k.try_number else "")
+              + f" at {k.at:.1f}s ({k.detail})") if k else "no kill landed (the target ended first)"
+    if k and k.try_number and k.target not in res.retried:
+        killed += " (no retry followed: the try had already finished its work)"
+    retried = ", ".join(f"{t} x{n}" for t, n in sorted(res.retried.items())) or "none"
+    c = res.check
+    line = (f"chaos: run {res.index}/{runs} [{res.plan.describe()}] {killed} -> {res.state} in "
+            f"{res.seconds:.0f}s; tries: {retried}; jobs: {res.jobs}; "
+            f"lost={c.lost} duplicated={c.duplicated} orphan_jobs={c.orphan_jobs}")
+    if c.problems:
+        line += "\n  problems: " + "; ".join(c.problems)
+    return line
+
+
+def summary(results: list[RunResult], seconds: float) -> list[str]:
+    targets = Counter((r.kill.target.split("[")[0] if r.kill else "none") for r in results)
+    modes = Counter(r.plan.describe() for r in results)
+    ok = sum(r.state == "success" for r in results)
+    landed = sum(r.kill is not None for r in results)
+    return [f"chaos: kill plans: {dict(sorted(modes.items()))}",
+            f"chaos: killed: {dict(sorted(targets.items()))}; kills landed in {landed} of "
+            f"{len(results)} runs",
+            f"chaos: {len(results)} runs in {seconds:.0f}s "
+            f"({seconds / max(len(results), 1):.0f}s per run); {ok} succeeded"]
