@@ -37,7 +37,7 @@ def test_a_taken_job_name_is_told_apart_from_other_errors():
 @pytest.fixture
 def op():
     return BatchPredictOperator(task_id="batch_predict", model_id="m", run_key="k",
-                                input_s3_uri="s3://b/i/", output_s3_uri="s3://b/o/")
+                                input_s3_uri="s3://bkt/i/", output_s3_uri="s3://bkt/o/")
 
 
 def script(monkeypatch, op, looks: list, submits: list) -> list[str]:
@@ -78,7 +78,7 @@ def test_a_taken_name_that_cannot_be_read_fails_clearly(monkeypatch, op):
 def test_a_retry_that_finds_its_job_completed_returns_without_deferring(monkeypatch, op):
     monkeypatch.setattr(operators, "OpenSearchHook", lambda conn_id: None)
     script(monkeypatch, op, [("task-1", "COMPLETED")], [])
-    assert op.execute({}) == {"job_name": "k", "task_id": "task-1", "output_s3_uri": "s3://b/o/",
+    assert op.execute({}) == {"job_name": "k", "task_id": "task-1", "output_s3_uri": "s3://bkt/o/",
                               "elapsed": 0.0}
 
 
