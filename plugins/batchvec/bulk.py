@@ -18,9 +18,21 @@ import random
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from batchvec.bulk_format import (
+    DEFAULT_MAX_ACTIONS,
+    DEFAULT_MAX_BYTES,
+    Action,
+    Batcher,
+    Span,
+    classify_item,
+    iter_bulk_bodies,
+    join_spans,
+    reason_key,
+)
 
 __all__ = [
     "BulkCounts",
@@ -30,20 +42,6 @@ __all__ = [
     "classify_item",
     "iter_bulk_bodies",
 ]
-
-DEFAULT_MAX_BYTES = 10 * 1024 * 1024  # 5-15 MiB requests index best
-DEFAULT_MAX_ACTIONS = 5000
-MAX_REASON_CHARS = 2000
-
-Action = tuple[str, bytes]  # (doc_id, action pair bytes)
-
-# Error types the server raises when it is overloaded rather than when the document is bad.
-RETRYABLE_TYPES = frozenset(
-    """es_rejected_execution_exception opensearch_rejected_execution_exception
-    rejected_execution_exception circuit_breaking_exception unavailable_shards_exception
-    process_cluster_event_timeout_exception no_shard_available_action_exception""".split()
-)
-
 
 class BulkTransientError(Exception):
     """The whole `_bulk` request failed in a way worth retrying (429, 5xx, connection)."""
@@ -92,102 +90,6 @@ class BulkCounts:
         return asdict(self)
 
 
-def _join(batch: list[Action]) -> bytes:
-    return b"".join(action for _, action in batch)
-
-
-Span = tuple[str, int, int]  # (doc_id, start, end) of one action inside a request body
-
-
-def _join_spans(batch: list[Action]) -> tuple[bytes, list[Span]]:
-    """The request body and where each action lies in it."""
-    spans, pos = [], 0
-    for doc_id, action in batch:
-        spans.append((doc_id, pos, pos + len(action)))
-        pos += len(action)
-    return _join(batch), spans
-
-
-class _Batcher:
-    """Accumulates actions into a request that respects both limits."""
-
-    def __init__(self, max_bytes: int, max_actions: int) -> None:
-        if max_bytes < 1 or max_actions < 1:
-            raise ValueError("max_bytes and max_actions must be positive")
-        self.max_bytes = max_bytes
-        self.max_actions = max_actions
-        self.items: list[Action] = []
-        self.size = 0
-
-    def add(self, item: Action) -> list[Action] | None:
-        """Add one action; returns the previous batch when this one did not fit."""
-        n = len(item[1])
-        full = None
-        if self.items and (self.size + n > self.max_bytes or len(self.items) >= self.max_actions):
-            full = self.take()
-        self.items.append(item)
-        self.size += n
-        return full
-
-    def take(self) -> list[Action]:
-        items, self.items, self.size = self.items, [], 0
-        return items
-
-
-def iter_bulk_bodies(
-    actions: Iterable[Action],
-    *,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_actions: int = DEFAULT_MAX_ACTIONS,
-) -> Iterator[list[Action]]:
-    """Group actions into requests of at most max_bytes / max_actions (an oversized single
-    action goes alone); ``b"".join`` of the action bytes is the request body."""
-    batcher = _Batcher(max_bytes, max_actions)
-    for item in actions:
-        full = batcher.add(item)
-        if full:
-            yield full
-    if batcher.items:
-        yield batcher.take()
-
-
-def _error_reason(error: Any) -> tuple[str, str]:
-    """(type, "<type>: <reason> (caused by ...)") from a bulk item's error field."""
-    if not isinstance(error, dict):
-        return "error", f"error: {error}"[:MAX_REASON_CHARS]
-    etype = str(error.get("type") or "error")
-    text = f"{etype}: {error.get('reason') or ''}"
-    cause = error.get("caused_by")
-    if isinstance(cause, dict):  # mapper errors put the useful detail here
-        text += f" (caused by {cause.get('type')}: {cause.get('reason')})"
-    return etype, text[:MAX_REASON_CHARS]
-
-
-def classify_item(item: dict) -> tuple[str, str | None]:
-    """One entry of a `_bulk` response's ``items`` -> (outcome, reason).
-
-    outcome is ``created``, ``updated`` (any other success), ``retry`` (overload: 429, 5xx,
-    rejected execution, circuit breaker) or ``failed`` (the document itself is refused).
-    """
-    result = next(iter(item.values()), None) if isinstance(item, dict) else None
-    if not isinstance(result, dict):
-        return "failed", f"malformed_item: {str(item)[:200]}"
-    status = result.get("status")
-    error = result.get("error")
-    if error is None and isinstance(status, int) and 200 <= status < 300:
-        if result.get("result", "created" if status == 201 else "updated") == "created":
-            return "created", None
-        return "updated", None
-    etype, reason = _error_reason(error) if error is not None else ("", f"http_{status}")
-    if status == 429 or (isinstance(status, int) and status >= 500) or etype in RETRYABLE_TYPES:
-        return "retry", reason
-    return "failed", reason
-
-
-def _reason_key(reason: str) -> str:
-    return reason.split(":", 1)[0]
-
-
 class _Stopped(Exception):
     """Internal: another lane or the producer failed; abandon this batch."""
 
@@ -218,7 +120,7 @@ class BulkWriter:
     ) -> None:
         if concurrency < 1 or max_retries < 0 or queue_depth < 1:
             raise ValueError("concurrency and queue_depth must be >= 1, max_retries >= 0")
-        _Batcher(max_bytes, max_actions)  # validates the limits
+        Batcher(max_bytes, max_actions)  # validates the limits
         self._send = send
         self.concurrency = concurrency
         self.max_bytes = max_bytes
@@ -273,7 +175,7 @@ class BulkWriter:
 
     def _produce(self, actions: Iterable[Action], queues: list[queue.Queue]) -> None:
         n = self.concurrency
-        batchers = [_Batcher(self.max_bytes, self.max_actions) for _ in range(n)]
+        batchers = [Batcher(self.max_bytes, self.max_actions) for _ in range(n)]
         for item in actions:
             # crc32, not hash(): the same id goes to the same lane in every process.
             lane = zlib.crc32(item[0].encode("utf-8", "surrogatepass")) % n if n > 1 else 0
@@ -320,7 +222,7 @@ class BulkWriter:
         The batch list is emptied once joined, so a lane holds one copy of its request (the
         body), not two; actions needed again (resends, failures) are sliced from the body.
         """
-        body, pending = _join_spans(batch)
+        body, pending = join_spans(batch)
         batch.clear()
         attempt = 0
         while pending:
@@ -344,7 +246,7 @@ class BulkWriter:
             self._backoff(attempt, None)
             attempt += 1
             self._count(retries=len(retry))
-            body, pending = _join_spans([(doc_id, action) for doc_id, action, _ in retry])
+            body, pending = join_spans([(doc_id, action) for doc_id, action, _ in retry])
 
     def _settle(
         self, body: bytes, pending: list[Span], response: dict
@@ -390,7 +292,7 @@ class BulkWriter:
             counts = self._counts
             counts.failed += len(failures)
             for _, _, reason in failures:
-                key = _reason_key(reason)
+                key = reason_key(reason)
                 counts.failed_reasons[key] = counts.failed_reasons.get(key, 0) + 1
         if self._on_failed:
             with self._failed_lock:  # callers' DLQ writers need not be thread-safe
