@@ -48,7 +48,7 @@ def assert_balanced(rep: dict, records_in: int) -> dict:
     return t
 
 
-def no_live_jobs(devstack) -> list[str]:
+def live_jobs(devstack) -> list[str]:
     return [j["TransformJobName"] for j in transform_jobs(devstack)
             if j["TransformJobStatus"] in LIVE_JOB_STATES]
 
@@ -77,12 +77,13 @@ def test_transient_faults_everywhere_still_index_every_record_once(dag, airflow_
     assert all(rule["count"] == 0 for rule in left["http"]), left["http"]  # every fault fired
     (rep,) = reports(devstack, "faults-transient")
     t = assert_balanced(rep, 120)
-    assert (t["created"], t["failed_total"]) == (120 - t["updated"], 0)
+    assert t["failed_total"] == 0
+    assert t["updated"] > 0  # the batches reset after the server wrote them came back as updates
     # A reset after the server wrote a batch makes its retry an update, never a second doc.
     assert os_get(devstack, "/faults-transient/_count")["count"] == 120
     jobs = jobs_for_run_key(devstack, rep["run_key"])
     assert jobs == {rep["run_key"]: "Completed"}  # throttled submits made no extra job
-    assert not no_live_jobs(devstack)
+    assert not live_jobs(devstack)
 
 
 @pytest.fixture
@@ -137,9 +138,9 @@ def test_stalled_job_is_cancelled_at_wait_timeout_and_the_run_fails_accounted(
     status = jobs_for_run_key(devstack, rep["run_key"])
     assert set(status.values()) <= {"Stopped", "Stopping"}, status
     deadline = time.monotonic() + 20
-    while no_live_jobs(devstack) and time.monotonic() < deadline:
+    while live_jobs(devstack) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not no_live_jobs(devstack)  # nothing left running that nobody waits for
+    assert not live_jobs(devstack)  # nothing left running that nobody waits for
 
 
 def test_missing_output_fails_that_shard_by_name_and_the_others_index(
