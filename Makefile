@@ -6,9 +6,14 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include:$(CURDIR)/dags
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-# Demo inputs: `make demo INPUT=s3://bucket/prefix/ INDEX=my-index`
+# Demo inputs: `make demo INPUT=s3://bucket/prefix/ INDEX=my-index ID_FIELD=doc_id
+# TEXT_FIELD=body METADATA=lang,year FORMAT=parquet` (README: make demo on your own data)
 INPUT ?=
 INDEX ?=
+ID_FIELD ?=
+TEXT_FIELD ?=
+METADATA ?=
+FORMAT ?=
 # Chaos options: `make chaos CHAOS_ARGS="--runs 5 --seed 7"` (scripts/chaos.py --help)
 CHAOS_ARGS ?=
 
@@ -28,7 +33,9 @@ bootstrap:
 	@./scripts/bootstrap.sh
 
 demo: bootstrap
-	@$(PY) scripts/demo.py $(if $(INPUT),--input "$(INPUT)") $(if $(INDEX),--index "$(INDEX)")
+	@$(PY) scripts/demo.py $(if $(INPUT),--input "$(INPUT)") $(if $(INDEX),--index "$(INDEX)") \
+		$(if $(ID_FIELD),--id-field "$(ID_FIELD)") $(if $(TEXT_FIELD),--text-field "$(TEXT_FIELD)") \
+		$(if $(METADATA),--metadata "$(METADATA)") $(if $(FORMAT),--format "$(FORMAT)")
 
 test: bootstrap
 	$(VENV)/bin/ruff check .

@@ -9,7 +9,6 @@ waiting, indexing, report) is the overhead this row measures.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ GOAL = 1.25
 
 def airflow_env(state: Path, endpoints: dict) -> dict[str, str]:
     sys.path.insert(0, str(REPO / "scripts"))
-    from devstack_connections import connections
+    from devstack_connections import airflow_env
 
     env = python_env(
         AIRFLOW_HOME=str(state / "airflow-home"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
@@ -31,8 +30,7 @@ def airflow_env(state: Path, endpoints: dict) -> dict[str, str]:
         AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO / "plugins"),
         BATCHVEC_POLL_INTERVAL="1", BATCHVEC_RETRY_DELAY="1",
     )
-    for conn_id, conn in connections(endpoints).items():
-        env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+    env.update(airflow_env(endpoints))
     return env
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Asset, Param, TriggerRule, get_current_context, task
+from airflow.sdk import DAG, AssetAlias, Param, TriggerRule, get_current_context, task
 
 from batchvec import steps
 from batchvec.operators import BatchPredictOperator
 from batchvec.plan import param_schema
 
-INDEX_ASSET = Asset(name="batch_embeddings_index", uri="opensearch://batch-embeddings")
+# Each run's report adds an event for the index it wrote, opensearch://<host>/<index>;
+# schedule on this alias for every index, or on that Asset for one (README).
+INDEX_ALIAS = AssetAlias("batch_embeddings_index")
 
 
 def _params() -> dict[str, Param]:
@@ -68,9 +70,9 @@ with DAG(
     def restore_index(plan: dict):
         return steps.restore_index(plan)
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[INDEX_ASSET])
+    @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[INDEX_ALIAS])
     def report(plan: dict, manifest: dict):
-        return steps.report(plan, manifest, get_current_context(), INDEX_ASSET)
+        return steps.report(plan, manifest, get_current_context(), INDEX_ALIAS)
 
     @task
     def cleanup(plan: dict):

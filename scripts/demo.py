@@ -1,8 +1,10 @@
 """`make demo`: the batch_embeddings DAG on the devstack, end to end, with a report.
 
 Starts the devstack (unless it is already running), runs `airflow dags test` on the sample
-data (or INPUT=...), prints the run report and the top hits of two natural-language neural
-queries, stops what it started, and exits non-zero if the accounting is off or the run failed.
+data (or INPUT=... with its own field names and format), shows one line per task and the
+pipeline's progress while Airflow's own log goes to a file, then prints the run report and
+the top hits of two natural-language neural queries, stops what it started, and exits
+non-zero if the accounting is off or the run failed.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "include"), str(REPO / "plugins"), str(REPO / "scripts")]
 
 import requests  # noqa: E402
+from demo_progress import watch  # noqa: E402
 
 from batchvec.report import RunReport, render_table  # noqa: E402
 from devstack import config, launcher, seed  # noqa: E402
-from devstack_connections import connections  # noqa: E402
+from devstack_connections import airflow_env as devstack_airflow_env  # noqa: E402
 
 QUERIES = ["a cat sleeping in the sun", "what happened to interest rates and shares"]
 
@@ -35,19 +38,27 @@ def airflow_env(state: Path, endpoints: dict) -> dict:
         AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO / "plugins"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
         BATCHVEC_POLL_INTERVAL="2",
     )
-    for conn_id, conn in connections(endpoints).items():
-        env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+    env.update(devstack_airflow_env(endpoints))
     return env
 
 
-def run_dag(env: dict, conf: dict) -> int:
+def run_dag(env: dict, conf: dict, log_path: Path) -> int:
+    """`airflow dags test`, its output to `log_path`; task and progress lines on stdout."""
     airflow = str(Path(sys.executable).with_name("airflow"))
-    if not (Path(env["AIRFLOW_HOME"]) / "airflow.db").exists():
+    home = Path(env["AIRFLOW_HOME"])
+    if not (home / "airflow.db").exists():
         print("demo: initialising the Airflow metadata DB (first run only)")
         subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
     print(f"demo: airflow dags test batch_embeddings -c '{json.dumps(conf)}'")
-    return subprocess.run([airflow, "dags", "test", "batch_embeddings", "-c", json.dumps(conf)],
-                          env=env).returncode
+    print(f"demo: Airflow's log: {log_path}")
+    stop = watch(home / "airflow.db", log_path, "batch_embeddings")
+    try:
+        with open(log_path, "wb") as log:
+            return subprocess.run(
+                [airflow, "dags", "test", "batch_embeddings", "-c", json.dumps(conf)],
+                env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    finally:
+        stop()
 
 
 def latest_report(endpoints: dict, since: float) -> dict | None:
@@ -84,7 +95,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--input", default=str(REPO / "include" / "sample" / "documents.jsonl"))
     parser.add_argument("--index", default="demo-embeddings")
+    parser.add_argument("--id-field", default="id", help="the input's id field (ID_FIELD)")
+    parser.add_argument("--text-field", default="text", help="the input's text field (TEXT_FIELD)")
+    parser.add_argument("--metadata", default=None,
+                        help="comma-separated fields copied into each document (METADATA); "
+                        "default: topic for the sample, none for your own input")
+    parser.add_argument("--format", default="auto", dest="input_format",
+                        help="auto, jsonl, jsonl.gz, parquet or csv (FORMAT)")
     args = parser.parse_args()
+    sample = args.input == parser.get_default("input")
+    metadata = args.metadata if args.metadata is not None else ("topic" if sample else "")
     state = config.state_dir()
     already = any(launcher.status(state).values())
     started = time.time()
@@ -92,11 +112,15 @@ def main() -> int:
     print(f"demo: devstack {'already running' if already else 'started'} ({state})")
     try:
         seed.ensure_sagemaker_model(endpoints)
-        conf = {"input_uri": args.input, "index_name": args.index, "metadata_fields": ["topic"]}
-        rc = run_dag(airflow_env(state, endpoints), conf)
+        conf = {"input_uri": args.input, "index_name": args.index, "input_format": args.input_format,
+                "id_field": args.id_field, "text_field": args.text_field,
+                "metadata_fields": [m.strip() for m in metadata.split(",") if m.strip()]}
+        log_path = state / "demo-airflow.log"
+        rc = run_dag(airflow_env(state, endpoints), conf, log_path)
         report = latest_report(endpoints, started)
         if report is None:
-            print("demo: the run wrote no report; see the task logs above", file=sys.stderr)
+            print(f"demo: the run wrote no report; Airflow's log says why: {log_path}",
+                  file=sys.stderr)
             return 1
         (state / "last-report.json").write_text(json.dumps(report, indent=2))
         totals = report["totals"]

@@ -1,7 +1,9 @@
-"""Airflow connections for the running devstack, from .devstack/endpoints.json.
+"""Airflow connections (and the BATCHVEC_* presets) for the running devstack, from
+.devstack/endpoints.json.
 
---export prints `export AIRFLOW_CONN_...=...` lines for a shell; --json prints a connections
-file for `dag.test(conn_file_path=...)` / `airflow connections import`.
+--export prints `export AIRFLOW_CONN_...=...` and `export BATCHVEC_...=...` lines for a shell;
+--json prints a connections file for `dag.test(conn_file_path=...)` / `airflow connections
+import`.
 """
 
 import argparse
@@ -12,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 
+from devstack import seed  # noqa: E402
 from devstack.config import load_endpoints  # noqa: E402
 
 
@@ -43,18 +46,27 @@ def connections(ep: dict) -> dict[str, dict]:
     }
 
 
+def airflow_env(ep: dict) -> dict[str, str]:
+    """Environment for an Airflow that runs the DAG on the devstack: its connections as
+    AIRFLOW_CONN_* and the devstack's model, endpoint and role as BATCHVEC_* defaults."""
+    env = {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn)
+           for conn_id, conn in connections(ep).items()}
+    env.update(seed.pipeline_env())
+    return env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--export", action="store_true")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()
-    conns = connections(load_endpoints(args.dir))
+    ep = load_endpoints(args.dir)
     if args.export:
-        for conn_id, conn in conns.items():
-            print(f"export AIRFLOW_CONN_{conn_id.upper()}={shlex.quote(json.dumps(conn))}")
+        for name, value in airflow_env(ep).items():
+            print(f"export {name}={shlex.quote(value)}")
     else:
-        print(json.dumps(conns, indent=2))
+        print(json.dumps(connections(ep), indent=2))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ free ports so tests never touch a developer's running devstack."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -113,10 +112,9 @@ def airflow_env(devstack):
     """Connections for the devstack in the environment, and a migrated metadata DB."""
     sys.path.insert(0, str(REPO / "scripts"))
     from devstack import seed
-    from devstack_connections import connections
+    from devstack_connections import airflow_env as devstack_airflow_env
 
-    for conn_id, conn in connections(devstack.endpoints).items():
-        os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+    os.environ.update(devstack_airflow_env(devstack.endpoints))
     os.environ["BATCHVEC_POLL_INTERVAL"] = "1"
     os.environ["BATCHVEC_RETRY_DELAY"] = "1"  # dag.test() waits out retry delays
     subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"],

@@ -36,7 +36,7 @@ def docs(prefix: str, n: int) -> list[dict]:
 def run(dag, logical_date: datetime, conf: dict):
     # run_after fixes the run_id, so calling twice is the same run again, not a new one. The
     # run key (staging prefix, job name) follows from it: each test needs its own dates, or it
-    # resumes another test's run (months so far: 2, 3 e2e; 4 bad input; 6 faults; 7 security).
+    # resumes another test's run (months so far: 2, 3, 8 e2e; 4 bad input; 6 faults; 7 security).
     return dag.test(run_after=logical_date, logical_date=logical_date, run_conf=conf)
 
 
@@ -64,3 +64,19 @@ def os_get(devstack, path: str, body: dict | None = None) -> dict:
 
 def transform_jobs(devstack) -> list[dict]:
     return devstack.boto3_client("sagemaker").list_transform_jobs(MaxResults=100)["TransformJobSummaries"]
+
+
+def asset_events(run_id: str) -> list[dict]:
+    """The asset events a run emitted, as Airflow recorded them: asset URI, extra, aliases."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == run_id)).all()
+        return [{"uri": e.asset.uri, "extra": dict(e.extra or {}),
+                 "aliases": sorted(a.name for a in e.source_aliases)} for e in events]
+
+
+def opensearch_host(devstack) -> str:
+    return devstack.endpoints["opensearch"].split("://", 1)[1]

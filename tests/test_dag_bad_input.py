@@ -220,9 +220,27 @@ def test_an_input_whose_every_record_is_rejected_fails_with_its_report(dag, airf
         (1, "missing_text"), (3, "invalid_json"), (4, "empty_text")]
     assert str(error).startswith(
         f"every record in {uri} was rejected (3 of 3: empty_text=1, invalid_json=1, "
-        "missing_text=1); each one with its reason in " + rep["extra"]["rejected_uri"])
+        "missing_text=1); empty_text: 'text' is empty or whitespace; invalid_json: ")
+    assert ("; missing_text: no 'text' field; each one with its reason in "
+            + rep["extra"]["rejected_uri"]) in str(error)
     assert rep["totals"]["records_in"] == 3 and rep["reject_ratio"] == 1.0 and rep["balanced"]
     assert "rejected ratio 1.0000 exceeds max_reject_ratio 0.01" in str(task_errors["report"][-1])
+
+
+def test_records_keyed_by_another_field_name_say_which_param_to_set(dag, airflow_env, task_errors):
+    devstack = airflow_env
+    uri = put_files(devstack, "bad-input/underscore-id", {
+        "x.jsonl": b"".join(b'{"_id": "u%d", "text": "a record keyed by _id"}\n' % i
+                            for i in range(3))})
+    dagrun = run(dag, datetime(2026, 4, 6, tzinfo=UTC), {"input_uri": uri, "index_name": "bad-uid"})
+    assert dagrun.state == "failed"
+    [error] = task_errors["stage"]
+    assert ("(3 of 3: missing_id=3); missing_id: no 'id' field, but the record has '_id': set "
+            "id_field to '_id' if that is it") in str(error)
+    (rep,) = reports(devstack, "bad-uid")
+    rejected = read_jsonl_under(devstack, rep["extra"]["rejected_uri"])
+    assert {r["detail"] for r in rejected} == {
+        "no 'id' field, but the record has '_id': set id_field to '_id' if that is it"}
 
 
 def test_params_that_make_no_sense_fail_the_plan_with_one_message(dag, airflow_env, task_errors):

@@ -13,9 +13,21 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from tests.dag_helpers import docs, load_dag, os_get, reports, run, transform_jobs, write_jsonl
+from tests.dag_helpers import (
+    asset_events,
+    docs,
+    load_dag,
+    opensearch_host,
+    os_get,
+    reports,
+    run,
+    transform_jobs,
+    write_jsonl,
+)
 
 pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
+TEXTS = ["a kitten naps in the sun", "stock markets fell on rate fears",
+         "bake bread with flour and yeast"]
 
 
 @pytest.fixture
@@ -82,3 +94,72 @@ def test_scheduled_runs_read_their_own_day_partition(dag, airflow_env):
     assert [r["extra"]["input_uri"] for r in got] == [
         f"s3://{devstack.s3.bucket}/input/ds={ds}/" for ds in days]
     assert os_get(devstack, "/e2e-daily/_count")["count"] == 19
+
+
+# --- defects found trying the pipeline as a new user (issue 10); logical dates: 2026-08 -------
+
+def test_parquet_and_csv_with_their_own_columns_index_with_typed_metadata(dag, airflow_env, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    devstack = airflow_env
+    pq.write_table(pa.table({"doc_id": [f"p{i}" for i in range(6)],
+                             "body": [f"{t} (parquet {i})" for i, t in enumerate(TEXTS * 2)],
+                             "lang": ["en", "de"] * 3, "year": list(range(2020, 2026))}),
+                   tmp_path / "a.parquet")
+    rows = "".join(f"c{i},{t} (csv {i}),fr,{2000 + i}\n" for i, t in enumerate(TEXTS))
+    (tmp_path / "b.csv").write_text("doc_id,body,lang,year\n" + rows)
+    dagrun = run(dag, datetime(2026, 8, 1, tzinfo=UTC),
+                 {"input_uri": str(tmp_path), "index_name": "e2e-own-columns", "id_field": "doc_id",
+                  "text_field": "body", "metadata_fields": ["lang", "year"]})
+    assert dagrun.state == "success"
+    (rep,) = reports(devstack, "e2e-own-columns")
+    assert (rep["totals"]["records_in"], rep["totals"]["created"], rep["totals"]["rejected_total"]) \
+        == (9, 9, 0)
+    parquet_doc = os_get(devstack, "/e2e-own-columns/_doc/p3")["_source"]
+    csv_doc = os_get(devstack, "/e2e-own-columns/_doc/c1")["_source"]
+    assert (parquet_doc["lang"], parquet_doc["year"]) == ("de", 2023)
+    assert (csv_doc["lang"], csv_doc["year"], csv_doc["text"]) == ("fr", 2001, TEXTS[1] + " (csv 1)")
+
+    # The asset event names the index this run wrote, on its host, through the alias.
+    (event,) = asset_events(dagrun.run_id)
+    assert event["uri"] == f"opensearch://{opensearch_host(devstack)}/e2e-own-columns"
+    assert event["aliases"] == ["batch_embeddings_index"]
+    assert event["extra"]["index"] == "e2e-own-columns" and event["extra"]["created"] == 9
+
+
+def test_predict_through_ml_commons_answers_a_vector_per_text(airflow_env):
+    from batchvec import connectors, mlcommons
+    from batchvec.opensearch_hook import OpenSearchHook
+    from devstack import seed
+
+    ep = airflow_env.endpoints
+    spec = connectors.ModelSpec(
+        role_arn=seed.CONNECTOR_ROLE_ARN, region=ep["region"], model_name=seed.DEFAULT_MODEL,
+        endpoint_name=seed.DEFAULT_ENDPOINT, sagemaker_api_url=ep["sagemaker"],
+        sagemaker_runtime_url=ep["sagemaker_runtime"])
+    model_id = connectors.ensure_model(OpenSearchHook(), spec)["model_id"]
+    got = np.asarray(mlcommons.predict_embeddings(OpenSearchHook(), model_id, TEXTS))
+    runtime = airflow_env.boto3_client("sagemaker-runtime")
+    want = np.asarray(json.loads(runtime.invoke_endpoint(
+        EndpointName=seed.DEFAULT_ENDPOINT, ContentType="application/json",
+        Body=json.dumps(TEXTS))["Body"].read()))
+    assert got.shape == (len(TEXTS), 384)
+    cosines = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert (cosines >= 0.9999).all(), cosines
+
+
+def test_a_default_run_finds_what_make_airflow_seeds(dag, airflow_env):
+    from devstack import seed
+
+    devstack = airflow_env
+    day = datetime(2026, 8, 15, tzinfo=UTC)
+    written = seed.stage_sample_partitions(devstack.endpoints, seed.default_partition_days(day.date()))
+    assert [w.split("/input/")[1] for w in written] == [
+        "ds=2026-08-14/documents.jsonl", "ds=2026-08-15/documents.jsonl"]
+    assert seed.stage_sample_partitions(devstack.endpoints, ["2026-08-15"]) == []  # left alone
+    dagrun = run(dag, day, {})  # the form's defaults, as a scheduled run or manual trigger
+    assert dagrun.state == "success"
+    (rep,) = reports(devstack, "batch-embeddings")
+    assert rep["extra"]["input_uri"] == f"s3://{devstack.s3.bucket}/input/ds=2026-08-15/"
+    assert rep["balanced"] and rep["totals"]["created"] + rep["totals"]["updated"] > 250

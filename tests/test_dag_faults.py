@@ -240,9 +240,11 @@ def test_devstack_restart_in_the_middle_of_the_job(dag, airflow_env, tmp_path):
                 launcher.down(devstack.state_dir, services=("opensearch", "sagemaker"))
                 launcher.up(devstack.state_dir, services=("sagemaker", "opensearch"))
                 restarted.set()
-                return
+                break
             time.sleep(0.2)
+        faults.unset(devstack.state_dir, "hold_job")  # the job goes on after the restart
 
+    faults.set_faults(devstack.state_dir, hold_job={"count": 1})  # held InProgress: no race
     watcher = threading.Thread(target=restart_when_the_job_runs, daemon=True)
     watcher.start()
     dagrun = run(dag, datetime(2026, 6, 6, tzinfo=UTC),

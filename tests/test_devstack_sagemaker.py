@@ -350,6 +350,8 @@ def test_restart_mid_job_resumes(service, sm, s3, fresh_bucket):
         put_jsonl(s3, fresh_bucket, key, [{"_id": f"{n}-{i}", "text": f"passage {i} of file {n}"}
                                            for i in range(200)])
     name = unique_name("restart")
+    # Held after its first file, so the kill lands mid-job however fast the machine is.
+    faults.set_faults(service.state, hold_job={"count": 1, "after_files": 1})
     sm.create_transform_job(**job_request(name, fresh_bucket))
     deadline = time.monotonic() + 60
     while not keys(s3, fresh_bucket, "out/"):
@@ -358,6 +360,8 @@ def test_restart_mid_job_resumes(service, sm, s3, fresh_bucket):
     assert sm.describe_transform_job(TransformJobName=name)["TransformJobStatus"] == "InProgress"
     service.kill()
     service.start()
+    assert keys(s3, fresh_bucket, "out/") == [files[0].replace("in/", "out/") + ".out"]
+    faults.unset(service.state, "hold_job")
     desc = wait(sm, name, timeout=90)
     assert desc["TransformJobStatus"] == "Completed", desc.get("FailureReason")
     assert keys(s3, fresh_bucket, "out/") == [k.replace("in/", "out/") + ".out" for k in files]

@@ -8,6 +8,7 @@ job that outlives many generations of them must still be watched to the end.
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import boto3
@@ -63,21 +64,31 @@ def test_credentials_expiring_during_a_long_wait_are_refreshed(airflow_env, mode
     monkeypatch.setenv("AIRFLOW_CONN_AWS_EXPIRING", json.dumps(conn))
     run_key = key()
     op = operator(devstack, run_key, model_id, aws_conn_id="aws_expiring")
-    # Enough input that the job runs for several seconds: many credential lifetimes.
-    devstack.s3.client().put_object(
-        Bucket=devstack.s3.bucket, Key=f"jobs/{run_key}/input/part-1.jsonl",
-        Body=b"\n".join(json.dumps({"_id": f"x{i}", "text": f"a longer wait, doc {i}"}).encode()
-                        for i in range(500)))
-    faults.set_faults(devstack.state_dir, sts_lifetime={"count": -1, "seconds": 2})
+    # The job is held InProgress until the connection has assumed the role again at least
+    # twice (credentials refreshed twice), then let go: no race against the clock.
+    faults.set_faults(devstack.state_dir, sts_lifetime={"count": -1, "seconds": 2},
+                      hold_job={"count": 1})
     before = sts_calls(ep)
-    started = time.monotonic()
+    refreshed = threading.Event()
+
+    def release_after_two_refreshes():
+        deadline = time.monotonic() + 300  # only a guard against a hung test
+        while time.monotonic() < deadline:
+            if sts_calls(ep) - before >= 3:  # the first credentials, then two refreshes
+                refreshed.set()
+                break
+            time.sleep(0.2)
+        faults.unset(devstack.state_dir, "hold_job")
+
+    releaser = threading.Thread(target=release_after_two_refreshes, daemon=True)
+    releaser.start()
     try:
         event = deferred_event(op)
     finally:
+        releaser.join(timeout=310)
         faults.clear(devstack.state_dir)
-    waited = time.monotonic() - started
+    assert refreshed.is_set(), "the wait ended before the credentials were refreshed twice"
     assert event["status"] == "success", event
-    assert waited > 2  # the wait outlived the first credentials
-    assert sts_calls(ep) - before >= 3  # and the connection assumed the role again and again
+    assert sts_calls(ep) - before >= 3
     assert op.execute_complete({}, event)["job_name"] == run_key
     assert len(jobs_named(devstack, run_key)) == 1

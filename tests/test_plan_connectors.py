@@ -13,16 +13,23 @@ SPEC = ModelSpec(role_arn="arn:aws:iam::123456789012:role/ml-sagemaker", region=
                  model_name="minilm-embedder", endpoint_name="minilm-rt")
 
 
-def resolve(tmp_path, **params):
+# What a deployment names (production defaults are empty): a model, an endpoint, a role.
+REQUIRED = {"sagemaker_model_name": "minilm-embedder", "sagemaker_endpoint_name": "minilm-rt",
+            "connector_role_arn": "arn:aws:iam::123456789012:role/ml-sagemaker"}
+
+
+def resolve(tmp_path, opensearch_service=None, **params):
     source = tmp_path / "in.jsonl"
     source.write_text('{"id": 1, "text": "x"}\n')
-    return plan.resolve_plan({"input_uri": str(source), **params}, dag_id="batch_embeddings",
+    return plan.resolve_plan({"input_uri": str(source), **REQUIRED, **params},
+                             dag_id="batch_embeddings",
                              run_id="manual__2026-02-01T00:00:00+00:00", ds="2026-02-01",
-                             region="eu-west-1")
+                             region="eu-west-1", opensearch_service=opensearch_service)
 
 
 def test_default_input_is_the_runs_own_day_partition():
-    p = plan.resolve_plan({}, dag_id="d", run_id="scheduled__2026-03-02T00:00:00+00:00",
+    p = plan.resolve_plan(dict(REQUIRED), dag_id="d",
+                          run_id="scheduled__2026-03-02T00:00:00+00:00",
                           ds="2026-03-02", region="us-east-1")
     assert p.input_uri == "s3://batchvec/input/ds=2026-03-02/"
     assert p.run_prefix == f"runs/{p.run_key}"
@@ -32,7 +39,7 @@ def test_default_input_is_the_runs_own_day_partition():
 def test_same_run_same_plan_names_other_run_other_names(tmp_path):
     a, b = resolve(tmp_path), resolve(tmp_path)
     assert a == b
-    other = plan.resolve_plan({"input_uri": a.input_uri}, dag_id="batch_embeddings",
+    other = plan.resolve_plan({"input_uri": a.input_uri, **REQUIRED}, dag_id="batch_embeddings",
                               run_id="manual__2026-02-02T00:00:00+00:00", ds="2026-02-02",
                               region="eu-west-1")
     assert other.run_key != a.run_key and other.run_prefix != a.run_prefix
@@ -168,3 +175,70 @@ def test_task_status_trusts_sagemaker_when_ml_commons_lags():
     stopping = mlcommons.status_from_sagemaker({"TransformJobStatus": "Stopping"})
     assert stopping.state == "CANCELLING" and not stopping.terminal
     assert mlcommons.status_from_sagemaker({"TransformJobStatus": "Stopped"}).failed
+
+
+# --- defects found trying the pipeline as a new user (issue 10) -----------------------------
+
+@pytest.fixture
+def no_presets(monkeypatch):
+    for name in ("BATCHVEC_SAGEMAKER_MODEL", "BATCHVEC_SAGEMAKER_ENDPOINT",
+                 "BATCHVEC_CONNECTOR_ROLE_ARN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_production_defaults_point_at_nothing_and_plan_names_what_is_missing(tmp_path, no_presets):
+    schema = plan.param_schema()
+    for name in ("sagemaker_model_name", "sagemaker_endpoint_name", "connector_role_arn"):
+        assert schema[name]["default"] == "", name
+    assert "devstack" not in json.dumps(schema) and "000000000000" not in json.dumps(schema)
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": 1, "text": "x"}\n')
+    with pytest.raises(ValueError) as exc:
+        plan.resolve_plan({"input_uri": str(source)}, dag_id="d", run_id="manual__x",
+                          ds="2026-02-01", region="eu-west-1")
+    message = str(exc.value)
+    for name, env in (("sagemaker_model_name", "BATCHVEC_SAGEMAKER_MODEL"),
+                      ("sagemaker_endpoint_name", "BATCHVEC_SAGEMAKER_ENDPOINT"),
+                      ("connector_role_arn", "BATCHVEC_CONNECTOR_ROLE_ARN")):
+        assert f"{name}: not set" in message and env in message
+        assert message.count(f"{name}:") == 1, message  # not also "is not valid"
+
+
+def test_a_deployment_presets_the_required_values_from_its_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCHVEC_SAGEMAKER_MODEL", "prod-embedder")
+    monkeypatch.setenv("BATCHVEC_SAGEMAKER_ENDPOINT", "prod-rt")
+    monkeypatch.setenv("BATCHVEC_CONNECTOR_ROLE_ARN", "arn:aws:iam::123456789012:role/ml")
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": 1, "text": "x"}\n')
+    p = plan.resolve_plan({"input_uri": str(source)}, dag_id="d", run_id="manual__x",
+                          ds="2026-02-01", region="eu-west-1")
+    assert (p.model_spec.model_name, p.model_spec.endpoint_name) == ("prod-embedder", "prod-rt")
+
+
+def test_opensearch_serverless_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(ValueError) as exc:
+        resolve(tmp_path, opensearch_service="aoss")
+    message = str(exc.value)
+    assert "Serverless" in message and "batch predict" in message and "document ids" in message
+    assert resolve(tmp_path, opensearch_service="es").run_key  # the managed service is fine
+    assert resolve(tmp_path, opensearch_service=None).run_key  # basic auth, self-managed
+
+
+def test_max_reject_ratio_means_the_same_in_the_readme_and_the_code(tmp_path):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith("| `max_reject_ratio`")]
+    assert plan.REJECT_RATIO_MEANING in row
+    assert plan.param_schema()["max_reject_ratio"]["description"] == plan.REJECT_RATIO_MEANING
+
+
+def test_predict_answers_one_vector_per_text_from_one_inference_result():
+    # ML Commons' default embedding post-processing: N tensors in ONE inference result.
+    resp = {"inference_results": [{"output": [
+        {"name": "sentence_embedding", "data_type": "FLOAT32", "shape": [3], "data": [i, 0, 0]}
+        for i in range(3)], "status_code": 200}]}
+    assert mlcommons.vectors_of_prediction(resp, 3) == [[0, 0, 0], [1, 0, 0], [2, 0, 0]]
+    with pytest.raises(ValueError, match="2 vectors for 3 texts"):
+        mlcommons.vectors_of_prediction(
+            {"inference_results": [{"output": resp["inference_results"][0]["output"][:2]}]}, 3)

@@ -174,3 +174,15 @@ def test_validator_is_reusable() -> None:
     v = make_validator(RecordSpec("id", "text"))
     assert [v({"id": i, "text": "t"}) for i in range(2)] == [
         ("0", b'{"_id":"0","text":"t"}\n'), ("1", b'{"_id":"1","text":"t"}\n')]
+
+
+def test_a_missing_id_says_which_field_the_record_has_and_the_param_to_set() -> None:
+    # The common {"_id": ..., "text": ...} shape with the default id_field=id.
+    rej = validate({"_id": "a1", "text": "x"}, id_field="id", text_field="text")
+    assert reason(rej) == "missing_id"
+    assert rej.detail == "no 'id' field, but the record has '_id': set id_field to '_id' if that is it"
+    rej = validate({"id": "a1", "text": "x"}, id_field="doc_id", text_field="text")
+    assert "has 'id': set id_field to 'id'" in rej.detail
+    assert validate({"x": 1, "text": "t"}, id_field="id", text_field="text").detail == "no 'id' field"
+    rej = validate({"id": "a", "body": "x"}, id_field="id", text_field="text")
+    assert reason(rej) == "missing_text" and "has 'body': set text_field to 'body'" in rej.detail

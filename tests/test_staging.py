@@ -384,3 +384,40 @@ def test_progress_line_gives_records_mb_rate_and_eta():
         "42.1 MB/s, ETA 1m11s")
     assert progress_line({**p, "mb_per_s": 0.0}, None).endswith("0.0 MB/s")
     assert [format_eta(s) for s in (0, 59.6, 185, 7620)] == ["0s", "1m00s", "3m05s", "2h07m"]
+
+
+# --- Parquet and CSV with their own column names (issue 10) ----------------------------------
+
+OWN = RecordSpec("doc_id", "body", ("lang", "year"))
+
+
+def own_columns_files(tmp_path: Path) -> Path:
+    pq.write_table(pa.table({"doc_id": ["p1", "p2"], "body": ["parquet one", "parquet two"],
+                             "lang": ["en", "de"], "year": [2021, 2022]}), tmp_path / "a.parquet")
+    (tmp_path / "b.csv").write_text("doc_id,body,lang,year\n007,csv one,fr,2023\nc2,csv two,en,\n")
+    return tmp_path
+
+
+def test_parquet_and_csv_honour_the_field_params_and_keep_metadata_types(s3, fresh_bucket, tmp_path):
+    source = open_input(str(own_columns_files(tmp_path)), spec=OWN)
+    manifest = stage(source, s3_client=s3, bucket=fresh_bucket, prefix="run", shards=1, spec=OWN)
+    assert (manifest.records_in, manifest.accepted, manifest.rejected) == (4, 4, {})
+    body = s3.get_object(Bucket=fresh_bucket, Key=manifest.shards[0]["key"])["Body"].read()
+    staged = {d["_id"]: d for d in map(orjson.loads, body.splitlines())}
+    assert staged["p1"] == {"_id": "p1", "text": "parquet one", "lang": "en", "year": 2021}
+    assert staged["007"] == {"_id": "007", "text": "csv one", "lang": "fr", "year": 2023}
+    assert staged["c2"] == {"_id": "c2", "text": "csv two", "lang": "en"}  # empty cell: absent
+
+
+def test_csv_metadata_types_are_inferred_per_file_and_a_misfit_stays_text(tmp_path):
+    (tmp_path / "m.csv").write_text("id,text,n,x,ok,zip\n1,a,3,1.5,true,01234\n2,b,4,2,false,9\n")
+    spec = RecordSpec("id", "text", ("n", "x", "ok", "zip"))
+    rows = [p for _, _, p in open_input(str(tmp_path / "m.csv"), spec=spec)]
+    assert rows[0] == {"id": "1", "text": "a", "n": 3, "x": 1.5, "ok": True, "zip": "01234"}
+    assert rows[1]["x"] == 2.0 and rows[1]["ok"] is False and rows[1]["zip"] == "9"
+
+
+def test_staging_refuses_an_input_opened_for_other_fields(s3, fresh_bucket, tmp_path):
+    source = open_input(str(own_columns_files(tmp_path)))  # the default id/text spec
+    with pytest.raises(ValueError, match="opened with"):
+        stage(source, s3_client=s3, bucket=fresh_bucket, prefix="run", shards=1, spec=OWN)

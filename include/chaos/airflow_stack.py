@@ -7,7 +7,6 @@ each try is its own OS process, and Airflow itself notices the death and retries
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import subprocess
@@ -37,7 +36,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def airflow_env(home: Path, api_port: int, connections: dict[str, dict], stack_id: str,
+def airflow_env(home: Path, api_port: int, devstack_env: dict[str, str], stack_id: str,
                 retries: int, base: dict | None = None) -> dict[str, str]:
     """The environment every component (and so every task process) runs with."""
     env = dict(os.environ if base is None else base)
@@ -72,20 +71,19 @@ def airflow_env(home: Path, api_port: int, connections: dict[str, dict], stack_i
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     })
-    for conn_id, conn in connections.items():
-        env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+    env.update(devstack_env)  # AIRFLOW_CONN_* and the BATCHVEC_* devstack presets
     return env
 
 
 class AirflowStack:
-    def __init__(self, root: Path, connections: dict[str, dict], retries: int = 3,
+    def __init__(self, root: Path, devstack_env: dict[str, str], retries: int = 3,
                  extra_env: dict[str, str] | None = None):
         self.root = root
         self.home = root / "airflow-home"
         self.logs = root / "logs"
         self.stack_id = f"chaos-{uuid.uuid4().hex[:12]}"
         self.api_port = free_port()
-        self.env = airflow_env(self.home, self.api_port, connections, self.stack_id, retries)
+        self.env = airflow_env(self.home, self.api_port, devstack_env, self.stack_id, retries)
         self.env.update(extra_env or {})
         self.api = f"http://127.0.0.1:{self.api_port}/api/v2"
         self.components: dict[str, subprocess.Popen] = {}

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return stop_dir(args.stop)
     sys.path.insert(0, str(REPO / "scripts"))
     from devstack import launcher, seed
-    from devstack_connections import connections
+    from devstack_connections import airflow_env as devstack_airflow_env
 
     signal.signal(signal.SIGTERM, _sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         endpoints = launcher.up(state, ports=launcher.random_ports())
         seed.ensure_sagemaker_model(endpoints)
-        stack = AirflowStack(root, connections(endpoints), retries=opts.retries,
+        stack = AirflowStack(root, devstack_airflow_env(endpoints), retries=opts.retries,
                              extra_env={"BATCHVEC_BULK_MAX_ACTIONS": str(opts.bulk_max_actions)})
         (root / "chaos-stack.json").write_text(json.dumps(
             {"stack_id": stack.stack_id, "api": stack.api, "airflow_home": str(stack.home)}))

@@ -1,4 +1,4 @@
-"""`python -m devstack up|down|status|endpoints`: the devstack from the command line."""
+"""`python -m devstack up|down|status|endpoints|env|seed`: the devstack from the command line."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from devstack import config, launcher
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "endpoints", "env"])
+    parser.add_argument("command", choices=["up", "down", "status", "endpoints", "env", "seed"])
     parser.add_argument("--dir", type=Path, default=None, help="state dir (default .devstack/)")
     args = parser.parse_args(argv)
     state = args.dir or config.state_dir()
@@ -44,6 +44,15 @@ def main(argv: list[str] | None = None) -> int:
                             ("S3_URL", ep["s3"]), ("SAGEMAKER_URL", ep["sagemaker"]),
                             ("OPENSEARCH_URL", ep["opensearch"])):
             print(f"export {name}={shlex.quote(value)}")
+    elif args.command == "seed":  # what a default run of the DAG needs (make airflow)
+        from devstack import seed
+
+        ep = config.load_endpoints(state)
+        print(f"devstack: SageMaker model {seed.ensure_sagemaker_model(ep)} ready")
+        days = seed.default_partition_days()
+        for uri in seed.stage_sample_partitions(ep, days):
+            print(f"devstack: sample documents staged at {uri}")
+        print(f"devstack: default input partitions ready for ds={', '.join(days)}")
     else:
         print(json.dumps(config.load_endpoints(state), indent=2))
     return 0

@@ -8,6 +8,10 @@ Fault names (each a dict; `count` = how many times it fires, -1 = until cleared)
   sagemaker_throttle     {count}            CreateTransformJob -> ThrottlingException
   fail_job               {count, reason}    next transform job(s) end Failed with reason
   stall_job              {count}            next job(s) stay InProgress until stopped
+  hold_job               {count, after_files}  next job(s) pause, InProgress, once `after_files`
+                                            (default 0) input files are done, for as long as the
+                                            switch stays set; `unset(..., "hold_job")` lets them
+                                            go on (tests hold a job instead of racing it)
   drop_output            {count}            next job(s) leave one .out unwritten
   bulk_item_429          {count, ratio}     next bulk request(s): that share of items 429
   sts_lifetime           {count, seconds}   next AssumeRole(s) issue credentials lasting seconds
@@ -64,6 +68,18 @@ def set_faults(state_dir: Path | None = None, **faults) -> None:
     path = _file(state_dir)
     with _locked(path) as box:
         box[0] = {**box[0], **faults}
+
+
+def unset(state_dir: Path | None = None, *names: str) -> None:
+    """Remove these switches, leaving the others set."""
+    path = _file(state_dir)
+    with _locked(path) as box:
+        box[0] = {k: v for k, v in box[0].items() if k not in names}
+
+
+def is_set(name: str) -> bool:
+    """Whether a switch is present at all (spent or not): what a held job waits on."""
+    return name in current(None)
 
 
 def clear(state_dir: Path | None = None) -> None:

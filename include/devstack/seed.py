@@ -3,9 +3,48 @@ that transform jobs run (on AWS: a model with the embedding container and an exe
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
+
 import boto3
 
 DEFAULT_MODEL = "minilm-embedder"
+DEFAULT_ENDPOINT = "devstack-minilm"  # the SageMaker stand-in's built-in real-time endpoint
+# The role ML Commons is told to assume, in the devstack's make-believe account.
+CONNECTOR_ROLE_ARN = "arn:aws:iam::000000000000:role/batchvec-sagemaker"
+SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "documents.jsonl"
+
+
+def pipeline_env() -> dict[str, str]:
+    """The BATCHVEC_* presets that point the DAG's params at the devstack (production
+    leaves them unset and names its own model, endpoint and role)."""
+    return {"BATCHVEC_SAGEMAKER_MODEL": DEFAULT_MODEL,
+            "BATCHVEC_SAGEMAKER_ENDPOINT": DEFAULT_ENDPOINT,
+            "BATCHVEC_CONNECTOR_ROLE_ARN": CONNECTOR_ROLE_ARN}
+
+
+def default_partition_days(today: dt.date | None = None) -> list[str]:
+    """The days a default run reads: today (a manual trigger, and the scheduled run that
+    unpausing starts) and yesterday (in case the UI's clock is past midnight UTC first)."""
+    today = today or dt.datetime.now(dt.UTC).date()
+    return [(today - dt.timedelta(days=n)).isoformat() for n in (1, 0)]
+
+
+def stage_sample_partitions(endpoints: dict, days: list[str], bucket: str | None = None) -> list[str]:
+    """Put the sample documents where the DAG's default input_uri looks for these days
+    (s3://<bucket>/input/ds=<day>/), leaving a partition that already has objects alone."""
+    s3 = boto3.client("s3", endpoint_url=endpoints["s3"], region_name=endpoints["region"],
+                      aws_access_key_id=endpoints["aws_access_key_id"],
+                      aws_secret_access_key=endpoints["aws_secret_access_key"])
+    bucket = bucket or endpoints["bucket"]
+    written = []
+    for day in days:
+        prefix = f"input/ds={day}/"
+        if s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount"):
+            continue
+        s3.upload_file(str(SAMPLE), bucket, prefix + SAMPLE.name)
+        written.append(f"s3://{bucket}/{prefix}{SAMPLE.name}")
+    return written
 
 
 def ensure_sagemaker_model(endpoints: dict, name: str = DEFAULT_MODEL) -> str:

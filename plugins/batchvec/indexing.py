@@ -12,7 +12,7 @@ import time
 
 import orjson
 
-from batchvec import memory, outputs, s3io
+from batchvec import bulk_load, memory, outputs, s3io
 from batchvec.bulk import DEFAULT_MAX_ACTIONS, BulkWriter
 from batchvec.duplicates import SPILL_EVERY, DuplicateCounter
 from batchvec.opensearch_hook import OpenSearchHook
@@ -20,8 +20,6 @@ from batchvec.plan import Plan
 
 log = logging.getLogger(__name__)
 
-BULK_LOAD_SETTINGS = {"refresh_interval": "-1", "number_of_replicas": 0}
-SETTINGS_KEY = "index/original-settings.json"
 # The low end of the recommended 5-15 MiB (~1,000 actions at 384-d): the writer holds up to
 # lanes x 3 requests, so 4 lanes stay near 60 MB and the task well under 256 MB.
 BULK_MAX_BYTES = 5 << 20
@@ -67,9 +65,10 @@ def first_output_line(s3, bucket: str, key: str) -> bytes:
     raise ShardFailed(f"output s3://{bucket}/{key} is empty")
 
 
-def prepare_index(plan: Plan, hook: OpenSearchHook, s3, dimension: int) -> dict:
-    """Create the index if missing (or check its dimension) and switch it to bulk-load settings,
-    remembering the originals once: a retry must not record the bulk settings as original."""
+def prepare_index(plan: Plan, hook: OpenSearchHook, dimension: int) -> dict:
+    """Create the index if missing (or check its dimension) and count this run into the
+    index's bulk load (bulk_load.enter: the originals are those from before the first run
+    that is loading it now, whatever the retries and overlapping runs)."""
     index = plan.index_name
     created = False
     if not hook.index_exists(index):
@@ -84,29 +83,17 @@ def prepare_index(plan: Plan, hook: OpenSearchHook, s3, dimension: int) -> dict:
     if have is not None and have != dimension:
         raise ValueError(f"index {index} has {plan.vector_field} of dimension {have}, "
                          f"but the model produces {dimension}: use another index_name")
-    try:
-        original = s3io.get_json(s3, plan.bucket, plan.key(SETTINGS_KEY))
-    except s3.exceptions.NoSuchKey:  # first try; any other S3 error must not overwrite it
-        current = hook.get_settings(index)
-        original = {"refresh_interval": current.get("refresh_interval", "1s"),
-                    "number_of_replicas": int(current.get("number_of_replicas", 1))}
-        s3io.put_json(s3, plan.bucket, plan.key(SETTINGS_KEY), original)
-    hook.put_settings(index, BULK_LOAD_SETTINGS)
-    log.info("index %s in bulk-load mode %s (restored to %s after the load)", index,
-             BULK_LOAD_SETTINGS, original)
+    original = bulk_load.enter(hook, index, plan.run_key)
     return {"index": index, "created": created, "dimension": dimension, "original": original}
 
 
-def restore_index(plan: Plan, hook: OpenSearchHook, s3) -> dict | None:
-    try:
-        original = s3io.get_json(s3, plan.bucket, plan.key(SETTINGS_KEY))
-    except s3.exceptions.NoSuchKey:
-        log.info("no saved settings for %s: the load never started", plan.index_name)
+def restore_index(plan: Plan, hook: OpenSearchHook) -> dict | None:
+    """This run's part of the bulk load is over; the last run loading the index restores
+    its settings (see bulk_load). Returns them when restored now."""
+    if not hook.index_exists(plan.index_name):
+        log.info("index %s does not exist: the load never started", plan.index_name)
         return None
-    hook.put_settings(plan.index_name, original)
-    hook.refresh(plan.index_name)
-    log.info("index %s settings restored to %s and refreshed", plan.index_name, original)
-    return original
+    return bulk_load.leave(hook, plan.index_name, plan.run_key)
 
 
 class _DlqWriter:

@@ -98,9 +98,19 @@ def deploy_model(hook: OpenSearchHook, model_id: str) -> None:
 
 
 def predict_embeddings(hook: OpenSearchHook, model_id: str, texts: list[str]) -> list[list[float]]:
+    """One vector per text, in order. ML Commons' default embedding post-processing puts
+    all N tensors of one remote answer into one inference result, so every output counts."""
     resp = hook.request("POST", f"{ML}/models/{_id(model_id)}/_predict",
                         {"parameters": {"input": texts}})[1]
-    return [r["output"][0]["data"] for r in resp["inference_results"]]
+    return vectors_of_prediction(resp, len(texts))
+
+
+def vectors_of_prediction(resp: dict, expected: int) -> list[list[float]]:
+    vectors = [out["data"] for result in resp.get("inference_results", [])
+               for out in result.get("output", [])]
+    if len(vectors) != expected:
+        raise ValueError(f"_predict answered {len(vectors)} vectors for {expected} texts")
+    return vectors
 
 
 def batch_predict(hook: OpenSearchHook, model_id: str, parameters: dict) -> dict:

@@ -45,6 +45,10 @@ class OpenSearchError(Exception):
         return self.status in RETRY_STATUSES
 
 
+class VersionConflict(OpenSearchError):
+    """409 on a compare-and-set write: someone else changed the document first."""
+
+
 def parse_error(status: int, body: bytes) -> tuple[str, str]:
     """(type, reason) from an OpenSearch / ML Commons error body of any of its shapes."""
     try:
@@ -174,6 +178,14 @@ class OpenSearchHook(BaseHook):
         session.headers["Content-Type"] = "application/json"
         self._session = session
 
+    def target(self) -> dict:
+        """Where the connection points and how it authenticates, without a request or a
+        credential: the plan's checks and the asset event's URI use it."""
+        extra = self.get_connection(self.conn_id).extra_dejson
+        auth = extra.get("auth", "basic" if self.get_connection(self.conn_id).login else "none")
+        return {"url": self.base_url, "auth": auth,
+                "service": extra.get("service", "es") if auth == "sigv4" else None}
+
     @property
     def session(self) -> requests.Session:
         if self._session is None:
@@ -254,6 +266,41 @@ class OpenSearchHook(BaseHook):
 
         status, body = self.request("GET", f"/{index}/_doc/{quote(doc_id, safe='')}", ok=(404,))
         return body if status == 200 and body.get("found") else None
+
+    # -- compare-and-set documents (small control documents, not the bulk path) -----------
+    def get_versioned(self, index: str, doc_id: str) -> tuple[dict, tuple[int, int]] | None:
+        """(source, (seq_no, primary_term)) of a document, or None."""
+        found = self.get_document(index, doc_id)
+        return (found["_source"], (found["_seq_no"], found["_primary_term"])) if found else None
+
+    def put_versioned(self, index: str, doc_id: str, source: dict, *, create: bool = False,
+                      version: tuple[int, int] | None = None) -> tuple[int, int]:
+        """Write only if absent (`create`) or unchanged since `version`; else VersionConflict.
+        Returns the new version. Refreshes, so the next read sees it."""
+        from urllib.parse import quote
+
+        params = {"refresh": "true"}
+        if create:
+            params["op_type"] = "create"
+        if version is not None:
+            params.update(if_seq_no=str(version[0]), if_primary_term=str(version[1]))
+        body = self._versioned("PUT", f"/{index}/_doc/{quote(doc_id, safe='')}", source, params)
+        return body["_seq_no"], body["_primary_term"]
+
+    def delete_versioned(self, index: str, doc_id: str, *, version: tuple[int, int]) -> None:
+        from urllib.parse import quote
+
+        self._versioned("DELETE", f"/{index}/_doc/{quote(doc_id, safe='')}", None,
+                        {"refresh": "true", "if_seq_no": str(version[0]),
+                         "if_primary_term": str(version[1])})
+
+    def _versioned(self, method: str, path: str, body: Any, params: dict) -> dict:
+        try:
+            return self.request(method, path, body, params=params)[1]
+        except OpenSearchError as exc:
+            if exc.status == 409:
+                raise VersionConflict(exc.status, exc.type, exc.reason, method, path) from None
+            raise
 
     def search(self, index: str, body: dict) -> dict:
         return self.request("POST", f"/{index}/_search", body)[1]

@@ -16,12 +16,22 @@ from batchvec import naming
 from batchvec.connectors import ModelSpec
 from batchvec.records import RecordSpec
 from batchvec.redact import scrub
+from batchvec.sources import FORMATS as INPUT_FORMATS
 from batchvec.staging import MAX_SHARDS
 
-INPUT_FORMATS = ("auto", "jsonl", "jsonl.gz", "parquet", "csv")
 SPACE_TYPES = ("cosinesimil", "l2", "innerproduct")
 # Scheduled runs and backfills read their own day's partition.
 DEFAULT_INPUT_URI = "s3://{{ params.bucket }}/input/ds={{ ds }}/"
+# What max_reject_ratio bounds; the README's params table says the same words.
+REJECT_RATIO_MEANING = ("rejected / records_in above this fails the run (bad input only: "
+                        "any failed record fails the run on its own)")
+# Why OpenSearch Serverless cannot be a target (the `service` of a sigv4 connection).
+AOSS_REFUSED = (
+    "OpenSearch Serverless (service 'aoss') cannot run this pipeline: it has no ML Commons "
+    "batch predict (no _batch_predict, connectors or ML tasks), and its vector collections "
+    "refuse custom document ids, on which the pipeline's retry safety rests (a retried "
+    "shard overwrites its documents by _id instead of adding copies). Use an Amazon "
+    "OpenSearch Service domain (service 'es') or a self-managed cluster")
 
 
 def param_schema() -> dict[str, dict]:
@@ -44,21 +54,28 @@ def param_schema() -> dict[str, dict]:
         "staging_prefix": {"default": "runs", "type": "string",
                            "description": "key prefix under the bucket: '/'-separated letters, "
                            "digits and _ . = -"},
-        "sagemaker_model_name": {"default": os.environ.get("BATCHVEC_SAGEMAKER_MODEL", "minilm-embedder"),
-                                 "type": "string"},
-        "sagemaker_endpoint_name": {"default": os.environ.get("BATCHVEC_SAGEMAKER_ENDPOINT", "devstack-minilm"),
+        # No production default points anywhere: empty unless the deployment sets the
+        # BATCHVEC_* variable (the devstack does), and `plan` says what is missing.
+        "sagemaker_model_name": {"default": os.environ.get("BATCHVEC_SAGEMAKER_MODEL", ""),
+                                 "type": "string",
+                                 "description": "the SageMaker model the transform job runs "
+                                 "(required; default $BATCHVEC_SAGEMAKER_MODEL)"},
+        "sagemaker_endpoint_name": {"default": os.environ.get("BATCHVEC_SAGEMAKER_ENDPOINT", ""),
                                     "type": "string",
-                                    "description": "real-time endpoint for neural queries"},
+                                    "description": "real-time endpoint for neural queries "
+                                    "(required; default $BATCHVEC_SAGEMAKER_ENDPOINT)"},
         "instance_type": {"default": "ml.m5.xlarge", "type": "string"},
         "instance_count": {"default": 1, "type": "integer", "minimum": 1, "maximum": 100},
-        "connector_role_arn": {"default": os.environ.get(
-            "BATCHVEC_CONNECTOR_ROLE_ARN", "arn:aws:iam::000000000000:role/batchvec-sagemaker"),
-            "type": "string", "description": "role ML Commons assumes to call SageMaker"},
+        "connector_role_arn": {"default": os.environ.get("BATCHVEC_CONNECTOR_ROLE_ARN", ""),
+                               "type": "string",
+                               "description": "role ML Commons assumes to call SageMaker "
+                               "(required; default $BATCHVEC_CONNECTOR_ROLE_ARN)"},
         "shards": {"default": 0, "type": "integer", "minimum": 0, "maximum": MAX_SHARDS,
                    "description": "input shards; 0 = 2 x instance_count (at least 2)"},
         "wait_timeout": {"default": 6 * 3600, "type": "integer", "minimum": 1,
                          "description": "seconds to wait for the transform job before cancelling it"},
-        "max_reject_ratio": {"default": 0.01, "type": "number", "minimum": 0, "maximum": 1},
+        "max_reject_ratio": {"default": 0.01, "type": "number", "minimum": 0, "maximum": 1,
+                             "description": REJECT_RATIO_MEANING},
         "keep_staging": {"default": False, "type": "boolean",
                          "description": "keep the staged input shards after a good run"},
         "keep_outputs": {"default": True, "type": "boolean",
@@ -100,6 +117,11 @@ class Plan:
         return naming.join_s3(self.bucket, self.run_prefix, *parts)
 
     @property
+    def record_spec(self) -> RecordSpec:
+        """The one description of a record that reading and staging both follow."""
+        return RecordSpec(self.id_field, self.text_field, tuple(self.metadata_fields))
+
+    @property
     def model_spec(self) -> ModelSpec:
         return ModelSpec(**self.model)
 
@@ -115,10 +137,24 @@ def _render(value: str, context: dict) -> str:
     return SandboxedEnvironment().from_string(value).render(**context)
 
 
+_REQUIRED = {  # param -> the environment variable a deployment may preset it with
+    "sagemaker_model_name": "BATCHVEC_SAGEMAKER_MODEL",
+    "sagemaker_endpoint_name": "BATCHVEC_SAGEMAKER_ENDPOINT",
+    "connector_role_arn": "BATCHVEC_CONNECTOR_ROLE_ARN",
+}
+
+
 def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str,
-                 sagemaker_api_url: str = "", sagemaker_runtime_url: str = "") -> Plan:
-    """Validate params and build the plan; raise ValueError naming every bad param at once."""
+                 sagemaker_api_url: str = "", sagemaker_runtime_url: str = "",
+                 opensearch_service: str | None = None) -> Plan:
+    """Validate params and build the plan; raise ValueError naming every bad param at once.
+
+    ``opensearch_service`` is the SigV4 service of the OpenSearch connection (None for basic
+    auth): Serverless ('aoss') is refused here, before anything is created.
+    """
     errors: list[str] = []
+    if opensearch_service == "aoss":
+        errors.append(f"opensearch connection: {AOSS_REFUSED}")
     schema = param_schema()
     p = {name: params.get(name, spec["default"]) for name, spec in schema.items()}
     # Wrong JSON types first (conf from the CLI or API skips the form): a later check must
@@ -179,12 +215,17 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         errors.append(f"metadata_fields: names must be non-empty strings other than {sorted(reserved)}")
     elif len(set(metadata)) < len(metadata):
         errors.append(f"metadata_fields: a name is listed twice in {metadata}")
+    missing = [name for name in _REQUIRED if isinstance(p[name], str) and not p[name].strip()]
+    for name in missing:
+        errors.append(f"{name}: not set: pass it in the run's params or set "
+                      f"{_REQUIRED[name]} for the workers")
     spec = ModelSpec(role_arn=p["connector_role_arn"], region=region,
                      model_name=p["sagemaker_model_name"], endpoint_name=p["sagemaker_endpoint_name"],
                      instance_type=p["instance_type"], instance_count=p["instance_count"],
                      sagemaker_api_url=sagemaker_api_url, sagemaker_runtime_url=sagemaker_runtime_url)
     spec = spec.with_default_urls()
-    errors.extend(spec.problems())  # with the others: one message names every bad param
+    # With the others, one message names every bad param (a missing one only once).
+    errors.extend(e for e in spec.problems() if not e.startswith(tuple(missing)))
     if errors:
         raise ValueError("invalid params:\n  " + "\n  ".join(errors))
     key = naming.run_key(dag_id, run_id)

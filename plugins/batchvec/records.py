@@ -168,6 +168,20 @@ class RecordSpec:
             raise ValueError(f"max_text_bytes must be an integer in 1..{MAX_RECORD_BYTES}, got {mtb!r}")
 
 
+# Where ids and texts usually sit when not under the configured name: a record that has one
+# of these says so in its rejection, with the param to set.
+ID_LOOKALIKES = ("_id", "id", "doc_id", "uuid", "key")
+TEXT_LOOKALIKES = ("text", "body", "content", "passage", "document")
+
+
+def _missing(obj: dict, field: str, param: str, lookalikes: tuple[str, ...]) -> str:
+    found = [name for name in lookalikes if name != field and obj.get(name) is not None]
+    if not found:
+        return f"no {field!r} field"
+    return (f"no {field!r} field, but the record has {found[0]!r}: set {param} to "
+            f"{found[0]!r} if that is it")
+
+
 def make_validator(spec: RecordSpec) -> Callable[[dict], tuple[str, bytes] | Rejected]:
     """A closure for the hot loop: every lookup it needs is a local, not an attribute.
 
@@ -190,14 +204,15 @@ def make_validator(spec: RecordSpec) -> Callable[[dict], tuple[str, bytes] | Rej
         elif id_type is int:  # bool is a subclass, not int itself, so it falls through
             doc_id = str(doc_id)
         elif doc_id is None:
-            return Rejected("missing_id", f"no {id_field!r} field")
+            return Rejected("missing_id", _missing(obj, id_field, "id_field", ID_LOOKALIKES))
         else:
             return Rejected("bad_id_type", f"{id_field!r} is {_type_name(doc_id)}, "
                             "not a string or integer")
         text = obj.get(text_field)
         if text.__class__ is not str:
             if text is None:
-                return Rejected("missing_text", f"no {text_field!r} field")
+                return Rejected("missing_text",
+                                _missing(obj, text_field, "text_field", TEXT_LOOKALIKES))
             return Rejected("bad_text_type", f"{text_field!r} is {_type_name(text)}, not a string")
         if not text or text.isspace():
             return Rejected("empty_text", f"{text_field!r} is empty or whitespace")

@@ -96,6 +96,7 @@ class Manifest:
     input_prefix: str  # key prefix of the shards (ends with "/"): SageMaker's S3 input
     rejected_key: str | None
     spec: dict[str, Any] = field(default_factory=dict)
+    rejected_examples: dict[str, str] = field(default_factory=dict)  # reason -> first detail
     elapsed_s: float = 0.0
 
     @property
@@ -127,6 +128,7 @@ class _Outputs:
         self.writers: list[S3LineWriter | None] = [None] * shards
         self.counts = [0] * shards
         self.rejected: dict[str, int] = {}
+        self.first_detail: dict[str, str] = {}  # one example per reason, for messages
         self.rejects: S3LineWriter | None = None
         self.rejected_key = join_key(prefix, "rejected", "rejected.jsonl")
 
@@ -138,6 +140,7 @@ class _Outputs:
 
     def reject(self, rej: Rejected) -> None:
         self.rejected[rej.reason] = self.rejected.get(rej.reason, 0) + rej.count
+        self.first_detail.setdefault(rej.reason, rej.detail)
         if self.rejects is None:
             self.rejects = S3LineWriter(self.client, self.bucket, self.rejected_key,
                                         self.part_size, executor=self.pool)
@@ -203,13 +206,21 @@ def stage(
     text_field: str = "text",
     metadata_fields: Iterable[str] = (),
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+    spec: RecordSpec | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     part_size: int = DEFAULT_PART_SIZE,
     progress_every_s: float = PROGRESS_EVERY_S,
     upload_threads: int = 4,
 ) -> Manifest:
-    """Validate and shard ``(source, line, payload)`` items (see ``sources``) into S3."""
-    spec = RecordSpec(id_field, text_field, tuple(metadata_fields), max_text_bytes)
+    """Validate and shard ``(source, line, payload)`` items (see ``sources``) into S3.
+
+    ``spec`` (or the field arguments) says which fields make a record; an ``InputSet`` must
+    have been opened with the same one, since it picks Parquet/CSV columns by it.
+    """
+    spec = spec or RecordSpec(id_field, text_field, tuple(metadata_fields), max_text_bytes)
+    opened_with = getattr(records_iter, "spec", None)
+    if opened_with is not None and opened_with != spec:
+        raise ValueError(f"the input was opened with {opened_with}, staging was asked for {spec}")
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
         raise ValueError(f"shards must be an integer in 1..{MAX_SHARDS}, got {shards!r}")
     if part_size < MIN_PART_SIZE:
@@ -258,6 +269,7 @@ def stage(
         spec={"id_field": spec.id_field, "text_field": spec.text_field,
               "metadata_fields": list(spec.metadata_fields),
               "max_text_bytes": spec.max_text_bytes, "shards": shards},
+        rejected_examples=dict(sorted(out.first_detail.items())),
         elapsed_s=round(time.monotonic() - started, 3),
     )
     put_json(s3_client, bucket, manifest_key, manifest.to_dict())

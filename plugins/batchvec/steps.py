@@ -48,12 +48,14 @@ def run_date(context: dict) -> str:
 def make_plan(params: dict, context: dict) -> dict:
     hook = aws_hook("sagemaker")
     endpoint = hook.conn_config.get_service_endpoint_url
+    target = OpenSearchHook(OPENSEARCH_CONN_ID).target()
     try:
         plan = resolve_plan(
             params, dag_id=context["dag"].dag_id, run_id=context["run_id"], ds=run_date(context),
             region=hook.conn_region_name or "us-east-1",
             sagemaker_api_url=endpoint("sagemaker") or "",
             sagemaker_runtime_url=endpoint("sagemaker-runtime") or "",
+            opensearch_service=target["service"],
         )
     except ValueError as exc:
         raise fail_for_good(str(exc)) from None
@@ -61,6 +63,15 @@ def make_plan(params: dict, context: dict) -> dict:
              plan.run_key, plan.input_uri, plan.bucket, plan.run_prefix, plan.index_name)
     return {**plan.to_dict(), "staged_input_uri": plan.uri("input/"),
             "output_uri": plan.uri("output/")}
+
+
+def index_asset(base_url: str, index: str):
+    """The Asset of one index: ``opensearch://<host>[:<port>]/<index>`` (no credentials:
+    the connection's URL is built from host and port only)."""
+    from airflow.sdk import Asset
+
+    host = base_url.split("://", 1)[-1].rstrip("/")
+    return Asset(uri=f"opensearch://{host}/{index}", name=f"opensearch://{host}/{index}")
 
 
 def plan_of(data: dict) -> Plan:
@@ -82,8 +93,10 @@ def stage(plan_data: dict) -> dict:
         return _manifest_summary(manifest, 0.0)
     except s3.exceptions.NoSuchKey:
         pass
+    spec = plan.record_spec
     try:
-        source = sources.open_input(plan.input_uri, fmt=plan.input_format, s3_client=s3)
+        source = sources.open_input(plan.input_uri, fmt=plan.input_format, s3_client=s3,
+                                    spec=spec)
     except sources.InputError as exc:  # nothing there, or a file no format fits
         raise fail_for_good(f"cannot read input_uri: {exc}") from None
     total = sum(f.size for f in source.files)  # stored bytes, listed up front: gives the ETA
@@ -91,8 +104,7 @@ def stage(plan_data: dict) -> dict:
              plan.shards)
     manifest = staging.stage(
         source, s3_client=s3, bucket=plan.bucket, prefix=plan.run_prefix, shards=plan.shards,
-        id_field=plan.id_field, text_field=plan.text_field, metadata_fields=plan.metadata_fields,
-        progress=lambda p: log.info("staging: %s", staging.progress_line(p, total)))
+        spec=spec, progress=lambda p: log.info("staging: %s", staging.progress_line(p, total)))
     manifest = manifest if isinstance(manifest, dict) else manifest.to_dict()
     _require_records(plan, manifest)
     return _manifest_summary(manifest, time.monotonic() - started)
@@ -108,9 +120,12 @@ def _require_records(plan: Plan, manifest: dict) -> None:
         raise fail_for_good(f"no records in {plan.input_uri}: its {len(manifest['sources'])} "
                             "file(s) are empty or hold only blank lines")
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(manifest["rejected"].items()))
+    examples = manifest.get("rejected_examples") or {}
+    hints = "".join(f"; {reason}: {examples[reason]}" for reason in sorted(manifest["rejected"])
+                    if reason in examples)
     raise fail_for_good(
-        f"every record in {plan.input_uri} was rejected ({n} of {n}: {reasons}); each one "
-        f"with its reason in s3://{plan.bucket}/{manifest['rejected_key']}")
+        f"every record in {plan.input_uri} was rejected ({n} of {n}: {reasons}){hints}; each "
+        f"one with its reason in s3://{plan.bucket}/{manifest['rejected_key']}")
 
 
 def _manifest_summary(manifest: dict, seconds: float) -> dict:
@@ -148,7 +163,7 @@ def prepare_index(plan_data: dict, shards: list[dict]) -> dict:
         raise indexing.ShardFailed("no shard has an output: nothing to index")
     line = indexing.first_output_line(s3, plan.bucket, plan.key("output", first["name"] + ".out"))
     dimension = outputs.vector_dimension(line)
-    return indexing.prepare_index(plan, OpenSearchHook(OPENSEARCH_CONN_ID), s3, dimension)
+    return indexing.prepare_index(plan, OpenSearchHook(OPENSEARCH_CONN_ID), dimension)
 
 
 def index_shard(plan_data: dict, shard: dict, index: dict) -> dict:
@@ -161,7 +176,7 @@ def restore_index(plan_data: dict | None) -> Any:
     if plan_data is None:  # runs after any failure; without a plan nothing touched the index
         log.info("no plan (the plan task failed): no index settings to restore")
         return None
-    return indexing.restore_index(plan_of(plan_data), OpenSearchHook(OPENSEARCH_CONN_ID), s3_client())
+    return indexing.restore_index(plan_of(plan_data), OpenSearchHook(OPENSEARCH_CONN_ID))
 
 
 def cleanup(plan_data: dict) -> int:
@@ -220,7 +235,10 @@ def report(plan_data: dict, manifest: dict, context: dict, asset) -> dict:
             raise
         raise fail_for_good(str(exc)) from exc  # a retry would only say it again
     totals = result.totals
-    context["outlet_events"][asset].extra = {
-        "index": plan.index_name, "run_key": plan.run_key, "created": totals.created,
-        "updated": totals.updated, "report": uri}
+    # The event names the index this run wrote, on its host, so a downstream DAG can
+    # schedule on one index (its Asset) or on every index (the alias).
+    context["outlet_events"][asset].add(
+        index_asset(hook.target()["url"], plan.index_name),
+        extra={"index": plan.index_name, "run_key": plan.run_key, "created": totals.created,
+               "updated": totals.updated, "report": uri})
     return {"report_uri": uri, **result.to_dict()}

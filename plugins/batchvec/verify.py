@@ -73,7 +73,8 @@ def build_report(plan: Plan, s3, hook: OpenSearchHook, *, manifest: dict,
         task_id=(job or {}).get("task_id"), transform_job_name=(job or {}).get("job_name"),
         stage_seconds=stage_seconds, shards=rows,
         extra={"input_uri": plan.input_uri, "staging": plan.uri(""),
-               "rejected_uri": plan.uri("rejected/"), "dlq_uri": plan.uri("dlq/")},
+               "rejected_uri": plan.uri("rejected/"), "dlq_uri": plan.uri("dlq/"),
+               "rejected_examples": manifest.get("rejected_examples") or {}},
     )
     if sample and report.totals.indexed:
         try:
@@ -97,8 +98,12 @@ def publish(plan: Plan, s3, report: RunReport) -> str:
     if totals.failed_total:
         problems.append(f"{totals.failed_total} records failed: {totals.failed}")
     if report.reject_ratio > plan.max_reject_ratio:
+        examples = report.extra.get("rejected_examples") or {}
+        why = "".join(f"; {reason}: {examples[reason]}" for reason in sorted(totals.rejected)
+                      if reason in examples)
         problems.append(f"rejected ratio {report.reject_ratio:.4f} exceeds max_reject_ratio "
-                        f"{plan.max_reject_ratio} ({totals.rejected_total} of {totals.records_in})")
+                        f"{plan.max_reject_ratio} ({totals.rejected_total} of {totals.records_in})"
+                        f"{why}")
     final = bool(problems)
     smoke = report.extra.get("smoke_query")
     if totals.indexed and not (smoke and smoke.get("ok")):

@@ -210,6 +210,8 @@ class ControlPlane:
             fired["fail"] = spec.get("reason") or "AlgorithmError: injected failure (devstack)"
         if faults.take("stall_job") is not None:
             fired["stall"] = True
+        if (spec := faults.take("hold_job")) is not None:
+            fired["hold_after_files"] = int(spec.get("after_files") or 0)
         if faults.take("drop_output") is not None:
             fired["drop_output"] = True
         known = {k: body[k] for k in _JOB_FIELDS if k in body}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from devstack import model
+from devstack import faults, model
 from devstack.sagemaker.dataprocessing import FilterError
 from devstack.sagemaker.store import Store
 from devstack.sagemaker.transform import (
@@ -148,6 +148,15 @@ class Worker:
             log.exception("job %s crashed", name)
             self._fail(name, f"InternalServerError: {exc!r}")
 
+    @staticmethod
+    def _hold(name: str, files_done: int, check) -> None:
+        log.info("job %s: hold_job fault: paused after %d files until the switch is unset",
+                 name, files_done)
+        while faults.is_set("hold_job"):
+            check()
+            time.sleep(0.1)
+        log.info("job %s: hold_job released", name)
+
     def _transform(self, job: dict) -> None:
         name, request, injected = job["name"], job["request"], job["faults"] or {}
         check = lambda: self._check(name)  # noqa: E731
@@ -179,7 +188,9 @@ class Worker:
         transformer = FileTransformer(self.s3, embedder.embed, Settings.of(request), check,
                                       progress.add, self.tmp_dir)
         accept = request["TransformOutput"].get("Accept") or "application/jsonlines"
-        for src in inputs:
+        for n, src in enumerate(inputs):
+            if n == injected.get("hold_after_files"):
+                self._hold(name, n, check)
             progress.next_file(src.uri)
             if src.key in done:
                 continue

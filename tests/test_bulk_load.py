@@ -1,0 +1,69 @@
+"""Overlapping runs on one index share its bulk load (batchvec.bulk_load), on the devstack's
+OpenSearch: whatever the order they enter and leave in, and however they retry, the index
+ends with the settings it had before the first of them started."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from batchvec import bulk_load
+from batchvec.opensearch_hook import OpenSearchHook
+
+pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
+
+ORIGINAL = {"refresh_interval": "7s", "number_of_replicas": 1}
+BULK = {"refresh_interval": "-1", "number_of_replicas": 0}
+
+
+@pytest.fixture
+def index(airflow_env):
+    hook = OpenSearchHook()
+    name = f"lease-{uuid.uuid4().hex[:10]}"
+    hook.create_index(name, {"settings": {"index": {"number_of_shards": 1, **ORIGINAL}}})
+    return name
+
+
+def settings(index: str) -> dict:
+    return bulk_load.current_settings(OpenSearchHook(), index)
+
+
+def lease(index: str):
+    return OpenSearchHook().get_versioned(bulk_load.LEASE_INDEX, index)
+
+
+def test_the_second_run_does_not_take_the_firsts_bulk_settings_for_the_originals(index):
+    hook = OpenSearchHook()
+    assert bulk_load.enter(hook, index, "run-a") == ORIGINAL
+    assert settings(index) == BULK
+    assert bulk_load.enter(hook, index, "run-b") == ORIGINAL  # not the bulk settings
+    assert bulk_load.leave(hook, index, "run-a") is None  # b still loading
+    assert settings(index) == BULK
+    assert bulk_load.leave(hook, index, "run-b") == ORIGINAL
+    assert settings(index) == ORIGINAL and lease(index) is None
+
+
+def test_whichever_leaves_last_restores_and_retries_change_nothing(index):
+    hook = OpenSearchHook()
+    bulk_load.enter(hook, index, "run-a")
+    bulk_load.enter(hook, index, "run-a")  # prepare_index retried
+    bulk_load.enter(hook, index, "run-b")
+    assert sorted(lease(index)[0]["holders"]) == ["run-a", "run-b"]
+    assert bulk_load.leave(hook, index, "run-b") is None
+    assert bulk_load.leave(hook, index, "run-b") is None  # restore_index retried
+    assert settings(index) == BULK
+    assert bulk_load.leave(hook, index, "run-a") == ORIGINAL
+    assert bulk_load.leave(hook, index, "run-a") is None  # nothing left to restore
+    assert settings(index) == ORIGINAL
+
+
+def test_a_run_that_enters_after_the_last_left_reads_the_real_originals(index):
+    hook = OpenSearchHook()
+    bulk_load.enter(hook, index, "run-a")
+    bulk_load.leave(hook, index, "run-a")
+    hook.put_settings(index, {"refresh_interval": "3s"})  # a user changed it in between
+    assert bulk_load.enter(hook, index, "run-c") == {"refresh_interval": "3s",
+                                                     "number_of_replicas": 1}
+    bulk_load.leave(hook, index, "run-c")
+    assert settings(index)["refresh_interval"] == "3s"
