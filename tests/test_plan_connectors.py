@@ -10,7 +10,7 @@ from batchvec import connectors, mlcommons, plan
 from batchvec.connectors import ModelSpec
 
 SPEC = ModelSpec(role_arn="arn:aws:iam::123456789012:role/ml-sagemaker", region="eu-west-1",
-                 model_name="minilm-embedder", endpoint_name="minilm-rt")
+                 model_name="minilm-embedder", endpoint_name="minilm-rt")  # aws_keys mode
 
 
 # What a deployment names (production defaults are empty): a model, an endpoint, a role.
@@ -63,9 +63,10 @@ def test_same_run_same_plan_names_other_run_other_names(tmp_path):
 def test_bad_params_fail_before_anything_runs(tmp_path, params, fragment):
     source = tmp_path / "in.jsonl"
     source.write_text("{}\n")
-    params = {"input_uri": str(source), **params}
+    params = {"input_uri": str(source), **REQUIRED, **params}
     with pytest.raises(ValueError, match="invalid params") as err:
-        plan.resolve_plan(params, dag_id="d", run_id="r", ds="2026-01-01", region="us-east-1")
+        plan.resolve_plan(params, dag_id="d", run_id="r", ds="2026-01-01", region="us-east-1",
+                          connector_credentials="role_arn")
     assert fragment in str(err.value)
 
 
@@ -144,7 +145,10 @@ def test_blueprint_renders_typed_values_and_leaves_ml_commons_placeholders():
     params = definition["parameters"]
     assert params["TransformResources"] == {"InstanceCount": 1, "InstanceType": "ml.m5.xlarge"}
     assert params["sagemaker_api_url"] == "https://api.sagemaker.eu-west-1.amazonaws.com"
-    assert definition["credential"] == {"roleArn": SPEC.role_arn}
+    assert definition["credential"] == {"access_key": "<from the Airflow AWS connection>",
+                                        "secret_key": "<from the Airflow AWS connection>"}
+    managed = connectors.connector_definition(ModelSpec(**{**SPEC.__dict__, "credentials": "role_arn"}))
+    assert managed["credential"] == {"roleArn": SPEC.role_arn}
     batch = next(a for a in definition["actions"] if a["action_type"] == "batch_predict")
     assert batch["url"] == "${parameters.sagemaker_api_url}/CreateTransformJob"
     assert "${parameters.TransformInput}" in batch["request_body"]
@@ -195,7 +199,7 @@ def test_production_defaults_point_at_nothing_and_plan_names_what_is_missing(tmp
     source.write_text('{"id": 1, "text": "x"}\n')
     with pytest.raises(ValueError) as exc:
         plan.resolve_plan({"input_uri": str(source)}, dag_id="d", run_id="manual__x",
-                          ds="2026-02-01", region="eu-west-1")
+                          ds="2026-02-01", region="eu-west-1", connector_credentials="role_arn")
     message = str(exc.value)
     for name, env in (("sagemaker_model_name", "BATCHVEC_SAGEMAKER_MODEL"),
                       ("sagemaker_endpoint_name", "BATCHVEC_SAGEMAKER_ENDPOINT"),
@@ -242,3 +246,95 @@ def test_predict_answers_one_vector_per_text_from_one_inference_result():
     with pytest.raises(ValueError, match="2 vectors for 3 texts"):
         mlcommons.vectors_of_prediction(
             {"inference_results": [{"output": resp["inference_results"][0]["output"][:2]}]}, 3)
+
+
+# --- connector credentials: the AWS connection's keys, or a role (issue 11) -----------------
+
+KEYS = {"access_key": "AKIAEXAMPLEKEY000001", "secret_key": "s3cr3t/Example+Key",
+        "session_token": "FQoGZXIvYXdzEXAMPLETOKEN"}
+
+
+class RecordingHook:
+    """Records ML Commons requests and answers like the node does (pure: no server)."""
+
+    def __init__(self, existing_model: str | None = None):
+        self.calls: list[tuple[str, str, dict | None]] = []
+        self.existing_model = existing_model
+
+    def request(self, method, path, body=None, **kwargs):
+        self.calls.append((method, path, body))
+        if path.endswith("/models/_search"):
+            hits = [{"_id": "m-1", "_source": {"name": body["query"]["term"]["name.keyword"]}}] \
+                if self.existing_model else []
+            return 200, {"hits": {"hits": hits}}
+        if path.endswith("/model_groups/_search"):
+            return 200, {"hits": {"hits": [{"_id": "g-1", "_source": {"name": "batchvec"}}]}}
+        if path.endswith("/models/_register"):
+            return 200, {"task_id": "t", "status": "CREATED", "model_id": "m-new"}
+        return 200, {"status": "COMPLETED"}
+
+
+def test_self_managed_clusters_get_the_connections_keys_and_no_secret_names_the_model():
+    keyed = ModelSpec(**{**SPEC.__dict__, "credentials": "aws_keys", "role_arn": ""})
+    definition = connectors.connector_definition(keyed)
+    assert "roleArn" not in json.dumps(definition)
+    hook = RecordingHook()
+    result = connectors.ensure_model(hook, keyed, KEYS)
+    (register,) = [b for m, p, b in hook.calls if p.endswith("/models/_register")]
+    assert register["connector"]["credential"] == KEYS
+    assert register["connector"]["protocol"] == "aws_sigv4" and "connector_id" not in register
+    assert register["name"] == definition["name"]
+    for secret in KEYS.values():  # never in the identity, the name or what the task returns
+        assert secret not in json.dumps(definition) and secret not in json.dumps(result)
+    # The same definition with other keys is the same model: keys are not identity.
+    assert connectors.connector_definition(keyed)["name"] == definition["name"]
+    # Reused: the fresh keys go onto the model's own connector (a deployed model takes them).
+    hook = RecordingHook(existing_model="m-1")
+    connectors.ensure_model(hook, keyed, {**KEYS, "secret_key": "rotated"})
+    (update,) = [(m, p, b) for m, p, b in hook.calls if m == "PUT"]
+    assert update[1].endswith("/models/m-1")
+    assert update[2] == {"connector": {"credential": {**KEYS, "secret_key": "rotated"}}}
+    with pytest.raises(ValueError, match="no access key"):
+        connectors.ensure_model(RecordingHook(), keyed, None)
+
+
+def test_amazon_opensearch_service_gets_the_role_and_no_keys():
+    managed = ModelSpec(**{**SPEC.__dict__, "credentials": "role_arn"})
+    hook = RecordingHook()
+    connectors.ensure_model(hook, managed, None)
+    (register,) = [b for m, p, b in hook.calls if p.endswith("/models/_register")]
+    assert register["connector"]["credential"] == {"roleArn": SPEC.role_arn}
+    hook = RecordingHook(existing_model="m-1")
+    connectors.ensure_model(hook, managed, None)
+    assert not [c for c in hook.calls if c[0] == "PUT"]  # the service assumes the role itself
+    keyed = ModelSpec(**{**SPEC.__dict__, "credentials": "aws_keys"})
+    assert connectors.connector_definition(keyed)["name"] != \
+        connectors.connector_definition(managed)["name"]  # switching modes is a new model
+
+
+def test_the_role_is_required_only_where_the_connector_assumes_it(tmp_path, no_presets):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": 1, "text": "x"}\n')
+    params = {"input_uri": str(source), "sagemaker_model_name": "m", "sagemaker_endpoint_name": "e"}
+    keyed = plan.resolve_plan(params, dag_id="d", run_id="r", ds="2026-02-01", region="eu-west-1",
+                              connector_credentials="aws_keys")
+    assert keyed.model_spec.credentials == "aws_keys"
+    with pytest.raises(ValueError, match="connector_role_arn: not set"):
+        plan.resolve_plan(params, dag_id="d", run_id="r", ds="2026-02-01", region="eu-west-1",
+                          connector_credentials="role_arn")
+
+
+def test_the_credential_mode_follows_where_opensearch_runs(monkeypatch):
+    from airflow.models import Connection
+
+    from batchvec.opensearch_hook import OpenSearchHook
+
+    cases = [({"auth": "basic"}, "aws_keys"),
+             ({"auth": "sigv4", "region": "eu-west-1", "service": "es"}, "role_arn"),
+             ({"auth": "sigv4", "region": "eu-west-1", "service": "es",
+               "connector_credentials": "aws_keys"}, "aws_keys")]
+    for extra, mode in cases:
+        conn = Connection(conn_id="os_mode", conn_type="generic", host="search.example.com",
+                          port=443, schema="https", login="u", password="p", extra=json.dumps(extra))
+        monkeypatch.setenv("AIRFLOW_CONN_OS_MODE", conn.as_json())
+        assert OpenSearchHook("os_mode").target()["connector_credentials"] == mode, extra

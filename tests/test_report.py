@@ -28,7 +28,7 @@ def _report(**kw) -> RunReport:
         dag_id="embed_daily",
         run_id="scheduled__2026-01-01",
         index="docs-knn",
-        connector_id="c1",
+        model_name="m1",
         model_id="m1",
         task_id="t1",
         transform_job_name="bv-rk-abc",

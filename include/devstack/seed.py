@@ -20,7 +20,9 @@ def pipeline_env() -> dict[str, str]:
     leaves them unset and names its own model, endpoint and role)."""
     return {"BATCHVEC_SAGEMAKER_MODEL": DEFAULT_MODEL,
             "BATCHVEC_SAGEMAKER_ENDPOINT": DEFAULT_ENDPOINT,
-            "BATCHVEC_CONNECTOR_ROLE_ARN": CONNECTOR_ROLE_ARN}
+            "BATCHVEC_CONNECTOR_ROLE_ARN": CONNECTOR_ROLE_ARN,
+            # The node's k-NN plugin comes from Maven without its native (faiss) libraries.
+            "BATCHVEC_KNN_ENGINE": "lucene"}
 
 
 def default_partition_days(today: dt.date | None = None) -> list[str]:

@@ -1,8 +1,21 @@
-"""Find-or-create the ML Commons connector and remote model from a blueprint in include/.
+"""Find-or-create the ML Commons remote model (with its connector) from a blueprint in include/.
 
-Both are named by a content hash of their definition: an unchanged definition reuses what an
-earlier run created; any change (endpoint, instance type, model, role) creates a new pair and
-leaves the old one for runs still using it.
+The model is named by a content hash of its connector's definition: an unchanged definition
+reuses what an earlier run created; any change (endpoint, instance type, model, role,
+credential mode) creates a new model and leaves the old one for runs still using it.
+
+The connector's credential depends on where OpenSearch runs (`credentials`):
+- ``aws_keys`` (self-managed clusters, the open-source plugin): the Airflow AWS connection's
+  keys (``access_key``, ``secret_key``, ``session_token``). Open-source ML Commons refuses an
+  ``aws_sigv4`` connector without them ("Missing credential") and never refreshes them, so
+  the pipeline puts fresh keys on the model before each submit and while it waits.
+- ``role_arn`` (Amazon OpenSearch Service): ``{"roleArn": connector_role_arn}``; the service
+  assumes the role itself.
+The connector lives inside the model (an "internal" connector): ML Commons refuses to update
+a standalone connector while a model using it is deployed ("models are still using this
+connector, please undeploy the models first"), and batch predict deploys the model, whereas
+a deployed model's own connector takes new keys at once (`PUT /_plugins/_ml/models/<id>`).
+Secrets never enter the definition hash, names, logs or what the task returns.
 """
 
 from __future__ import annotations
@@ -52,6 +65,9 @@ _CHECKS = {
 }
 
 
+CREDENTIAL_MODES = ("aws_keys", "role_arn")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What the connector and model depend on; every field is validated before it reaches a
@@ -66,6 +82,7 @@ class ModelSpec:
     sagemaker_api_url: str = ""  # default: https://api.sagemaker.<region>.amazonaws.com
     sagemaker_runtime_url: str = ""
     blueprint: str = DEFAULT_BLUEPRINT
+    credentials: str = "aws_keys"  # CREDENTIAL_MODES: what the connector signs with
 
     def with_default_urls(self) -> ModelSpec:
         """The AWS endpoints of the region where no URL is given; not validated."""
@@ -82,7 +99,12 @@ class ModelSpec:
     def problems(self) -> list[str]:
         """Every invalid field, each naming the param it comes from and the allowed pattern."""
         found = []
+        if self.credentials not in CREDENTIAL_MODES:
+            found.append(f"connector_credentials: {self.credentials!r} is not one of "
+                         f"{', '.join(CREDENTIAL_MODES)}")
         for name, (param, what, pattern) in _CHECKS.items():
+            if name == "role_arn" and self.credentials != "role_arn":
+                continue  # the connector signs with the AWS connection's keys instead
             value = getattr(self, name)
             if not isinstance(value, str) or not pattern.fullmatch(value):
                 found.append(f"{param}: {value!r} is not valid: expected {what} "
@@ -126,35 +148,104 @@ def definition_hash(definition: dict) -> str:
     return hashlib.sha256(orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 
+def _credential_identity(spec: ModelSpec) -> dict:
+    """What the definition (and so its hash and name) says about the credential: the role,
+    or only that the keys come from the AWS connection; never a secret."""
+    if spec.credentials == "role_arn":
+        return {"roleArn": spec.role_arn}
+    return {"access_key": "<from the Airflow AWS connection>",
+            "secret_key": "<from the Airflow AWS connection>"}
+
+
 def connector_definition(spec: ModelSpec) -> dict:
+    """The connector as it identifies the model: no secrets (see live_credential)."""
     spec = spec.resolved()
     template = orjson.loads((BLUEPRINTS / spec.blueprint).read_bytes())
-    body = render_blueprint(template, asdict(spec))
+    body = render_blueprint(template, {**asdict(spec), "credential": _credential_identity(spec)})
     return {"name": f"batchvec-{Path(spec.blueprint).stem}-{definition_hash(body)}".replace("_", "-"),
             **body}
 
 
-def ensure_model(hook: OpenSearchHook, spec: ModelSpec) -> dict:
-    """Connector and remote model for `spec`, reused when unchanged. Returns their ids."""
+def live_credential(spec: ModelSpec, keys: dict | None) -> dict:
+    """The credential the connector really gets: the role, or the AWS connection's keys."""
+    if spec.credentials == "role_arn":
+        return {"roleArn": spec.role_arn}
+    if not keys or not keys.get("access_key") or not keys.get("secret_key"):
+        raise ValueError("connector_credentials aws_keys: the AWS connection has no access "
+                         "key and secret key to give ML Commons")
+    return keys
+
+
+def aws_connection_keys(aws_conn_id: str) -> dict:
+    """The AWS connection's current keys in ML Commons' credential shape, registered with
+    Airflow's secrets masker. Temporary keys carry their session token."""
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    return keys_of(AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sts").get_credentials())
+
+
+class KeyRefresher:
+    """Keeps a model's connector keys (``aws_keys``) as fresh as the AWS connection's.
+
+    One botocore session for the whole wait, so assumed-role or instance credentials are
+    refreshed by botocore when they near expiry (not on every poll); whenever the frozen
+    keys differ from those last put on the model, they are put again, before ML Commons
+    signs its next status refresh with them.
+    """
+
+    def __init__(self, aws_conn_id: str, opensearch_conn_id: str, model_id: str):
+        self.aws_conn_id, self.opensearch_conn_id, self.model_id = aws_conn_id, opensearch_conn_id, model_id
+        self.pushes = 0
+        self._session = None
+        self._pushed = None
+
+    def push_if_changed(self) -> bool:
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+        if self._session is None:
+            self._session = AwsBaseHook(aws_conn_id=self.aws_conn_id, client_type="sts").get_session()
+        frozen = self._session.get_credentials().get_frozen_credentials()
+        if frozen == self._pushed:
+            return False
+        mlcommons.update_model_credential(OpenSearchHook(self.opensearch_conn_id, max_retries=2),
+                                          self.model_id, keys_of(frozen))
+        self._pushed = frozen
+        self.pushes += 1
+        return True
+
+
+def keys_of(frozen) -> dict:
+    from batchvec.opensearch_hook import mask_secrets
+
+    mask_secrets(frozen.secret_key, frozen.token)
+    keys = {"access_key": frozen.access_key, "secret_key": frozen.secret_key}
+    if frozen.token:
+        keys["session_token"] = frozen.token
+    return keys
+
+
+def ensure_model(hook: OpenSearchHook, spec: ModelSpec, keys: dict | None = None) -> dict:
+    """The remote model for `spec`, reused when unchanged, deployed. With ``aws_keys`` an
+    existing model gets `keys` (fresh from the AWS connection) on its connector. Returns ids
+    and names, never the credential."""
     definition = connector_definition(spec)
+    credential = live_credential(spec, keys)
     name = definition["name"]
-    connector_id = mlcommons.find_connector(hook, name)
-    created = connector_id is None
+    model_id = mlcommons.find_model(hook, name)
+    created = model_id is None
     if created:
-        connector_id = mlcommons.create_connector(hook, definition)
-        log.info("created connector %s (%s)", name, connector_id)
-    else:
-        log.info("reusing connector %s (%s): definition unchanged", name, connector_id)
-    model_name = f"{name}-model"
-    model_id = mlcommons.find_model(hook, model_name)
-    if model_id is None:
         group = mlcommons.find_or_create_model_group(
             hook, MODEL_GROUP, "Remote embedding models created by batchvec pipelines")
         model_id = mlcommons.register_model(
-            hook, name=model_name, connector_id=connector_id, model_group_id=group,
-            description=f"SageMaker model {spec.model_name} via connector {name}")
-        log.info("registered model %s (%s)", model_name, model_id)
-    # Batch predict auto-deploys; neural queries' _predict needs it deployed. Idempotent.
+            hook, name=name, connector={**definition, "credential": credential},
+            model_group_id=group,
+            description=f"SageMaker model {spec.model_name} ({spec.credentials})")
+        log.info("registered model %s (%s)", name, model_id)
+    else:
+        log.info("reusing model %s (%s): definition unchanged", name, model_id)
+        if spec.credentials == "aws_keys":
+            mlcommons.update_model_credential(hook, model_id, credential)
+    # Batch predict deploys on its own; neural queries' _predict need it deployed. Idempotent.
     mlcommons.deploy_model(hook, model_id)
-    return {"connector_id": connector_id, "connector_name": name, "model_id": model_id,
-            "model_name": model_name, "connector_created": created}
+    return {"model_id": model_id, "model_name": name, "model_created": created,
+            "credentials": spec.credentials}

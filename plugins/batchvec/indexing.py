@@ -38,13 +38,14 @@ def bulk_max_actions() -> int:
     return value
 
 
-def index_body(dimension: int, vector_field: str, space_type: str, text_field: str = "text") -> dict:
-    """A k-NN index for the model's vectors: HNSW on faiss, text searchable too."""
+def index_body(dimension: int, vector_field: str, space_type: str, engine: str = "faiss",
+               text_field: str = "text") -> dict:
+    """A k-NN index for the model's vectors: HNSW on `engine`, text searchable too."""
     return {
         "settings": {"index": {"knn": True, "number_of_shards": 1}},
         "mappings": {"properties": {
             vector_field: {"type": "knn_vector", "dimension": dimension,
-                           "method": {"name": "hnsw", "engine": "faiss", "space_type": space_type}},
+                           "method": {"name": "hnsw", "engine": engine, "space_type": space_type}},
             text_field: {"type": "text"},
         }},
     }
@@ -73,9 +74,11 @@ def prepare_index(plan: Plan, hook: OpenSearchHook, dimension: int) -> dict:
     created = False
     if not hook.index_exists(index):
         try:
-            hook.create_index(index, index_body(dimension, plan.vector_field, plan.space_type))
+            hook.create_index(index, index_body(dimension, plan.vector_field, plan.space_type,
+                                                plan.knn_engine))
             created = True
-            log.info("created index %s (knn_vector %d-d, %s)", index, dimension, plan.space_type)
+            log.info("created index %s (knn_vector %d-d, %s, %s)", index, dimension,
+                     plan.space_type, plan.knn_engine)
         except Exception as exc:
             if "resource_already_exists" not in str(exc):  # a parallel run made it first
                 raise

@@ -1,4 +1,4 @@
-"""ML Commons REST calls (connectors, models, batch predict, tasks) over an OpenSearchHook.
+"""ML Commons REST calls (models with their connectors, batch predict, tasks) over an OpenSearchHook.
 
 Thin functions so operators and triggers read as what they do; the response shapes are those
 of ../shared/reference/ml-commons-batch.md (2.17+; 2.18 and 2.19 differences handled where
@@ -57,15 +57,6 @@ def _search_by_name(hook: OpenSearchHook, kind: str, name: str) -> list[dict]:
             if h["_source"].get("name") == name]
 
 
-def find_connector(hook: OpenSearchHook, name: str) -> str | None:
-    hits = _search_by_name(hook, "connectors", name)
-    return hits[0]["_id"] if hits else None
-
-
-def create_connector(hook: OpenSearchHook, definition: dict) -> str:
-    return hook.request("POST", f"{ML}/connectors/_create", definition)[1]["connector_id"]
-
-
 def find_model(hook: OpenSearchHook, name: str) -> str | None:
     hits = [h for h in _search_by_name(hook, "models", name) if "chunk_number" not in h]
     return hits[0]["_id"] if hits else None
@@ -86,11 +77,17 @@ def find_or_create_model_group(hook: OpenSearchHook, name: str, description: str
         raise
 
 
-def register_model(hook: OpenSearchHook, *, name: str, connector_id: str, model_group_id: str,
+def register_model(hook: OpenSearchHook, *, name: str, connector: dict, model_group_id: str,
                    description: str) -> str:
+    """A remote model with its own (internal) connector: see batchvec.connectors for why."""
     body = {"name": name, "function_name": "remote", "model_group_id": model_group_id,
-            "connector_id": connector_id, "description": description}
+            "connector": connector, "description": description}
     return hook.request("POST", f"{ML}/models/_register", body)[1]["model_id"]
+
+
+def update_model_credential(hook: OpenSearchHook, model_id: str, credential: dict) -> None:
+    """New keys on a model's internal connector; a deployed model uses them at once."""
+    hook.request("PUT", f"{ML}/models/{_id(model_id)}", {"connector": {"credential": credential}})
 
 
 def deploy_model(hook: OpenSearchHook, model_id: str) -> None:

@@ -85,7 +85,7 @@ class _AwsAuth:
         frozen = self._session.get_credentials().get_frozen_credentials()
         with self._lock:
             if frozen != self._frozen:
-                _mask(frozen.secret_key, frozen.token)
+                mask_secrets(frozen.secret_key, frozen.token)
                 self._auth = AWS4Auth(frozen.access_key, frozen.secret_key, self._region,
                                       self._service, session_token=frozen.token)
                 self._frozen = frozen
@@ -93,7 +93,7 @@ class _AwsAuth:
         return auth(request)
 
 
-def _mask(*values: str | None) -> None:
+def mask_secrets(*values: str | None) -> None:
     """Tell Airflow's log masker about credentials it never saw in a connection: those that
     botocore fetched or refreshed itself (assumed role, instance profile, SSO)."""
     from airflow.sdk.log import mask_secret
@@ -181,10 +181,16 @@ class OpenSearchHook(BaseHook):
     def target(self) -> dict:
         """Where the connection points and how it authenticates, without a request or a
         credential: the plan's checks and the asset event's URI use it."""
-        extra = self.get_connection(self.conn_id).extra_dejson
-        auth = extra.get("auth", "basic" if self.get_connection(self.conn_id).login else "none")
-        return {"url": self.base_url, "auth": auth,
-                "service": extra.get("service", "es") if auth == "sigv4" else None}
+        conn = self.get_connection(self.conn_id)
+        extra = conn.extra_dejson
+        auth = extra.get("auth", "basic" if conn.login else "none")
+        service = extra.get("service", "es") if auth == "sigv4" else None
+        # Amazon OpenSearch Service (SigV4 for `es`) assumes a role for its connectors;
+        # self-managed clusters' ML Commons needs keys. The extras can say otherwise.
+        credentials = extra.get("connector_credentials") or (
+            "role_arn" if service == "es" else "aws_keys")
+        return {"url": self.base_url, "auth": auth, "service": service,
+                "connector_credentials": credentials}
 
     @property
     def session(self) -> requests.Session:

@@ -17,6 +17,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from batchvec import mlcommons, naming
+from batchvec.connectors import KeyRefresher
 from batchvec.opensearch_hook import OpenSearchHook
 from batchvec.redact import scrub
 from batchvec.triggers import BatchJobTrigger, cancel_job, describe_transform_job, poll_job
@@ -140,6 +141,10 @@ class BatchPredictOperator(BaseOperator):
     # -- execute ----------------------------------------------------------------------------
     def execute(self, context) -> dict:
         hook = OpenSearchHook(self.opensearch_conn_id)
+        refresh_keys = bool(self.aws_conn_id) and \
+            hook.target()["connector_credentials"] == "aws_keys"
+        if refresh_keys:  # ML Commons signs the CreateTransformJob with the model's keys
+            KeyRefresher(self.aws_conn_id, self.opensearch_conn_id, self.model_id).push_if_changed()
         job_name, task_id = self.submit_or_attach(hook)
         self._job = (job_name, task_id)
         started = time.time()
@@ -156,16 +161,22 @@ class BatchPredictOperator(BaseOperator):
                 trigger=BatchJobTrigger(
                     job_name=job_name, task_id=task_id, opensearch_conn_id=self.opensearch_conn_id,
                     aws_conn_id=self.aws_conn_id, poll_interval=self.poll_interval,
-                    deadline=started + timeout, started_at=started),
+                    deadline=started + timeout, started_at=started, model_id=self.model_id,
+                    refresh_keys=refresh_keys),
                 method_name="execute_complete",
                 # A backstop only: the trigger reports the timeout itself so we can cancel.
                 timeout=timedelta(seconds=timeout + 10 * self.poll_interval + 300),
             )
-        return self._wait_blocking(job_name, task_id, started, timeout)
+        return self._wait_blocking(job_name, task_id, started, timeout, refresh_keys)
 
-    def _wait_blocking(self, job_name: str, task_id: str | None, started: float, timeout: float):
+    def _wait_blocking(self, job_name: str, task_id: str | None, started: float, timeout: float,
+                       refresh_keys: bool = False):
         last = None
+        refresher = KeyRefresher(self.aws_conn_id, self.opensearch_conn_id, self.model_id) \
+            if refresh_keys else None
         while True:
+            if refresher is not None:
+                refresher.push_if_changed()
             job = poll_job(self.opensearch_conn_id, self.aws_conn_id, task_id, job_name)
             if job.state != last:
                 log.info("job %s: %s after %.0fs", job_name, job.state, time.time() - started)

@@ -20,6 +20,7 @@ from batchvec.sources import FORMATS as INPUT_FORMATS
 from batchvec.staging import MAX_SHARDS
 
 SPACE_TYPES = ("cosinesimil", "l2", "innerproduct")
+KNN_ENGINES = ("faiss", "lucene")
 # Scheduled runs and backfills read their own day's partition.
 DEFAULT_INPUT_URI = "s3://{{ params.bucket }}/input/ds={{ ds }}/"
 # What max_reject_ratio bounds; the README's params table says the same words.
@@ -68,8 +69,15 @@ def param_schema() -> dict[str, dict]:
         "instance_count": {"default": 1, "type": "integer", "minimum": 1, "maximum": 100},
         "connector_role_arn": {"default": os.environ.get("BATCHVEC_CONNECTOR_ROLE_ARN", ""),
                                "type": "string",
-                               "description": "role ML Commons assumes to call SageMaker "
-                               "(required; default $BATCHVEC_CONNECTOR_ROLE_ARN)"},
+                               "description": "role Amazon OpenSearch Service assumes to call "
+                               "SageMaker (required there; self-managed clusters sign with the "
+                               "AWS connection's keys instead; default "
+                               "$BATCHVEC_CONNECTOR_ROLE_ARN)"},
+        "knn_engine": {"default": os.environ.get("BATCHVEC_KNN_ENGINE", "faiss"),
+                       "enum": list(KNN_ENGINES),
+                       "description": "k-NN engine of a new index: faiss (native, the "
+                       "default), or lucene (pure Java: where the native libraries are "
+                       "missing)"},
         "shards": {"default": 0, "type": "integer", "minimum": 0, "maximum": MAX_SHARDS,
                    "description": "input shards; 0 = 2 x instance_count (at least 2)"},
         "wait_timeout": {"default": 6 * 3600, "type": "integer", "minimum": 1,
@@ -100,6 +108,7 @@ class Plan:
     index_name: str
     vector_field: str
     space_type: str
+    knn_engine: str
     bucket: str
     run_prefix: str  # key prefix of everything this run writes
     shards: int
@@ -146,11 +155,14 @@ _REQUIRED = {  # param -> the environment variable a deployment may preset it wi
 
 def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str,
                  sagemaker_api_url: str = "", sagemaker_runtime_url: str = "",
-                 opensearch_service: str | None = None) -> Plan:
+                 opensearch_service: str | None = None,
+                 connector_credentials: str = "aws_keys") -> Plan:
     """Validate params and build the plan; raise ValueError naming every bad param at once.
 
     ``opensearch_service`` is the SigV4 service of the OpenSearch connection (None for basic
     auth): Serverless ('aoss') is refused here, before anything is created.
+    ``connector_credentials`` (from the connection, see OpenSearchHook.target) says whether
+    the connector signs with the AWS connection's keys or a role (`connector_role_arn`).
     """
     errors: list[str] = []
     if opensearch_service == "aoss":
@@ -189,6 +201,8 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         naming.validate_key_prefix(p["staging_prefix"])
     except ValueError as exc:
         errors.append(f"staging_prefix: {exc}")
+    if p["knn_engine"] not in KNN_ENGINES:
+        errors.append(f"knn_engine: {p['knn_engine']!r} not one of {KNN_ENGINES}")
     if p["space_type"] not in SPACE_TYPES:
         errors.append(f"space_type: {p['space_type']!r} not one of {SPACE_TYPES}")
     for name, low, high in (("shards", 0, MAX_SHARDS), ("instance_count", 1, 100),
@@ -215,14 +229,16 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         errors.append(f"metadata_fields: names must be non-empty strings other than {sorted(reserved)}")
     elif len(set(metadata)) < len(metadata):
         errors.append(f"metadata_fields: a name is listed twice in {metadata}")
-    missing = [name for name in _REQUIRED if isinstance(p[name], str) and not p[name].strip()]
+    required = [n for n in _REQUIRED if n != "connector_role_arn" or connector_credentials == "role_arn"]
+    missing = [name for name in required if isinstance(p[name], str) and not p[name].strip()]
     for name in missing:
         errors.append(f"{name}: not set: pass it in the run's params or set "
                       f"{_REQUIRED[name]} for the workers")
     spec = ModelSpec(role_arn=p["connector_role_arn"], region=region,
                      model_name=p["sagemaker_model_name"], endpoint_name=p["sagemaker_endpoint_name"],
                      instance_type=p["instance_type"], instance_count=p["instance_count"],
-                     sagemaker_api_url=sagemaker_api_url, sagemaker_runtime_url=sagemaker_runtime_url)
+                     sagemaker_api_url=sagemaker_api_url, sagemaker_runtime_url=sagemaker_runtime_url,
+                     credentials=connector_credentials)
     spec = spec.with_default_urls()
     # With the others, one message names every bad param (a missing one only once).
     errors.extend(e for e in spec.problems() if not e.startswith(tuple(missing)))
@@ -234,7 +250,7 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         dag_id=dag_id, run_id=run_id, run_key=key, ds=ds, input_uri=input_uri,
         input_format=p["input_format"], id_field=p["id_field"], text_field=p["text_field"],
         metadata_fields=metadata, index_name=p["index_name"], vector_field=p["vector_field"],
-        space_type=p["space_type"], bucket=p["bucket"],
+        space_type=p["space_type"], knn_engine=p["knn_engine"], bucket=p["bucket"],
         run_prefix=naming.join_key(p["staging_prefix"], key), shards=shards,
         wait_timeout=p["wait_timeout"], max_reject_ratio=float(p["max_reject_ratio"]),
         keep_staging=bool(p["keep_staging"]), keep_outputs=bool(p["keep_outputs"]),

@@ -100,7 +100,7 @@ class RunReport:
     dag_id: str
     run_id: str
     index: str
-    connector_id: str | None = None
+    model_name: str | None = None  # ML Commons model (its connector inside it)
     model_id: str | None = None
     task_id: str | None = None
     transform_job_name: str | None = None
@@ -211,7 +211,7 @@ def render_table(report: RunReport, *, max_shards: int = 50) -> str:
         ("run_id", report.run_id),
         ("index", report.index),
         ("model", report.model_id),
-        ("connector", report.connector_id),
+        ("model_name", report.model_name),
         ("ml_task", report.task_id),
         ("transform_job", report.transform_job_name),
     ]

@@ -56,6 +56,7 @@ def make_plan(params: dict, context: dict) -> dict:
             sagemaker_api_url=endpoint("sagemaker") or "",
             sagemaker_runtime_url=endpoint("sagemaker-runtime") or "",
             opensearch_service=target["service"],
+            connector_credentials=target["connector_credentials"],
         )
     except ValueError as exc:
         raise fail_for_good(str(exc)) from None
@@ -136,7 +137,9 @@ def _manifest_summary(manifest: dict, seconds: float) -> dict:
 
 def ensure_model(plan_data: dict) -> dict:
     started = time.monotonic()
-    result = connectors.ensure_model(OpenSearchHook(OPENSEARCH_CONN_ID), plan_of(plan_data).model_spec)
+    spec = plan_of(plan_data).model_spec
+    keys = connectors.aws_connection_keys(AWS_CONN_ID) if spec.credentials == "aws_keys" else None
+    result = connectors.ensure_model(OpenSearchHook(OPENSEARCH_CONN_ID), spec, keys)
     return {**result, "seconds": round(time.monotonic() - started, 2)}
 
 

@@ -40,6 +40,9 @@ def poll_job(opensearch_conn_id: str, aws_conn_id: str | None, task_id: str | No
             task_status = mlcommons.status_from_task(mlcommons.get_task(hook, task_id))
         except Exception as exc:  # keep polling through blips; counted by the caller
             errors.append(f"ML Commons: {scrub(exc)}")
+            # Said even when SageMaker answers: ML Commons' own refreshes failing (say, with
+            # expired keys) end in UNREACHABLE after ten of them.
+            log.warning("ML Commons could not refresh task %s: %s", task_id, scrub(exc))
     if aws_conn_id:
         try:
             sm_status = mlcommons.status_from_sagemaker(describe_transform_job(aws_conn_id, job_name))
@@ -82,8 +85,13 @@ def describe_transform_job(aws_conn_id: str, job_name: str) -> dict:
 class BatchJobTrigger(BaseTrigger):
     def __init__(self, *, job_name: str, task_id: str | None, opensearch_conn_id: str,
                  aws_conn_id: str | None, poll_interval: float, deadline: float,
-                 started_at: float):
+                 started_at: float, model_id: str | None = None,
+                 refresh_keys: bool = False):
         super().__init__()
+        # With `refresh_keys`, the AWS connection's keys are put on the model's connector
+        # whenever they change (connectors.KeyRefresher): ML Commons never refreshes them.
+        self.model_id = model_id
+        self.refresh_keys = bool(refresh_keys and model_id and aws_conn_id)
         self.job_name = job_name
         self.task_id = task_id
         self.opensearch_conn_id = opensearch_conn_id
@@ -97,7 +105,8 @@ class BatchJobTrigger(BaseTrigger):
             "job_name": self.job_name, "task_id": self.task_id,
             "opensearch_conn_id": self.opensearch_conn_id, "aws_conn_id": self.aws_conn_id,
             "poll_interval": self.poll_interval, "deadline": self.deadline,
-            "started_at": self.started_at,
+            "started_at": self.started_at, "model_id": self.model_id,
+            "refresh_keys": self.refresh_keys,
         })
 
     def _event(self, status: str, job: JobStatus | None, message: str) -> TriggerEvent:
@@ -114,10 +123,25 @@ class BatchJobTrigger(BaseTrigger):
         await asyncio.to_thread(cancel_job, self.opensearch_conn_id, self.aws_conn_id,
                                 self.job_name, self.task_id)
 
+    async def _refresh_keys(self, refresher) -> None:
+        try:
+            if await asyncio.to_thread(refresher.push_if_changed):
+                self.log.info("job %s: put fresh AWS keys on model %s (%d so far)",
+                              self.job_name, self.model_id, refresher.pushes)
+        except Exception as exc:  # the poll below says what that costs
+            self.log.warning("job %s: could not put fresh AWS keys on model %s: %s",
+                             self.job_name, self.model_id, scrub(exc))
+
     async def run(self):
+        from batchvec.connectors import KeyRefresher
+
         last_state = None
         blind, blind_since = 0, 0.0
+        refresher = (KeyRefresher(self.aws_conn_id, self.opensearch_conn_id, self.model_id)
+                     if self.refresh_keys else None)
         while True:
+            if refresher is not None:
+                await self._refresh_keys(refresher)
             try:
                 job = await asyncio.to_thread(poll_job, self.opensearch_conn_id, self.aws_conn_id,
                                               self.task_id, self.job_name)

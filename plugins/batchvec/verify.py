@@ -69,7 +69,7 @@ def build_report(plan: Plan, s3, hook: OpenSearchHook, *, manifest: dict,
     rows, sample = shard_reports(plan, s3, manifest, shards_present, missing_reason)
     report = RunReport(
         run_key=plan.run_key, dag_id=plan.dag_id, run_id=plan.run_id, index=plan.index_name,
-        connector_id=(model or {}).get("connector_id"), model_id=(model or {}).get("model_id"),
+        model_name=(model or {}).get("model_name"), model_id=(model or {}).get("model_id"),
         task_id=(job or {}).get("task_id"), transform_job_name=(job or {}).get("job_name"),
         stage_seconds=stage_seconds, shards=rows,
         extra={"input_uri": plan.input_uri, "staging": plan.uri(""),
