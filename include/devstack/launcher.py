@@ -90,6 +90,7 @@ def _commands(state: Path, ports: dict[str, int], creds: config.Credentials) -> 
             py, "-m", "devstack.opensearch_front", "--host", "127.0.0.1",
             "--port", str(ports["opensearch"]), "--node-url", f"http://127.0.0.1:{ports['opensearch_node']}",
             "--state-dir", str(state),
+            *(["--allow-native-knn"] if opensearch_node.has_native_knn(opensearch_node.home_dir()) else []),
         ],
     }
 

@@ -12,6 +12,10 @@ process does what the plugin and a managed domain's edge do, and nothing else:
   reset_after, latency_ms), applied before authentication as the stand-in did, and
   `bulk_item_429 {count, ratio}`: that share of a `_bulk`'s items is taken out of the request
   (so the node never writes them) and answered 429 in their places of the node's response;
+- a guard the node needs: its k-NN plugin has no native libraries (the Maven zip ships none), and
+  the first write into a knn_vector field of engine faiss (the default) or nmslib kills the node
+  (UnsatisfiedLinkError). Index creation, mappings and templates with such a field are refused
+  400 here, naming the field, unless `--allow-native-knn`; use `"engine": "lucene"`;
 - `GET /_devstack/health` (no auth; 200 only while the node answers) and
   `GET|PUT|DELETE /_devstack/faults` (authenticated, as on the stand-in).
 Everything else goes to the node unchanged (method, path and query as sent, headers but the
@@ -48,6 +52,7 @@ SERVICE = "opensearch"
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
               "upgrade", "expect", "content-length"}
 BULK_PATH = re.compile(r"^/(?:[^/_][^/]*/)?_bulk$")
+MAPPING_PATH = re.compile(r"^/(?:[^/_][^/]*(?:/_mappings?)?|_index_template/[^/]+|_template/[^/]+|_component_template/[^/]+)$")
 REJECTED = {"type": "es_rejected_execution_exception",
             "reason": "rejected execution of coordinating operation"}
 CHUNK = 256 * 1024
@@ -58,15 +63,48 @@ def opensearch_error(err_type: str, reason: str, status: int) -> dict:
     return {"error": {"root_cause": [cause], **cause}, "status": status}
 
 
+def native_knn_refusal(body: bytes, headers) -> str | None:
+    """Why this mapping would crash a node without k-NN native libraries; None if it would not."""
+    try:
+        raw = gzip.decompress(body) if headers.get("Content-Encoding", "").lower() == "gzip" else body
+        doc = json.loads(raw) if raw.strip() else None
+    except (ValueError, OSError):
+        return None  # the node will say what is wrong with it
+    found = []
+
+    def walk(obj, trail):
+        if isinstance(obj, dict):
+            if obj.get("type") == "knn_vector":
+                engine = (obj.get("method") or {}).get("engine") if isinstance(obj.get("method"), dict) else None
+                if engine != "lucene":
+                    found.append((".".join(t for t in trail if t not in ("properties", "mappings", "template")),
+                              engine or "faiss (default)"))
+                return
+            for key, value in obj.items():
+                walk(value, [*trail, key])
+        elif isinstance(obj, list):
+            for value in obj:
+                walk(value, trail)
+
+    walk(doc, [])
+    if not found:
+        return None
+    field, engine = found[0]
+    return (f"devstack: this OpenSearch node has no k-NN native libraries (the Maven k-NN zip ships "
+            f"none), so the first write into knn_vector field [{field}] with engine [{engine}] "
+            f"would crash it; set \"engine\": \"lucene\" in the field's method")
+
+
 class Front(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
 
     def __init__(self, address, node: tuple[str, int], creds: config.Credentials,
-                 context: ssl.SSLContext | None):
+                 context: ssl.SSLContext | None, allow_native_knn: bool = False):
         super().__init__(address, Handler)
         self.node, self.creds, self.context = node, creds, context
+        self.allow_native_knn = allow_native_knn
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
@@ -133,6 +171,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(*refused)
         if path == "/_devstack/faults":
             return self._faults_admin(body)
+        if (self.command in ("PUT", "POST") and not self.server.allow_native_knn
+                and MAPPING_PATH.match(path) and (refused := native_knn_refusal(body, self.headers))):
+            return self._reply(400, opensearch_error("illegal_argument_exception", refused, 400))
         spec = faults.take("bulk_item_429") if BULK_PATH.match(path) and self.command in ("POST", "PUT") else None
         if spec:
             return self._bulk_with_rejections(body, path, float(spec.get("ratio", 1.0)), rule)
@@ -281,9 +322,9 @@ class Handler(BaseHTTPRequestHandler):
         if not kept:
             items = [rejected[p] for p in sorted(rejected)]
             return self._reply(200, {"took": 0, "errors": True, "items": items})
-        try:
-            resp = self._upstream_request(b"\n".join(kept) + b"\n",
-                                          self._headers_out(drop=("content-encoding",)))
+        try:  # identity from the node (no accept-encoding): its answer is merged here
+            resp = self._upstream_request(b"\n".join(kept) + b"\n", self._headers_out(
+                drop=("content-encoding", "accept-encoding")))
             data = resp.read()
         except OSError as exc:
             return self._reply(502, opensearch_error("devstack_node_unavailable", str(exc), 502))
@@ -292,14 +333,22 @@ class Handler(BaseHTTPRequestHandler):
             self.upstream = None
         if rule and rule.get("action") == "reset_after":
             return self._reset()
+        headers = {k: v for k, v in resp.getheaders()
+                   if k.lower() not in ("connection", "keep-alive", "transfer-encoding", "content-length")}
         try:
             merged = json.loads(data)
             node_items = iter(merged["items"])
             merged["items"] = [rejected[p] if p in rejected else next(node_items) for p in range(pos)]
             merged["errors"] = True
-        except (ValueError, KeyError, TypeError, StopIteration):  # an error answer: pass it on
-            return self._send(resp.status, data, resp.getheader("Content-Type", "application/json"), {})
-        self._send(resp.status, json.dumps(merged).encode(), resp.getheader("Content-Type"), {})
+            data = json.dumps(merged).encode()
+        except (ValueError, KeyError, TypeError, StopIteration):
+            pass  # an error answer (or filter_path left no items): the node's, unchanged
+        self.send_response_only(resp.status, resp.reason)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     # --- answers -----------------------------------------------------------------------------
     def _reply(self, status: int, obj) -> None:
@@ -339,7 +388,8 @@ def _credentials(state: Path) -> config.Credentials:
     return config.load_or_create_credentials(state)
 
 
-def serve(host: str, port: int, node_url: str, state: Path, use_tls: bool = True) -> Front:
+def serve(host: str, port: int, node_url: str, state: Path, use_tls: bool = True,
+          allow_native_knn: bool = False) -> Front:
     """Bind and serve in a background thread (tests); `main` runs it as a process."""
     faults.init(state)
     creds = _credentials(state)
@@ -350,7 +400,7 @@ def serve(host: str, port: int, node_url: str, state: Path, use_tls: bool = True
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(files.cert, files.key)
     node = urlsplit(node_url)
-    server = Front((host, port), (node.hostname, node.port or 80), creds, context)
+    server = Front((host, port), (node.hostname, node.port or 80), creds, context, allow_native_knn)
     threading.Thread(target=server.serve_forever, name="opensearch-front", daemon=True).start()
     return server
 
@@ -361,10 +411,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=config.port("opensearch"))
     parser.add_argument("--node-url", required=True)
     parser.add_argument("--state-dir", type=Path, default=config.state_dir())
+    parser.add_argument("--allow-native-knn", action="store_true",
+                        help="pass faiss/nmslib mappings (only for a node with the native libraries)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    server = serve(args.host, args.port, args.node_url, args.state_dir)
+    server = serve(args.host, args.port, args.node_url, args.state_dir,
+                   allow_native_knn=args.allow_native_knn)
     print(f"opensearch front on https://{args.host}:{server.server_address[1]} -> {args.node_url}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

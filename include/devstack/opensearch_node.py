@@ -377,6 +377,11 @@ def start(state: Path, http_port: int, transport_port: int, log_path: Path,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **extra)
 
 
+def has_native_knn(home: Path) -> bool:
+    """Whether the k-NN plugin carries its faiss/nmslib JNI libraries (the Maven zip does not)."""
+    return any((home / "plugins" / "opensearch-knn").rglob("libopensearchknn_*.so"))
+
+
 def health(url: str, timeout: float = 2.0) -> str | None:
     """The cluster's health status (green/yellow/red), None when the node does not answer."""
     try:
