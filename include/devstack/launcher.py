@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from devstack import config, opensearch_node, tls
+from devstack import config, opensearch_install, opensearch_node, tls
 
 SERVICES = ("s3", "sagemaker", "opensearch")
 PROCESSES = {"s3": ("s3",), "sagemaker": ("sagemaker",),
@@ -90,7 +90,7 @@ def _commands(state: Path, ports: dict[str, int], creds: config.Credentials) -> 
             py, "-m", "devstack.opensearch_front", "--host", "127.0.0.1",
             "--port", str(ports["opensearch"]), "--node-url", f"http://127.0.0.1:{ports['opensearch_node']}",
             "--state-dir", str(state),
-            *(["--allow-native-knn"] if opensearch_node.has_native_knn(opensearch_node.home_dir()) else []),
+            *(["--allow-native-knn"] if opensearch_node.has_native_knn(opensearch_install.home_dir()) else []),
         ],
     }
 
@@ -192,7 +192,7 @@ def up(state: Path | None = None, ports: dict[str, int] | None = None,
     if "opensearch" in services:
         _stop_legacy_stand_in(state)
         tls.ensure(state)
-        opensearch_node.install()
+        opensearch_install.install()
     ep = endpoints_for(ports, creds, state)
     commands, env = _commands(state, ports, creds), _service_env(creds, state)
     started: dict[str, subprocess.Popen] = {}

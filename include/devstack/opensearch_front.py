@@ -27,14 +27,11 @@ from __future__ import annotations
 
 import argparse
 import base64
-import gzip
 import hmac
 import http.client
 import json
 import logging
 import os
-import re
-import secrets
 import signal
 import socket
 import ssl
@@ -46,53 +43,24 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from devstack import config, faults, sigv4, tls
+from devstack.opensearch_rules import (
+    BULK_PATH,
+    MAPPING_PATH,
+    merge_bulk,
+    native_knn_refusal,
+    split_bulk,
+)
 
 log = logging.getLogger("devstack.opensearch_front")
 SERVICE = "opensearch"
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
               "upgrade", "expect", "content-length"}
-BULK_PATH = re.compile(r"^/(?:[^/_][^/]*/)?_bulk$")
-MAPPING_PATH = re.compile(r"^/(?:[^/_][^/]*(?:/_mappings?)?|_index_template/[^/]+|_template/[^/]+|_component_template/[^/]+)$")
-REJECTED = {"type": "es_rejected_execution_exception",
-            "reason": "rejected execution of coordinating operation"}
 CHUNK = 256 * 1024
 
 
 def opensearch_error(err_type: str, reason: str, status: int) -> dict:
     cause = {"type": err_type, "reason": reason}
     return {"error": {"root_cause": [cause], **cause}, "status": status}
-
-
-def native_knn_refusal(body: bytes, headers) -> str | None:
-    """Why this mapping would crash a node without k-NN native libraries; None if it would not."""
-    try:
-        raw = gzip.decompress(body) if headers.get("Content-Encoding", "").lower() == "gzip" else body
-        doc = json.loads(raw) if raw.strip() else None
-    except (ValueError, OSError):
-        return None  # the node will say what is wrong with it
-    found = []
-
-    def walk(obj, trail):
-        if isinstance(obj, dict):
-            if obj.get("type") == "knn_vector":
-                engine = (obj.get("method") or {}).get("engine") if isinstance(obj.get("method"), dict) else None
-                if engine != "lucene":
-                    found.append((".".join(t for t in trail if t not in ("properties", "mappings", "template")),
-                              engine or "faiss (default)"))
-                return
-            for key, value in obj.items():
-                walk(value, [*trail, key])
-        elif isinstance(obj, list):
-            for value in obj:
-                walk(value, trail)
-
-    walk(doc, [])
-    if not found:
-        return None
-    field, engine = found[0]
-    return (f"devstack: this OpenSearch node has no k-NN native libraries (the Maven k-NN zip ships "
-            f"none), so the first write into knn_vector field [{field}] with engine [{engine}] "
-            f"would crash it; set \"engine\": \"lucene\" in the field's method")
 
 
 class Front(ThreadingHTTPServer):
@@ -290,40 +258,24 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header(k, v)
         if chunked:
             self.send_header("Transfer-Encoding", "chunked")
-        if resp.will_close:
-            self.upstream.close()
-            self.upstream = None
         self.end_headers()
         while chunk := resp.read(CHUNK):
             self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
         if chunked:
             self.wfile.write(b"0\r\n\r\n")
+        if resp.will_close:  # only after the body: closing the connection closes its response
+            self.upstream.close()
+            self.upstream = None
 
     def _bulk_with_rejections(self, body: bytes, path: str, ratio: float, rule) -> None:
         """Take that share of items out (spread evenly, deterministic), let the node write the
         rest, and answer the taken ones 429 in their positions of the node's response."""
-        raw = gzip.decompress(body) if self.headers.get("Content-Encoding", "").lower() == "gzip" else body
-        default_index = path.rsplit("/_bulk", 1)[0].lstrip("/") or None
-        kept, rejected = [], {}
-        lines = [line for line in raw.split(b"\n") if line.strip()]
-        i = pos = 0
-        try:
-            while i < len(lines):
-                kind, meta = next(iter(json.loads(lines[i]).items()))
-                n = 1 if kind == "delete" else 2
-                if ratio and int((pos + 1) * ratio) > int(pos * ratio):
-                    meta = meta or {}
-                    doc_id = secrets.token_urlsafe(15) if meta.get("_id") is None else str(meta["_id"])
-                    rejected[pos] = {kind: {"_index": meta.get("_index") or default_index, "_id": doc_id,
-                                            "status": 429, "error": dict(REJECTED)}}
-                else:
-                    kept.extend(lines[i:i + n])
-                i, pos = i + n, pos + 1
-        except (ValueError, AttributeError, StopIteration):  # malformed: let the node say so
+        split = split_bulk(body, self.headers, path, ratio)
+        if split is None:  # malformed: let the node say so
             return self._forward(body)
+        kept, rejected, total = split
         if not kept:
-            items = [rejected[p] for p in sorted(rejected)]
-            return self._reply(200, {"took": 0, "errors": True, "items": items})
+            return self._reply(200, {"took": 0, "errors": True, "items": [rejected[p] for p in sorted(rejected)]})
         try:  # identity from the node (no accept-encoding): its answer is merged here
             resp = self._upstream_request(b"\n".join(kept) + b"\n", self._headers_out(
                 drop=("content-encoding", "accept-encoding")))
@@ -337,14 +289,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._reset()
         headers = {k: v for k, v in resp.getheaders()
                    if k.lower() not in ("connection", "keep-alive", "transfer-encoding", "content-length")}
-        try:
-            merged = json.loads(data)
-            node_items = iter(merged["items"])
-            merged["items"] = [rejected[p] if p in rejected else next(node_items) for p in range(pos)]
-            merged["errors"] = True
-            data = json.dumps(merged).encode()
-        except (ValueError, KeyError, TypeError, StopIteration):
-            pass  # an error answer (or filter_path left no items): the node's, unchanged
+        data = merge_bulk(data, rejected, total) or data  # an error answer: the node's, unchanged
         self.send_response_only(resp.status, resp.reason)
         for k, v in headers.items():
             self.send_header(k, v)
