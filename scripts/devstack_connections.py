@@ -41,7 +41,7 @@ def connections(ep: dict) -> dict[str, dict]:
             "schema": host.split("://", 1)[0],
             "login": ep["opensearch_user"],
             "password": ep["opensearch_password"],
-            "extra": {"auth": "basic", "region": ep["region"]},
+            "extra": {"auth": "basic", "region": ep["region"], "ca_certs": ep["opensearch_ca"]},
         },
     }
 

@@ -28,13 +28,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"devstack up in {time.monotonic() - started:.1f}s (state in {state})")
         for name in ("s3", "sagemaker", "opensearch"):
             print(f"  {name:<11} {ep[name]}")
+        print(f"  {'':<11} (CA {ep['opensearch_ca']}; node {ep['opensearch_node']}, no auth)")
         print(f"  endpoints and credentials: {config.endpoints_path(state)}")
     elif args.command == "down":
         stopped = launcher.down(state)
         print("devstack stopped: " + (", ".join(stopped) or "nothing was running"))
     elif args.command == "status":
         for name, pid in launcher.status(state).items():
-            print(f"  {name:<11} {'running pid ' + str(pid) if pid else 'stopped'}")
+            print(f"  {name:<16} {'running pid ' + str(pid) if pid else 'stopped'}")
     elif args.command == "env":  # for `eval "$(make -s devstack-env)"`: plain boto3/curl use
         ep = config.load_endpoints(state)
         for name, value in (("AWS_ACCESS_KEY_ID", ep["aws_access_key_id"]),
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                             ("AWS_DEFAULT_REGION", ep["region"]),
                             ("OS_USER", ep["opensearch_user"]), ("OS_PASS", ep["opensearch_password"]),
                             ("S3_URL", ep["s3"]), ("SAGEMAKER_URL", ep["sagemaker"]),
-                            ("OPENSEARCH_URL", ep["opensearch"])):
+                            ("OPENSEARCH_URL", ep["opensearch"]), ("OS_CA", ep["opensearch_ca"])):
             print(f"export {name}={shlex.quote(value)}")
     elif args.command == "seed":  # what a default run of the DAG needs (make airflow)
         from devstack import seed

@@ -21,7 +21,9 @@ DEFAULT_BUCKET = "batchvec"
 DEFAULT_PORTS = {
     "s3": 18333,
     "sagemaker": 18090,
-    "opensearch": 19200,
+    "opensearch": 19200,  # the HTTPS front (devstack.opensearch_front)
+    "opensearch_node": 19201,  # the real node's plain HTTP, loopback only, no auth
+    "opensearch_transport": 19300,  # the node's transport port (single node, never joined)
     # weed mini opens these too (+10000 for each gRPC port); pinned so they never collide.
     "weed_master": 19333,
     "weed_volume": 19340,

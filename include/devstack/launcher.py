@@ -1,8 +1,11 @@
 """Start, check and stop the devstack's processes: SeaweedFS (S3), SageMaker, OpenSearch.
 
-Each process runs detached with its pid in `<state>/pids/` and its log in `<state>/logs/`;
-`down` stops only those pids (checked against their command line, so a reused pid is never
-killed), never by name.
+The "opensearch" service is two processes: a real OpenSearch node with ML Commons, k-NN,
+neural-search and job-scheduler (`devstack.opensearch_node`, plain HTTP on loopback) and the
+HTTPS front before it (`devstack.opensearch_front`: TLS, basic/SigV4 auth, faults) on the
+service's public port. Each process runs detached with its pid in `<state>/pids/` and its log
+in `<state>/logs/`; `down` stops only those pids (checked against their command line, so a
+reused pid is never killed), never by name.
 """
 
 from __future__ import annotations
@@ -19,9 +22,14 @@ from pathlib import Path
 
 import requests
 
-from devstack import config
+from devstack import config, opensearch_install, opensearch_node, tls
 
 SERVICES = ("s3", "sagemaker", "opensearch")
+PROCESSES = {"s3": ("s3",), "sagemaker": ("sagemaker",),
+             "opensearch": ("opensearch_node", "opensearch_front")}
+MARKERS = {"s3": "weed", "sagemaker": "devstack.sagemaker",
+           "opensearch_front": "devstack.opensearch_front"}
+LEGACY_STAND_IN = "-m devstack.opensearch --host"  # pids/opensearch.pid of an older devstack
 REPO_INCLUDE = Path(__file__).resolve().parents[1]
 
 
@@ -78,9 +86,11 @@ def _commands(state: Path, ports: dict[str, int], creds: config.Credentials) -> 
             py, "-m", "devstack.sagemaker", "--host", "127.0.0.1", "--port", str(ports["sagemaker"]),
             "--state-dir", str(state / "sagemaker"), "--s3-endpoint", f"http://127.0.0.1:{ports['s3']}",
         ],
-        "opensearch": [
-            py, "-m", "devstack.opensearch", "--host", "127.0.0.1", "--port", str(ports["opensearch"]),
-            "--state-dir", str(state / "opensearch"),
+        "opensearch_front": [
+            py, "-m", "devstack.opensearch_front", "--host", "127.0.0.1",
+            "--port", str(ports["opensearch"]), "--node-url", f"http://127.0.0.1:{ports['opensearch_node']}",
+            "--state-dir", str(state),
+            *(["--allow-native-knn"] if opensearch_node.has_native_knn(opensearch_install.home_dir()) else []),
         ],
     }
 
@@ -116,16 +126,21 @@ def _running_pid(state: Path, name: str) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except (ValueError, OSError):
         return None
-    marker = "weed" if name == "s3" else f"devstack.{name}"
+    if name == "opensearch_node":
+        return pid if opensearch_node.is_node(cmdline, state) else None
+    marker = LEGACY_STAND_IN if name == "opensearch" else MARKERS[name]
     return pid if marker in cmdline and str(state) in cmdline else None
 
 
-def endpoints_for(ports: dict[str, int], creds: config.Credentials) -> dict:
+def endpoints_for(ports: dict[str, int], creds: config.Credentials, state: Path) -> dict:
     return {
         "s3": f"http://127.0.0.1:{ports['s3']}",
         "sagemaker": f"http://127.0.0.1:{ports['sagemaker']}",
         "sagemaker_runtime": f"http://127.0.0.1:{ports['sagemaker']}",
-        "opensearch": f"http://127.0.0.1:{ports['opensearch']}",
+        "opensearch": f"https://127.0.0.1:{ports['opensearch']}",
+        "opensearch_ca": str(tls.files(state).ca),
+        # The node itself: plain HTTP on loopback, no authentication (debugging, tests).
+        "opensearch_node": f"http://127.0.0.1:{ports['opensearch_node']}",
         "region": creds.region,
         "aws_access_key_id": creds.aws_access_key_id,
         "aws_secret_access_key": creds.aws_secret_access_key,
@@ -152,34 +167,47 @@ def _healthy(name: str, ep: dict) -> bool:
             except s3.exceptions.ClientError:
                 s3.create_bucket(Bucket=ep["bucket"])
             return True
-        url = ep["sagemaker"] + "/ping?require=model" if name == "sagemaker" else ep["opensearch"] + "/_devstack/health"
-        return requests.get(url, timeout=2).status_code == 200
+        if name == "sagemaker":
+            return requests.get(ep["sagemaker"] + "/ping?require=model", timeout=2).status_code == 200
+        return requests.get(ep["opensearch"] + "/_devstack/health", timeout=2,
+                            verify=ep["opensearch_ca"]).status_code == 200
     except Exception:
         return False
 
 
 def up(state: Path | None = None, ports: dict[str, int] | None = None,
-       services: tuple[str, ...] = SERVICES, timeout: float = 90.0) -> dict:
-    """Start what is not running yet, wait for health, write endpoints.json; idempotent."""
+       services: tuple[str, ...] = SERVICES, timeout: float = 240.0) -> dict:
+    """Start what is not running yet, wait for health, write endpoints.json; idempotent.
+    The first start of OpenSearch on a machine also downloads and installs it (not counted
+    in `timeout`)."""
     state = (state or config.state_dir()).resolve()
     for sub in ("pids", "logs"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     creds = config.load_or_create_credentials(state)
     ports_file = state / "ports.json"
     if ports is None:
-        ports = json.loads(ports_file.read_text()) if ports_file.exists() else {
-            name: config.port(name) for name in config.DEFAULT_PORTS}
+        saved = json.loads(ports_file.read_text()) if ports_file.exists() else {}
+        ports = {**{name: config.port(name) for name in config.DEFAULT_PORTS}, **saved}
     ports_file.write_text(json.dumps(ports))
-    ep = endpoints_for(ports, creds)
+    if "opensearch" in services:
+        _stop_legacy_stand_in(state)
+        tls.ensure(state)
+        opensearch_install.install()
+    ep = endpoints_for(ports, creds, state)
     commands, env = _commands(state, ports, creds), _service_env(creds, state)
     started: dict[str, subprocess.Popen] = {}
-    for name in services:
+    for name in (p for service in services for p in PROCESSES[service]):
         if _running_pid(state, name):
             continue
-        (state / name).mkdir(exist_ok=True)
-        log = open(state / "logs" / f"{name}.log", "ab")
-        proc = subprocess.Popen(commands[name], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=state, start_new_session=True)
+        log_path = state / "logs" / f"{name}.log"
+        if name == "opensearch_node":
+            proc = opensearch_node.start(state, ports["opensearch_node"], ports["opensearch_transport"], log_path)
+        else:
+            if name in ("s3", "sagemaker"):
+                (state / name).mkdir(exist_ok=True)
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(commands[name], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        cwd=state, start_new_session=True)
         _pid_file(state, name).write_text(str(proc.pid))
         started[name] = proc
     try:
@@ -198,41 +226,67 @@ def up(state: Path | None = None, ports: dict[str, int] | None = None,
 
 def _wait_healthy(state: Path, services: tuple[str, ...], started: dict[str, subprocess.Popen],
                   ep: dict, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+    begin = last_note = time.monotonic()
     pending = list(services)
     while pending:
-        for name in list(pending):
-            # Just after fork /proc shows the parent's cmdline, so trust Popen for our children.
-            alive = started[name].poll() is None if name in started else _running_pid(state, name)
-            if not alive:
-                tail = (state / "logs" / f"{name}.log").read_text(errors="replace")[-2000:]
-                raise DevstackError(f"devstack {name} exited during start; log tail:\n{tail}")
-            if _healthy(name, ep):
-                pending.remove(name)
-        if pending and time.monotonic() > deadline:
+        for service in list(pending):
+            for name in PROCESSES[service]:
+                # Just after fork /proc shows the parent's cmdline, so trust Popen for our children.
+                alive = started[name].poll() is None if name in started else _running_pid(state, name)
+                if not alive:
+                    tail = (state / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
+                    raise DevstackError(f"devstack {name} exited during start; log tail:\n{tail}")
+            if _healthy(service, ep):
+                pending.remove(service)
+                if "opensearch_node" in started and service == "opensearch":
+                    print(f"devstack: opensearch up after {time.monotonic() - begin:.0f}s",
+                          file=sys.stderr, flush=True)
+        waited = time.monotonic() - begin
+        if pending and waited > timeout:
             raise DevstackError(f"devstack services not healthy after {timeout:.0f}s: {pending}")
+        if pending and time.monotonic() - last_note >= 10:
+            last_note = time.monotonic()
+            node = opensearch_node.health(ep["opensearch_node"]) if "opensearch" in pending else None
+            print(f"devstack: waiting for {', '.join(pending)} ({waited:.0f}s"
+                  + (f", opensearch node health: {node or 'no answer yet'})" if "opensearch" in pending else ")"),
+                  file=sys.stderr, flush=True)
         if pending:
             time.sleep(0.3)
 
 
+def _stop(state: Path, name: str, grace: float) -> bool:
+    pid = _running_pid(state, name)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _running_pid(state, name):
+            time.sleep(0.1)
+        if _running_pid(state, name):
+            os.kill(pid, signal.SIGKILL)  # weed ignores SIGTERM for a long while
+    _pid_file(state, name).unlink(missing_ok=True)
+    return bool(pid)
+
+
+def _stop_legacy_stand_in(state: Path) -> bool:
+    """An OpenSearch stand-in started by an older devstack holds the public port: stop it."""
+    return _stop(state, "opensearch", 10.0)
+
+
 def down(state: Path | None = None, services: tuple[str, ...] = SERVICES, grace: float = 10.0) -> list[str]:
-    """Stop the processes we started (SIGTERM, bounded wait, then SIGKILL of that pid)."""
+    """Stop the processes we started (SIGTERM, bounded wait, then SIGKILL of that pid); the
+    names of those that were running. The OpenSearch node gets 40 s to flush and exit."""
     state = (state or config.state_dir()).resolve()
     stopped = []
-    for name in reversed(services):
-        pid = _running_pid(state, name)
-        if pid:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and _running_pid(state, name):
-                time.sleep(0.1)
-            if _running_pid(state, name):
-                os.kill(pid, signal.SIGKILL)  # weed ignores SIGTERM for a long while
-            stopped.append(name)
-        _pid_file(state, name).unlink(missing_ok=True)
+    for service in reversed(services):
+        for name in reversed(PROCESSES[service]):
+            if _stop(state, name, 40.0 if name == "opensearch_node" else grace):
+                stopped.append(name)
+        if service == "opensearch" and _stop_legacy_stand_in(state):
+            stopped.append("opensearch (stand-in)")
     return stopped
 
 
 def status(state: Path | None = None) -> dict[str, int | None]:
+    """{process: pid or None} for every devstack process (opensearch is node + front)."""
     state = (state or config.state_dir()).resolve()
-    return {name: _running_pid(state, name) for name in SERVICES}
+    return {name: _running_pid(state, name) for service in SERVICES for name in PROCESSES[service]}
