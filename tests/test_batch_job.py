@@ -29,7 +29,8 @@ def model_id(airflow_env):
         role_arn="arn:aws:iam::000000000000:role/batchvec-sagemaker", region=ep["region"],
         model_name="minilm-embedder", endpoint_name="devstack-minilm",
         sagemaker_api_url=ep["sagemaker"], sagemaker_runtime_url=ep["sagemaker_runtime"])
-    return connectors.ensure_model(OpenSearchHook(), spec)["model_id"]
+    return connectors.ensure_model(OpenSearchHook(), spec,
+                                   connectors.aws_connection_keys("aws_default"))["model_id"]
 
 
 @pytest.fixture(autouse=True)

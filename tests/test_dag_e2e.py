@@ -138,7 +138,8 @@ def test_predict_through_ml_commons_answers_a_vector_per_text(airflow_env):
         role_arn=seed.CONNECTOR_ROLE_ARN, region=ep["region"], model_name=seed.DEFAULT_MODEL,
         endpoint_name=seed.DEFAULT_ENDPOINT, sagemaker_api_url=ep["sagemaker"],
         sagemaker_runtime_url=ep["sagemaker_runtime"])
-    model_id = connectors.ensure_model(OpenSearchHook(), spec)["model_id"]
+    model_id = connectors.ensure_model(OpenSearchHook(), spec,
+                                       connectors.aws_connection_keys("aws_default"))["model_id"]
     got = np.asarray(mlcommons.predict_embeddings(OpenSearchHook(), model_id, TEXTS))
     runtime = airflow_env.boto3_client("sagemaker-runtime")
     want = np.asarray(json.loads(runtime.invoke_endpoint(

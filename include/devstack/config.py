@@ -32,6 +32,15 @@ DEFAULT_PORTS = {
 }
 
 
+# ML Commons 3.6 refuses batch-task status refreshes and cancels to a private or loopback
+# address whatever `plugins.ml_commons.connector.private_ip_enabled` says (its
+# GetTaskTransportAction builds the connector executor without that setting). So the
+# devstack's SageMaker listens on an address from TEST-NET-2 (RFC 5737: for documentation,
+# never routed) that the launcher adds to the loopback interface; it is reached only from
+# this machine, like 127.0.0.1.
+SAGEMAKER_HOST = os.environ.get("DEVSTACK_SAGEMAKER_HOST", "198.51.100.1")
+
+
 def port(name: str) -> int:
     return int(os.environ.get(f"DEVSTACK_{name.upper()}_PORT", DEFAULT_PORTS[name]))
 

@@ -72,7 +72,29 @@ def random_ports() -> dict[str, int]:
     return ports
 
 
-def _commands(state: Path, ports: dict[str, int], creds: config.Credentials) -> dict[str, list[str]]:
+def sagemaker_host() -> str:
+    """config.SAGEMAKER_HOST, added to `lo` when missing (needs root, as the devstack has);
+    127.0.0.1 where that cannot be done, with a warning: ML Commons then cannot refresh or
+    cancel batch tasks, and the pipeline falls back to SageMaker's own status."""
+    host = config.SAGEMAKER_HOST
+    if host == "127.0.0.1":
+        return host
+    try:
+        shown = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True,
+                               text=True, check=True).stdout
+        if f" {host}/" not in shown:
+            subprocess.run(["ip", "addr", "add", f"{host}/32", "dev", "lo"], check=True,
+                           capture_output=True, text=True)
+        return host
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        print(f"devstack: cannot add {host} to lo ({str(detail).strip()}); SageMaker on "
+              "127.0.0.1, where ML Commons refuses batch task refreshes", file=sys.stderr)
+        return "127.0.0.1"
+
+
+def _commands(state: Path, ports: dict[str, int], creds: config.Credentials,
+              sm_host: str = "127.0.0.1") -> dict[str, list[str]]:
     py = sys.executable
     return {
         "s3": [
@@ -83,7 +105,7 @@ def _commands(state: Path, ports: dict[str, int], creds: config.Credentials) -> 
             f"-admin.port={ports['weed_admin']}", f"-bucket={config.DEFAULT_BUCKET}",
         ],
         "sagemaker": [
-            py, "-m", "devstack.sagemaker", "--host", "127.0.0.1", "--port", str(ports["sagemaker"]),
+            py, "-m", "devstack.sagemaker", "--host", sm_host, "--port", str(ports["sagemaker"]),
             "--state-dir", str(state / "sagemaker"), "--s3-endpoint", f"http://127.0.0.1:{ports['s3']}",
         ],
         "opensearch_front": [
@@ -132,11 +154,12 @@ def _running_pid(state: Path, name: str) -> int | None:
     return pid if marker in cmdline and str(state) in cmdline else None
 
 
-def endpoints_for(ports: dict[str, int], creds: config.Credentials, state: Path) -> dict:
+def endpoints_for(ports: dict[str, int], creds: config.Credentials, state: Path,
+                  sm_host: str = "127.0.0.1") -> dict:
     return {
         "s3": f"http://127.0.0.1:{ports['s3']}",
-        "sagemaker": f"http://127.0.0.1:{ports['sagemaker']}",
-        "sagemaker_runtime": f"http://127.0.0.1:{ports['sagemaker']}",
+        "sagemaker": f"http://{sm_host}:{ports['sagemaker']}",
+        "sagemaker_runtime": f"http://{sm_host}:{ports['sagemaker']}",
         "opensearch": f"https://127.0.0.1:{ports['opensearch']}",
         "opensearch_ca": str(tls.files(state).ca),
         # The node itself: plain HTTP on loopback, no authentication (debugging, tests).
@@ -193,8 +216,9 @@ def up(state: Path | None = None, ports: dict[str, int] | None = None,
         _stop_legacy_stand_in(state)
         tls.ensure(state)
         opensearch_install.install()
-    ep = endpoints_for(ports, creds, state)
-    commands, env = _commands(state, ports, creds), _service_env(creds, state)
+    sm_host = sagemaker_host()
+    ep = endpoints_for(ports, creds, state, sm_host)
+    commands, env = _commands(state, ports, creds, sm_host), _service_env(creds, state)
     started: dict[str, subprocess.Popen] = {}
     for name in (p for service in services for p in PROCESSES[service]):
         if _running_pid(state, name):

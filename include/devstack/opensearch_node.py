@@ -43,6 +43,7 @@ HEAP = os.environ.get("BATCHVEC_OPENSEARCH_HEAP", "1g")
 # plain http on loopback for the devstack's SageMaker.
 TRUSTED_ENDPOINTS = [
     r"^http://127\.0\.0\.1:[0-9]+/.*$",
+    r"^http://198\.51\.100\.1:[0-9]+/.*$",  # config.SAGEMAKER_HOST (why: see there)
     r"^https://runtime\.sagemaker\..*[a-z0-9-]\.amazonaws\.com/.*$",
     r"^https://api\.sagemaker\..*[a-z0-9-]\.amazonaws\.com/.*$",
     r"^https://api\.openai\.com/.*$",
