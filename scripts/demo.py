@@ -84,7 +84,7 @@ def show_queries(endpoints: dict, report: dict, vector_field: str = "embedding")
         body = {"size": 3, "_source": ["text"], "query": {"neural": {vector_field: {
             "query_text": query, "model_id": report["model_id"], "k": 3}}}}
         resp = requests.post(f"{endpoints['opensearch']}/{report['index']}/_search", json=body,
-                             auth=auth, timeout=60)
+                             auth=auth, timeout=60, verify=endpoints["opensearch_ca"])
         resp.raise_for_status()
         print(f"\nneural query: {query!r}")
         for hit in resp.json()["hits"]["hits"]:

@@ -52,12 +52,21 @@ def reports(devstack, index: str) -> list[dict]:
     return [r for _, r in sorted(found, key=lambda x: x[0])]
 
 
-def os_get(devstack, path: str, body: dict | None = None) -> dict:
+def os_session(devstack) -> requests.Session:
+    """requests to the devstack's OpenSearch as its admin, verifying its TLS with its CA."""
     ep = devstack.endpoints
-    resp = requests.post(ep["opensearch"] + path, json=body, timeout=30,
-                         auth=(ep["opensearch_user"], ep["opensearch_password"])) if body is not None \
-        else requests.get(ep["opensearch"] + path, timeout=30,
-                          auth=(ep["opensearch_user"], ep["opensearch_password"]))
+    session = requests.Session()
+    session.auth = (ep["opensearch_user"], ep["opensearch_password"])
+    session.verify = ep["opensearch_ca"]
+    session.trust_env = False  # else REQUESTS_CA_BUNDLE replaces the CA above
+    return session
+
+
+def os_get(devstack, path: str, body: dict | None = None) -> dict:
+    url = devstack.endpoints["opensearch"] + path
+    session = os_session(devstack)
+    resp = session.post(url, json=body, timeout=30) if body is not None \
+        else session.get(url, timeout=30)
     resp.raise_for_status()
     return resp.json()
 

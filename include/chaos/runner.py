@@ -70,6 +70,8 @@ class Services:
         self.ep = endpoints
         self.http = requests.Session()
         self.http.auth = (endpoints["opensearch_user"], endpoints["opensearch_password"])
+        self.http.verify = endpoints.get("opensearch_ca", True)  # the devstack's own CA,
+        self.http.trust_env = False  # not REQUESTS_CA_BUNDLE's
         keys = {"region_name": endpoints["region"],
                 "aws_access_key_id": endpoints["aws_access_key_id"],
                 "aws_secret_access_key": endpoints["aws_secret_access_key"]}
