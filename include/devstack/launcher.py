@@ -172,6 +172,10 @@ def up(state: Path | None = None, ports: dict[str, int] | None = None,
     ports_file.write_text(json.dumps(ports))
     ep = endpoints_for(ports, creds)
     commands, env = _commands(state, ports, creds), _service_env(creds, state)
+    if "sagemaker" in services and not _running_pid(state, "sagemaker"):
+        from devstack.container import venv
+
+        venv.ensure()  # the model containers' Python: built once per machine, progress on stderr
     started: dict[str, subprocess.Popen] = {}
     for name in services:
         if _running_pid(state, name):

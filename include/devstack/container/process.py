@@ -30,6 +30,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 PORT_RANGE = (20000, 32767)
+LOADED = "Model model loaded io_fd="  # mms/model_service_worker.py, after the handler loaded
 _SCRIPT = (
     'set -e; mount -t overlay overlay -o "lowerdir=/etc,upperdir=$W/etc.up,workdir=$W/etc.wk" /etc; '
     'mount -t overlay overlay -o "lowerdir=/opt,upperdir=$W/opt.up,workdir=$W/opt.wk" /opt; '
@@ -140,21 +141,26 @@ class Container:
     def _wait_ready(self, deadline: float) -> bool:
         """True when the model is loaded; False if the port was taken; raises otherwise.
         /ping answers Healthy before the model has loaded (and even when loading failed),
-        so readiness is a worker READY in the management API, which shares the port."""
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        and MMS marks a worker READY before its handler has run model_fn, so readiness is
+        /ping plus the worker's own "Model model loaded" line (model_fn returned)."""
+        offset = self.log_size()
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise ContainerError(f"the model container exited with code "
                                      f"{self.proc.returncode} while starting: {self.log_tail()}")
-            if "Address already in use" in self._log_since(offset):
+            log = self._log_since(offset)
+            if "Address already in use" in log:
                 return False
-            try:
-                if self.session.get(self.url + "/ping", timeout=2).status_code == 200:
-                    workers = self.session.get(self.url + "/models/model", timeout=2).json()
-                    if any(w.get("status") == "READY" for w in workers.get("workers", [])):
+            if "Backend worker process died" in log or "Load model failed" in log:
+                self.stop()
+                raise ContainerError(f"the model container could not load the model: "
+                                     f"{self.log_tail(3000)}")
+            if LOADED in log:
+                try:
+                    if self.session.get(self.url + "/ping", timeout=2).status_code == 200:
                         return True
-            except (requests.RequestException, ValueError):
-                pass
+                except requests.RequestException:
+                    pass
             time.sleep(0.25)
         self.stop()
         raise ContainerError(f"the model container was not ready after its start timeout: "

@@ -71,15 +71,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None, clients: tuple | None = None) -> dict:
+def main(argv: list[str] | None = None, clients: tuple | None = None, say=None) -> dict:
+    """Returns what was done; `clients` (s3, sagemaker) and `say` are for callers in Python."""
     args = parser().parse_args(argv)
     model_dir = args.model_dir or pkg.default_model_dir()
     package = pkg.build(model_dir)
-    print(f"package: {len(package.members)} files from {model_dir}, "
-          f"{len(package.data) / (1 << 20):.1f} MiB, sha256 {package.sha256}", file=sys.stderr)
+    say = say or (lambda msg: print(msg, file=sys.stderr))
+    say(f"package: {len(package.members)} files from {model_dir}, "
+        f"{len(package.data) / (1 << 20):.1f} MiB, sha256 {package.sha256}")
     if args.output:
         args.output.write_bytes(package.data)
-        print(f"wrote {args.output}", file=sys.stderr)
+        say(f"wrote {args.output}")
         return {"output": str(args.output), "sha256": package.sha256}
     missing = [flag for flag, value in (("--bucket", args.bucket), ("--role-arn", args.role_arn))
                if not value]
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None, clients: tuple | None = None) -> dict:
 
         session = boto3.Session(region_name=args.region)
         clients = (session.client("s3"), session.client("sagemaker"))
-    deployer = Deployer(*clients, say=lambda msg: print(msg, file=sys.stderr))
+    deployer = Deployer(*clients, say=say)
     return deployer.run(spec, package, dry_run=args.dry_run, wait=not args.no_wait)
 
 
