@@ -10,6 +10,7 @@ A 4xx is the container refusing the data: retrying cannot help, the file fails a
 from __future__ import annotations
 
 import logging
+import subprocess
 from dataclasses import dataclass
 
 import requests
@@ -64,7 +65,7 @@ class ContainerPredict:
                                       f"/invocations request within {self.timeout:g} seconds{retry}")
             except requests.ConnectionError as exc:
                 self.troubled = True
-                if not self.container.alive():
+                if self._exited():
                     raise ModelFailed(
                         "AlgorithmError", f"{where}: the model container exited (code "
                         f"{self.container.proc.returncode}) during the request; its log ends: "
@@ -83,6 +84,14 @@ class ContainerPredict:
             if attempt < self.retries:
                 log.warning("retrying /invocations (%s): %s", attempt + 1, failure)
         raise failure
+
+    def _exited(self) -> bool:
+        """A dropped connection from a dying container comes a moment before its exit."""
+        try:
+            self.container.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def _answers(self, data: bytes, batch: list[Record], where: str) -> list:
         # [U] whether a trailing newline may follow the last answer: accepted.

@@ -268,7 +268,7 @@ class FileTransformer:
             raise FilterError(f"{self._where}, {exc}") from None
         except ModelFailed as exc:
             if exc.fatal:
-                raise
+                raise ModelFailed(exc.kind, f"{self._where}: {exc.message}", fatal=True) from None
             raise FileFailed(f"{exc.kind}: {self._where}: {exc.message}") from None
         s = self.settings
         for rec, answer in zip(batch, answers, strict=True):
