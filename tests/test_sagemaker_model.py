@@ -15,7 +15,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from batchvec.sagemaker_model import package as pkg
-from batchvec.sagemaker_model.__main__ import main
+from batchvec.sagemaker_model.cli import main
 from batchvec.transform_settings import resolve
 
 _spec = importlib.util.spec_from_file_location(

@@ -21,7 +21,7 @@ def clients(endpoints: dict) -> tuple:
 
 def ensure_sagemaker_model(endpoints: dict, name: str = DEFAULT_MODEL,
                            endpoint: str | None = DEFAULT_ENDPOINT, quiet: bool = True) -> str:
-    from batchvec.sagemaker_model.__main__ import main
+    from batchvec.sagemaker_model.cli import main
 
     argv = ["--name", name, "--bucket", endpoints["bucket"], "--role-arn", EXECUTION_ROLE,
             "--region", endpoints["region"]]

@@ -80,6 +80,7 @@ class Deployer:
     say: Callable[[str], None] = print
     poll_s: float = 2.0
     actions: list[dict] = field(default_factory=list)
+    dry_run: bool = False
 
     def _do(self, dry_run: bool, action: str, what: str, call: Callable[[], object] | None = None,
             request: dict | None = None):
@@ -91,6 +92,7 @@ class Deployer:
 
     def run(self, spec: ModelSpec, package: Package, dry_run: bool = False,
             wait: bool = True) -> dict:
+        self.dry_run = dry_run
         key = spec.key(package)
         url = f"s3://{spec.bucket}/{key}"
         self._upload(spec, package, key, url, dry_run)
@@ -124,7 +126,14 @@ class Deployer:
             message = exc.response.get("Error", {}).get("Message", "")
             if code in ("ValidationException", "ResourceNotFound") and "ould not find" in message:
                 return None
-            raise
+            if not self.dry_run:
+                raise
+            self.say(f"(cannot read the current state: {exc}; assuming it does not exist)")
+        except BotoCoreError as exc:  # no credentials or no network: a dry run still plans
+            if not self.dry_run:
+                raise
+            self.say(f"(cannot read the current state: {exc}; assuming it does not exist)")
+        return None
 
     def _model(self, spec: ModelSpec, container: dict, dry_run: bool):
         request = {"ModelName": spec.name, "PrimaryContainer": container,
