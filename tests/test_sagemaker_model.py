@@ -186,3 +186,40 @@ def test_transform_settings_refused_with_the_fix(params, fix):
 def test_transform_settings_defaults_pass_and_single_record_skips_the_size_check():
     assert resolve({})[1] == []
     assert resolve({"max_payload_mb": 50, "batch_strategy": "SingleRecord"})[1] == []
+
+
+@pytest.mark.parametrize("output, message", [
+    ([[[0.1, 0.2, 0.3]] * 4], r"per-token vectors \(shape \[1, 4, 3\]\).*feature-extraction"),
+    ({"embedding": [0.1]}, r"a JSON object \(keys: embedding\)"),
+    ([[0.1, 0.2, 0.3], [0.1, 0.2, 0.3]], r"2 vectors \(shape \[2, 3\]\)"),
+    (["a", "b", "c"], "non-numbers"),
+    ([0.1, 0.2], r"2 values, the run expects 3"),
+    ("text", "answered str per record"),
+])
+def test_output_check_says_what_the_container_returned(output, message):
+    from batchvec import outputs
+
+    line = json.dumps({"_id": "1", "text": "t", "SageMakerOutput": output}).encode()
+    with pytest.raises(outputs.OutputShapeError, match=message):
+        outputs.check_output_shape(line, 3)
+    for good in ([0.1, 0.2, 0.3], [[0.1, 0.2, 0.3]]):
+        ok = json.dumps({"_id": "1", "SageMakerOutput": good}).encode()
+        assert outputs.check_output_shape(ok, 3) == 3
+
+
+def test_plan_refuses_combinations_naming_every_fix(tmp_path):
+    from batchvec import plan
+
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": 1, "text": "x"}\n')
+    with pytest.raises(ValueError) as err:
+        plan.resolve_plan({"input_uri": str(source), "max_concurrent_transforms": 30,
+                           "max_payload_mb": 6}, dag_id="d", run_id="r", ds="2026-01-01",
+                          region="us-east-1")
+    text = str(err.value)
+    assert "SageMaker refuses more than 100" in text and "response limit" in text
+    assert text.count("SageMaker refuses more than 100") == 1
+    p = plan.resolve_plan({"input_uri": str(source), "tags": {"team": "search"}}, dag_id="d",
+                          run_id="r", ds="2026-01-01", region="us-east-1")
+    assert p.model["tags"] == [{"Key": "team", "Value": "search"}]
+    assert (p.content_type, p.accept, p.dimension) == ("application/jsonlines",) * 2 + (384,)
