@@ -16,8 +16,10 @@ METADATA ?=
 FORMAT ?=
 # Chaos options: `make chaos CHAOS_ARGS="--runs 5 --seed 7"` (scripts/chaos.py --help)
 CHAOS_ARGS ?=
+# `make sagemaker-model ARGS="--bucket B --role-arn ARN --endpoint E --dry-run"`
+ARGS ?=
 
-.PHONY: help bootstrap demo test lint devstack devstack-down devstack-status devstack-env airflow bench chaos clean
+.PHONY: help bootstrap demo test lint devstack devstack-down devstack-status devstack-env airflow bench chaos clean sagemaker-model
 
 help:
 	@echo "make demo           run the batch embeddings DAG on the devstack with the sample data"
@@ -26,6 +28,7 @@ help:
 	@echo "make devstack-down  stop what make devstack started"
 	@echo "make airflow        airflow standalone with the devstack's connections preset"
 	@echo "make bench          benchmarks against the naive way (bench/)"
+	@echo "make sagemaker-model package the model + inference code, upload, create the SageMaker model (ARGS=...)"
 	@echo "make chaos          20 demo runs under real Airflow, a task SIGKILLed in each (~17 min)"
 	@echo "make clean          remove .venv, .devstack and caches"
 
@@ -61,6 +64,9 @@ airflow: bootstrap devstack
 
 bench: bootstrap
 	@$(PY) bench/run.py
+
+sagemaker-model: bootstrap
+	@$(PY) -m batchvec.sagemaker_model $(ARGS)
 
 chaos: bootstrap
 	@$(PY) scripts/chaos.py $(CHAOS_ARGS)

@@ -29,11 +29,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from bench.common import Row  # noqa: E402
 from bench.table import render, summary  # noqa: E402
 
-ROWS = ("P1", "P2", "P3", "P4", "P5")
+ROWS = ("P1", "P2", "P3", "P4", "P5", "P6")
 DEFAULTS = {"p1_docs": 50_000, "p2_records": 200_000, "p3_docs": 100_000,
-            "p4_sizes": "100000,10000000", "p5_docs": 10_000, "repeats": 3}
+            "p4_sizes": "100000,10000000", "p5_docs": 10_000, "p6_docs": 2_000, "repeats": 3}
 QUICK = {"p1_docs": 10_000, "p2_records": 50_000, "p3_docs": 20_000,
-         "p4_sizes": "20000,200000", "p5_docs": 300, "repeats": 3}
+         "p4_sizes": "20000,200000", "p5_docs": 300, "p6_docs": 300, "repeats": 3}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--p3-docs", type=int, help="documents sent per repeat")
     parser.add_argument("--p4-sizes", help="two input sizes (records), small,large")
     parser.add_argument("--p5-docs", type=int, help="documents through the whole DAG")
+    parser.add_argument("--p6-docs", type=int, help="passages through the model container")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else DEFAULTS
     for name, value in base.items():
@@ -77,6 +78,10 @@ def run_row(key: str, args: argparse.Namespace) -> Row:
 
         small, large = (int(s) for s in args.p4_sizes.split(","))
         return p4_memory.run(small, large)
+    if key == "P6":
+        from bench import p6_container
+
+        return p6_container.run(args.p6_docs, args.repeats)
     from bench import p5_dag
 
     return p5_dag.run(args.p5_docs)

@@ -87,6 +87,8 @@ with DAG(
         run_key=the_plan["run_key"],
         input_s3_uri=the_plan["staged_input_uri"],
         output_s3_uri=the_plan["output_uri"],
+        content_type=the_plan["content_type"],
+        accept=the_plan["accept"],
         wait_timeout=the_plan["wait_timeout"],
         poll_interval=float(os.environ.get("BATCHVEC_POLL_INTERVAL", 30)),
     )

@@ -267,7 +267,17 @@ def test_bad_record_fails_job_naming_file_and_line(sm, s3, fresh_bucket):
 
 
 def test_invoke_endpoint(service, sm):
+    """An endpoint on the in-process model (no ModelDataUrl: the cheap path); endpoints on a
+    real model container are tested in test_sagemaker_container.py."""
     rt = service.client("sagemaker-runtime")
+    sm.create_endpoint_config(EndpointConfigName="minilm-rt-cfg", ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": MODEL, "InitialInstanceCount": 1,
+        "InstanceType": "ml.m5.large"}])
+    sm.create_endpoint(EndpointName="minilm-rt", EndpointConfigName="minilm-rt-cfg")
+    deadline = time.monotonic() + 30
+    while sm.describe_endpoint(EndpointName="minilm-rt")["EndpointStatus"] != "InService":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
 
     def embed(endpoint: str, payload) -> np.ndarray:
         resp = rt.invoke_endpoint(EndpointName=endpoint, Body=json.dumps(payload).encode(),
@@ -277,18 +287,26 @@ def test_invoke_endpoint(service, sm):
     query = "a cat napping in the sun"
     passages = ["A small kitten is sleeping on a warm windowsill.",
                 "Stock markets fell sharply after the interest rate decision."]
-    vecs = embed("devstack-minilm", [query, *passages])
+    vecs = embed("minilm-rt", [query, *passages])
     assert vecs.shape == (3, 384)
     assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2] + 0.3
-    assert np.allclose(embed(MODEL, query), vecs[:1], atol=1e-5)
-    assert np.allclose(embed(MODEL, {"inputs": passages}), vecs[1:], atol=1e-5)
+    assert np.allclose(embed("minilm-rt", query), vecs[:1], atol=1e-5)
+    assert np.allclose(embed("minilm-rt", {"inputs": passages}), vecs[1:], atol=1e-5)
+    for name in ("no-such-endpoint", MODEL):  # a model is not an endpoint
+        with pytest.raises(ClientError) as exc:
+            embed(name, ["x"])
+        assert error_of(exc) == ("ValidationError",
+                                 f"Endpoint {name} of account 000000000000 not found.", 400)
     with pytest.raises(ClientError) as exc:
-        embed("no-such-endpoint", ["x"])
-    assert error_of(exc) == ("ValidationError",
-                             "Endpoint no-such-endpoint of account 000000000000 not found.", 400)
-    with pytest.raises(ClientError) as exc:
-        embed("devstack-minilm", {"text": 1})
+        embed("minilm-rt", {"text": 1})
     assert error_of(exc)[0] == "ModelError" and error_of(exc)[2] == 424
+    with pytest.raises(ClientError) as exc:
+        sm.create_endpoint(EndpointName="minilm-rt", EndpointConfigName="minilm-rt-cfg")
+    assert "already existing endpoint" in error_of(exc)[1]
+    sm.delete_endpoint(EndpointName="minilm-rt")
+    with pytest.raises(ClientError) as exc:
+        embed("minilm-rt", ["x"])
+    assert error_of(exc)[0] == "ValidationError"
     assert requests.get(service.url + "/ping?require=model", timeout=5).json()["model"] == "ready"
 
 

@@ -13,10 +13,12 @@ from botocore.response import StreamingBody
 
 from devstack.sagemaker import dataprocessing as dp
 from devstack.sagemaker.transform import (
+    FileFailed,
     FileTransformer,
     InputFile,
     Settings,
     StopRequested,
+    embedder_predict,
     list_inputs,
     output_location,
 )
@@ -66,8 +68,8 @@ def _request(**kw) -> dict:
 
 def _run(data: bytes, check=lambda: None, **kw) -> tuple[bytes, _Model]:
     model = _Model()
-    t = FileTransformer(_S3({"b/in/f.jsonl": data}), model, Settings.of(_request(**kw)), check,
-                        lambda n: None, tmp_dir=None)
+    t = FileTransformer(_S3({"b/in/f.jsonl": data}), embedder_predict(model),
+                        Settings.of(_request(**kw)), check, lambda n: None, tmp_dir=None)
     out, count = t.run(InputFile("b", "in/f.jsonl", "f.jsonl"))
     return out.read(), model
 
@@ -146,7 +148,7 @@ def test_payload_limit_packs_batches_and_rejects_huge_records():
     _, model = _run(data, MaxPayloadInMB=1, InputFilter="$.text")
     assert [len(c) for c in model.calls] == [2, 2, 2]
     huge = json.dumps({"text": "y" * (1 << 20)}).encode()
-    with pytest.raises(dp.FilterError, match=r"s3://b/in/f.jsonl, line 2: Too much data"):
+    with pytest.raises(FileFailed, match=r"ClientError: s3://b/in/f.jsonl, line 2: Too much data"):
         _run(b'{"text": "ok"}\n' + huge, MaxPayloadInMB=1, InputFilter="$.text")
 
 

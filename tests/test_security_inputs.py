@@ -184,8 +184,15 @@ def test_legitimate_model_values_pass_and_fill_ml_commons_templates_as_valid_jso
         assert doc["TransformJobName"] == "run-key-r2"
         if action["action_type"] == "batch_predict":
             assert set(doc) == {"BatchStrategy", "ModelName", "DataProcessing", "TransformInput",
-                                "TransformJobName", "TransformOutput", "TransformResources"}
+                                "TransformJobName", "TransformOutput", "TransformResources",
+                                "MaxPayloadInMB", "MaxConcurrentTransforms", "ModelClientConfig",
+                                "Tags"}
             assert doc["ModelName"] == spec.model_name
+            assert (doc["MaxPayloadInMB"], doc["MaxConcurrentTransforms"]) == (1, 2)
+            assert doc["ModelClientConfig"] == {"InvocationsTimeoutInSeconds": 600,
+                                                "InvocationsMaxRetries": 3}
+            assert doc["Tags"] == [] and doc["BatchStrategy"] == "MultiRecord"
+            assert doc["TransformInput"]["ContentType"] == "application/jsonlines"
             assert doc["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://bucket/runs/k/input/"
 
 

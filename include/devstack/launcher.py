@@ -219,6 +219,10 @@ def up(state: Path | None = None, ports: dict[str, int] | None = None,
     sm_host = sagemaker_host()
     ep = endpoints_for(ports, creds, state, sm_host)
     commands, env = _commands(state, ports, creds, sm_host), _service_env(creds, state)
+    if "sagemaker" in services and not _running_pid(state, "sagemaker"):
+        from devstack.container import venv
+
+        venv.ensure()  # the model containers' Python: built once per machine, progress on stderr
     started: dict[str, subprocess.Popen] = {}
     for name in (p for service in services for p in PROCESSES[service]):
         if _running_pid(state, name):

@@ -1,5 +1,8 @@
-"""What a user sets up once in their AWS account, done for the devstack: the SageMaker model
-that transform jobs run (on AWS: a model with the embedding container and an execution role)."""
+"""What a user sets up once in their AWS account, done for the devstack the way the README
+tells users to do it: `python -m batchvec.sagemaker_model` (the package with batchvec's
+inference code uploaded to S3, the SageMaker model, and the real-time endpoint neural
+queries use). Rerunning it reuses everything (same package hash). Also the BATCHVEC_*
+presets and the sample partitions a default run of the DAG reads."""
 
 from __future__ import annotations
 
@@ -9,10 +12,30 @@ from pathlib import Path
 import boto3
 
 DEFAULT_MODEL = "minilm-embedder"
-DEFAULT_ENDPOINT = "devstack-minilm"  # the SageMaker stand-in's built-in real-time endpoint
+DEFAULT_ENDPOINT = "devstack-minilm"
+EXECUTION_ROLE = "arn:aws:iam::000000000000:role/devstack-sagemaker-execution"
 # The role ML Commons is told to assume, in the devstack's make-believe account.
 CONNECTOR_ROLE_ARN = "arn:aws:iam::000000000000:role/batchvec-sagemaker"
 SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "documents.jsonl"
+
+
+def clients(endpoints: dict) -> tuple:
+    kw = dict(region_name=endpoints["region"], aws_access_key_id=endpoints["aws_access_key_id"],
+              aws_secret_access_key=endpoints["aws_secret_access_key"])
+    return (boto3.client("s3", endpoint_url=endpoints["s3"], **kw),
+            boto3.client("sagemaker", endpoint_url=endpoints["sagemaker"], **kw))
+
+
+def ensure_sagemaker_model(endpoints: dict, name: str = DEFAULT_MODEL,
+                           endpoint: str | None = DEFAULT_ENDPOINT, quiet: bool = True) -> str:
+    from batchvec.sagemaker_model.cli import main
+
+    argv = ["--name", name, "--bucket", endpoints["bucket"], "--role-arn", EXECUTION_ROLE,
+            "--region", endpoints["region"]]
+    if endpoint:
+        argv += ["--endpoint", endpoint]
+    main(argv, clients=clients(endpoints), say=None if not quiet else (lambda msg: None))
+    return name
 
 
 def pipeline_env() -> dict[str, str]:
@@ -35,9 +58,7 @@ def default_partition_days(today: dt.date | None = None) -> list[str]:
 def stage_sample_partitions(endpoints: dict, days: list[str], bucket: str | None = None) -> list[str]:
     """Put the sample documents where the DAG's default input_uri looks for these days
     (s3://<bucket>/input/ds=<day>/), leaving a partition that already has objects alone."""
-    s3 = boto3.client("s3", endpoint_url=endpoints["s3"], region_name=endpoints["region"],
-                      aws_access_key_id=endpoints["aws_access_key_id"],
-                      aws_secret_access_key=endpoints["aws_secret_access_key"])
+    s3 = clients(endpoints)[0]
     bucket = bucket or endpoints["bucket"]
     written = []
     for day in days:
@@ -47,21 +68,3 @@ def stage_sample_partitions(endpoints: dict, days: list[str], bucket: str | None
         s3.upload_file(str(SAMPLE), bucket, prefix + SAMPLE.name)
         written.append(f"s3://{bucket}/{prefix}{SAMPLE.name}")
     return written
-
-
-def ensure_sagemaker_model(endpoints: dict, name: str = DEFAULT_MODEL) -> str:
-    client = boto3.client(
-        "sagemaker", endpoint_url=endpoints["sagemaker"], region_name=endpoints["region"],
-        aws_access_key_id=endpoints["aws_access_key_id"],
-        aws_secret_access_key=endpoints["aws_secret_access_key"],
-    )
-    try:
-        client.describe_model(ModelName=name)
-    except client.exceptions.ClientError:
-        client.create_model(
-            ModelName=name,
-            ExecutionRoleArn="arn:aws:iam::000000000000:role/devstack-sagemaker-execution",
-            PrimaryContainer={"Image": "devstack/sentence-transformers:cpu",
-                              "Environment": {"HF_MODEL_ID": "sentence-transformers/all-MiniLM-L6-v2"}},
-        )
-    return name

@@ -83,6 +83,16 @@ class ModelSpec:
     sagemaker_runtime_url: str = ""
     blueprint: str = DEFAULT_BLUEPRINT
     credentials: str = "aws_keys"  # CREDENTIAL_MODES: what the connector signs with
+    # CreateTransformJob settings (batchvec.transform_settings checks them).
+    batch_strategy: str = "MultiRecord"
+    max_payload_mb: int = 1
+    max_concurrent_transforms: int = 2
+    invocations_timeout_s: int = 600
+    invocations_max_retries: int = 3
+    tags: tuple = ()  # [{"Key", "Value"}, ...]
+
+    TRANSFORM_FIELDS = ("batch_strategy", "max_payload_mb", "max_concurrent_transforms",
+                        "invocations_timeout_s", "invocations_max_retries", "tags")
 
     def with_default_urls(self) -> ModelSpec:
         """The AWS endpoints of the region where no URL is given; not validated."""
@@ -112,6 +122,16 @@ class ModelSpec:
         count = self.instance_count
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
             found.append(f"instance_count: {count!r} must be an integer 1..100")
+        from batchvec import transform_settings  # the same checks plan runs, for direct callers
+
+        _, problems = transform_settings.resolve({
+            "batch_strategy": self.batch_strategy, "max_payload_mb": self.max_payload_mb,
+            "max_concurrent_transforms": self.max_concurrent_transforms,
+            "invocations_timeout_s": self.invocations_timeout_s,
+            "invocations_max_retries": self.invocations_max_retries,
+            "tags": {t.get("Key"): t.get("Value") for t in self.tags if isinstance(t, dict)}
+            if isinstance(self.tags, list | tuple) else self.tags, "dimension": 0})
+        found.extend(problems)
         if (not isinstance(self.blueprint, str) or "/" in self.blueprint or "\\" in self.blueprint
                 or not (BLUEPRINTS / self.blueprint).is_file()):
             found.append(f"blueprint: {self.blueprint!r} not found in {BLUEPRINTS}")

@@ -20,6 +20,7 @@ from batchvec import mlcommons, naming
 from batchvec.connectors import KeyRefresher
 from batchvec.opensearch_hook import OpenSearchHook
 from batchvec.redact import scrub
+from batchvec.transform_settings import CONTENT_TYPES
 from batchvec.triggers import BatchJobTrigger, cancel_job, describe_transform_job, poll_job
 
 log = logging.getLogger(__name__)
@@ -30,19 +31,26 @@ class BatchJobFailed(Exception):
     pass
 
 
-def transform_parameters(job_name: str, input_s3_uri: str, output_s3_uri: str) -> dict:
+def transform_parameters(job_name: str, input_s3_uri: str, output_s3_uri: str,
+                         content_type: str = "application/jsonlines",
+                         accept: str = "application/jsonlines") -> dict:
     """`_batch_predict` parameters. ML Commons pastes them into the connector's request
-    template, so each user-derived value is checked against an allow-list first."""
+    template, so each user-derived value is checked against an allow-list first.
+    application/jsonlines by default: the stock toolkit's application/json decoder fails a
+    MultiRecord body ("Extra data"); batchvec's inference.py reads both."""
     naming.validate_job_name(job_name)
     naming.validate_request_s3_uri(input_s3_uri)
     naming.validate_request_s3_uri(output_s3_uri)
+    for name, value in (("content_type", content_type), ("accept", accept)):
+        if value not in CONTENT_TYPES:
+            raise ValueError(f"{name}: {value!r} not one of {CONTENT_TYPES}")
     return {
         "TransformJobName": job_name,
         "TransformInput": {
-            "ContentType": "application/json", "SplitType": "Line",
+            "ContentType": content_type, "SplitType": "Line",
             "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_s3_uri}},
         },
-        "TransformOutput": {"S3OutputPath": output_s3_uri, "Accept": "application/json",
+        "TransformOutput": {"S3OutputPath": output_s3_uri, "Accept": accept,
                             "AssembleWith": "Line"},
     }
 
@@ -55,13 +63,16 @@ class BatchPredictOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("model_id", "run_key", "input_s3_uri", "output_s3_uri",
-                                      "wait_timeout")
+                                      "wait_timeout", "content_type", "accept")
 
     def __init__(self, *, model_id: str, run_key: str, input_s3_uri: str, output_s3_uri: str,
                  opensearch_conn_id: str = "opensearch_default", aws_conn_id: str | None = "aws_default",
                  wait_timeout: float | str = 6 * 3600, poll_interval: float = 30.0,
-                 submit_retry_window: float = 600.0, deferrable: bool = True, **kwargs):
+                 submit_retry_window: float = 600.0, deferrable: bool = True,
+                 content_type: str = "application/jsonlines",
+                 accept: str = "application/jsonlines", **kwargs):
         super().__init__(**kwargs)
+        self.content_type, self.accept = content_type, accept
         self.model_id = model_id
         self.run_key = run_key
         self.input_s3_uri = input_s3_uri
@@ -93,7 +104,8 @@ class BatchPredictOperator(BaseOperator):
         return task_id, poll_job(self.opensearch_conn_id, self.aws_conn_id, task_id, job_name).state
 
     def _submit(self, hook: OpenSearchHook, job_name: str) -> str:
-        params = transform_parameters(job_name, self.input_s3_uri, self.output_s3_uri)
+        params = transform_parameters(job_name, self.input_s3_uri, self.output_s3_uri,
+                                      self.content_type, self.accept)
         deadline = time.monotonic() + self.submit_retry_window
         delay = 2.0
         while True:

@@ -37,6 +37,8 @@ import orjson
 __all__ = [
     "ActionBuilder",
     "OutputRejected",
+    "OutputShapeError",
+    "check_output_shape",
     "convert_line",
     "iter_lines",
     "parse_vector",
@@ -274,6 +276,67 @@ def parse_vector(line: bytes, output_key: str = DEFAULT_OUTPUT_KEY) -> list[floa
         raise OutputRejected("invalid_json", f"line is a JSON {type(obj).__name__}")
     doc_id = obj.get("_id") if isinstance(obj.get("_id"), str) else None
     return [float(v) for v in _check_vector(obj.get(output_key, _MISSING), None, doc_id)]
+
+
+class OutputShapeError(ValueError):
+    """The model's answers are not one flat vector per record: the container is set up wrong."""
+
+
+CONTAINER_FIX = ("deploy the model with batchvec's inference code (python -m "
+                 "batchvec.sagemaker_model; README: The SageMaker model), which pools and "
+                 "normalises as the model's sentence-transformers config says")
+
+
+def _shape(value) -> list[int]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return shape
+
+
+def check_output_shape(line: bytes, dimension: int | None,
+                       output_key: str = DEFAULT_OUTPUT_KEY) -> int:
+    """The dimension of the one vector a `.out` line holds, or OutputShapeError saying what
+    the model returned instead (per-token vectors, an object, several vectors, ...)."""
+    try:
+        obj = _loads_lenient(line.strip())
+    except OutputRejected as exc:
+        raise OutputShapeError(f"the output line is not JSON ({exc.message}): the job's "
+                               "AssembleWith must be Line and its Accept JSON") from None
+    if not isinstance(obj, dict) or output_key not in obj:
+        raise OutputShapeError(f"the output line has no {output_key!r}: the job must join "
+                               "the model's answer to its input (DataProcessing JoinSource Input)")
+    value, shape = obj[output_key], _shape(obj[output_key])
+    if isinstance(value, dict):
+        keys = ", ".join(sorted(map(str, value))[:5])
+        raise OutputShapeError(f"the model answered a JSON object (keys: {keys}) per record, "
+                               f"not a vector: {CONTAINER_FIX}")
+    if not shape:
+        raise OutputShapeError(f"the model answered {type(value).__name__} per record, not a "
+                               f"vector: {CONTAINER_FIX}")
+    if len(shape) == 3:
+        raise OutputShapeError(
+            f"the model answered per-token vectors (shape {shape}) per record, not one "
+            "sentence vector: that is what HF_TASK=feature-extraction returns (no pooling, no "
+            f"normalisation); {CONTAINER_FIX}")
+    if len(shape) == 2 and shape[0] > 1:
+        raise OutputShapeError(
+            f"the model answered {shape[0]} vectors (shape {shape}) per record, not one: "
+            "per-token vectors (HF_TASK=feature-extraction), or records holding several texts "
+            f"(the InputFilter must select one text); {CONTAINER_FIX}")
+    if len(shape) > 2 or (len(shape) == 2 and shape[0] != 1):
+        raise OutputShapeError(f"the model answered a nested list of shape {shape} per record, "
+                               f"not one flat vector: {CONTAINER_FIX}")
+    vector = value[0] if len(shape) == 2 else value
+    if not vector or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in vector):
+        raise OutputShapeError("the model's vectors hold non-numbers or are empty: "
+                               f"{CONTAINER_FIX}")
+    if dimension and len(vector) != dimension:
+        raise OutputShapeError(f"the model's vectors have {len(vector)} values, the run expects "
+                               f"{dimension} (param dimension): a different model, or set "
+                               "dimension to match it")
+    return len(vector)
 
 
 def vector_dimension(line: bytes, output_key: str = DEFAULT_OUTPUT_KEY) -> int:

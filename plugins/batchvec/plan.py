@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jinja2.sandbox import SandboxedEnvironment
 
-from batchvec import naming
+from batchvec import naming, transform_settings
 from batchvec.connectors import ModelSpec
 from batchvec.records import RecordSpec
 from batchvec.redact import scrub
@@ -91,6 +91,7 @@ def param_schema() -> dict[str, dict]:
                          "a rerun re-indexes without re-embedding (or expire them with an S3 "
                          "lifecycle rule on <staging_prefix>/*/output/)"},
         "bulk_concurrency": {"default": 4, "type": "integer", "minimum": 1, "maximum": 64},
+        **transform_settings.schema(),
     }
 
 
@@ -117,6 +118,9 @@ class Plan:
     keep_staging: bool
     keep_outputs: bool
     bulk_concurrency: int
+    content_type: str = "application/jsonlines"  # TransformInput.ContentType
+    accept: str = "application/jsonlines"  # TransformOutput.Accept
+    dimension: int = 384  # what every output vector must have (0: any)
     model: dict = field(default_factory=dict)  # ModelSpec fields
 
     def key(self, *parts: str) -> str:
@@ -172,7 +176,7 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
     # Wrong JSON types first (conf from the CLI or API skips the form): a later check must
     # never crash on them, and "false" must not become True.
     for name, spec in schema.items():
-        want = {"string": str, "boolean": bool, "array": list}.get(spec.get("type"))
+        want = {"string": str, "boolean": bool, "array": list, "object": dict}.get(spec.get("type"))
         if want is not None and not isinstance(p[name], want):
             errors.append(f"{name}: must be a {spec['type']}, got {p[name]!r}")
             p[name] = spec["default"]
@@ -234,16 +238,20 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
     for name in missing:
         errors.append(f"{name}: not set: pass it in the run's params or set "
                       f"{_REQUIRED[name]} for the workers")
+    transform, problems = transform_settings.resolve(p)
+    errors.extend(problems)
     spec = ModelSpec(role_arn=p["connector_role_arn"], region=region,
                      model_name=p["sagemaker_model_name"], endpoint_name=p["sagemaker_endpoint_name"],
                      instance_type=p["instance_type"], instance_count=p["instance_count"],
                      sagemaker_api_url=sagemaker_api_url, sagemaker_runtime_url=sagemaker_runtime_url,
-                     credentials=connector_credentials)
+                     credentials=connector_credentials,
+                     **{k: transform[k] for k in ModelSpec.TRANSFORM_FIELDS})
     spec = spec.with_default_urls()
-    # With the others, one message names every bad param (a missing one only once).
+    # With the others, one message names every bad param (a missing one only once; the
+    # transform checks run for plan and again in ModelSpec: each said once).
     errors.extend(e for e in spec.problems() if not e.startswith(tuple(missing)))
     if errors:
-        raise ValueError("invalid params:\n  " + "\n  ".join(errors))
+        raise ValueError("invalid params:\n  " + "\n  ".join(dict.fromkeys(errors)))
     key = naming.run_key(dag_id, run_id)
     shards = p["shards"] or max(2, 2 * p["instance_count"])
     return Plan(
@@ -254,6 +262,7 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         run_prefix=naming.join_key(p["staging_prefix"], key), shards=shards,
         wait_timeout=p["wait_timeout"], max_reject_ratio=float(p["max_reject_ratio"]),
         keep_staging=bool(p["keep_staging"]), keep_outputs=bool(p["keep_outputs"]),
-        bulk_concurrency=p["bulk_concurrency"],
+        bulk_concurrency=p["bulk_concurrency"], content_type=transform["content_type"],
+        accept=transform["accept"], dimension=transform["dimension"],
         model=asdict(spec),
     )

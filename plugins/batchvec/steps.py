@@ -144,9 +144,12 @@ def ensure_model(plan_data: dict) -> dict:
 
 
 def check_outputs(plan_data: dict, manifest: dict) -> list[dict]:
-    """One entry per staged shard, marking whether SageMaker wrote its `.out`."""
+    """One entry per staged shard, marking whether SageMaker wrote its `.out`; the first line
+    of each output must hold one flat vector of the run's dimension (else the container is
+    set up wrong, and no record could be indexed: the run fails here, saying how)."""
     plan = plan_of(plan_data)
-    present = set(s3io.list_keys(s3_client(), plan.bucket, plan.key("output/")))
+    s3 = s3_client()
+    present = set(s3io.list_keys(s3, plan.bucket, plan.key("output/")))
     shards = []
     for shard in manifest["shards"]:
         key = plan.key("output", shard["name"] + ".out")
@@ -154,6 +157,12 @@ def check_outputs(plan_data: dict, manifest: dict) -> list[dict]:
                        "output_present": key in present})
         if key not in present:
             log.error("shard %s: no output at s3://%s/%s", shard["name"], plan.bucket, key)
+            continue
+        try:
+            outputs.check_output_shape(indexing.first_output_line(s3, plan.bucket, key),
+                                       plan.dimension or None)
+        except outputs.OutputShapeError as exc:
+            raise fail_for_good(f"shard {shard['name']} (s3://{plan.bucket}/{key}): {exc}") from None
     log.info("%d of %d shard outputs present", sum(s["output_present"] for s in shards), len(shards))
     return shards
 

@@ -1,8 +1,10 @@
 """`python -m devstack.sagemaker`: serve the local SageMaker until SIGTERM/SIGINT.
 
 Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY: the key incoming SigV4 must
-be signed with, and the key used for S3. The model loads in the background so the port is up
-(and /ping answers) at once; jobs and invocations wait for it.
+be signed with, and the key used for S3. Models with a ModelDataUrl run in model containers
+started on demand (their venv is built first if missing: `python -m devstack.container.venv`);
+the in-process embedder loads on first use, or at start with DEVSTACK_PRELOAD_INPROCESS=1.
+On shutdown every container this service started is stopped.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from pathlib import Path
 from devstack import config, faults, model
 from devstack.httpbase import serve
 from devstack.sagemaker.api import ControlPlane
+from devstack.sagemaker.containers import Pool
+from devstack.sagemaker.endpoints import Endpoints
 from devstack.sagemaker.jobs import Worker
-from devstack.sagemaker.server import build_app
+from devstack.sagemaker.server import build_app, model_preloading
 from devstack.sagemaker.store import Store
 
 log = logging.getLogger("devstack.sagemaker")
@@ -71,13 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = args.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     faults.init(state_dir)
-    threading.Thread(target=_preload, name="model-load", daemon=True).start()
+    if model_preloading():
+        threading.Thread(target=_preload, name="model-load", daemon=True).start()
 
     store = Store(state_dir)
     s3 = _s3_client(args.s3_endpoint, region, access_key, secret_key)
-    worker = Worker(store, s3, state_dir / "tmp", max_jobs=args.max_jobs)
-    control = ControlPlane(store, region, on_job_change=worker.wake)
-    server = serve(build_app(store, control, access_key, secret_key), args.host, args.port)
+    pool = Pool(s3, state_dir)
+    worker = Worker(store, s3, state_dir / "tmp", max_jobs=args.max_jobs, pool=pool)
+    endpoints = Endpoints(store, region, pool)
+    control = ControlPlane(store, region, on_job_change=worker.wake, extra_ops=endpoints.ops)
+    server = serve(build_app(store, control, access_key, secret_key, endpoints), args.host,
+                   args.port)
     worker.start()
     log.info("SageMaker devstack on http://%s:%d (region %s, state %s, S3 %s)", args.host,
              args.port, region, state_dir, args.s3_endpoint)
@@ -90,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("shutting down; running jobs stay InProgress and resume at the next start")
     worker.shutdown()
     server.shutdown()
+    endpoints.shutdown()
+    pool.shutdown()
     time.sleep(0.2)  # let job threads see the flag before the interpreter tears down
     logging.shutdown()
     # Daemon threads may sit in a torch call: exit without waiting for them.

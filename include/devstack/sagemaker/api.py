@@ -99,7 +99,8 @@ def _obj(body: dict, key: str) -> dict:
 
 
 class ControlPlane:
-    def __init__(self, store: Store, region: str, on_job_change: Callable[[], None] = lambda: None):
+    def __init__(self, store: Store, region: str, on_job_change: Callable[[], None] = lambda: None,
+                 extra_ops: dict[str, Callable[[dict], dict]] | None = None):
         self.store, self.region, self.on_job_change = store, region, on_job_change
         self.ops: dict[str, Callable[[dict], dict]] = {
             "CreateTransformJob": self.create_transform_job,
@@ -109,6 +110,7 @@ class ControlPlane:
             "CreateModel": self.create_model,
             "DescribeModel": self.describe_model,
             "DeleteModel": self.delete_model,
+            **(extra_ops or {}),
         }
 
     def call(self, op: str, body) -> dict:
@@ -172,7 +174,14 @@ class ControlPlane:
         c.field("dataProcessing.inputFilter", proc.get("InputFilter"), max_len=63)
         c.field("dataProcessing.outputFilter", proc.get("OutputFilter"), max_len=63)
         c.field("dataProcessing.joinSource", proc.get("JoinSource"), enum=("Input", "None"))
+        client = _obj(body, "ModelClientConfig")
+        c.field("modelClientConfig.invocationsTimeoutInSeconds",
+                client.get("InvocationsTimeoutInSeconds"), kind=int, minimum=1, maximum=3600)
+        c.field("modelClientConfig.invocationsMaxRetries", client.get("InvocationsMaxRetries"),
+                kind=int, minimum=0, maximum=3)
         c.raise_if_any()
+        if proc.get("JoinSource") == "Input":
+            _check_join(t_in, t_out)
 
         for key in ("InputFilter", "OutputFilter"):
             try:
@@ -320,6 +329,22 @@ class ControlPlane:
         return {}
 
 
+def _check_join(t_in: dict, t_out: dict) -> None:
+    """SageMaker joins only what it can parse, and line by line."""
+    content, accept = t_in.get("ContentType"), t_out.get("Accept")
+    for name, value in (("ContentType", content), ("Accept", accept)):
+        if value is not None and value not in JOIN_TYPES:
+            raise ApiError("ValidationException", f"{name} {value!r} cannot be used with "
+                           f"JoinSource Input: use one of {', '.join(JOIN_TYPES)}")
+    if content is not None and accept is not None and content != accept:
+        raise ApiError("ValidationException", f"With JoinSource Input, Accept ({accept}) must "
+                       f"equal the input ContentType ({content}).")
+    if (t_out.get("AssembleWith") or "None") != (t_in.get("SplitType") or "None"):
+        raise ApiError("ValidationException", "With JoinSource Input, AssembleWith must equal "
+                       "SplitType.")
+
+
+JOIN_TYPES = ("text/csv", "application/json", "application/jsonlines")
 _JOB_FIELDS = (
     "TransformJobName", "ModelName", "MaxConcurrentTransforms", "ModelClientConfig",
     "MaxPayloadInMB", "BatchStrategy", "Environment", "TransformInput", "TransformOutput",

@@ -1,6 +1,12 @@
 """The transform-job worker: runs InProgress jobs (two at a time) in threads, moves them to
 Completed / Failed / Stopped, and picks up after a restart: jobs left InProgress resume
-(skipping the files they already finished), jobs left Stopping become Stopped."""
+(skipping the files they already finished), jobs left Stopping become Stopped.
+
+A model with a ModelDataUrl runs in a model container (containers.Pool: the package users
+deploy, served by the real HF toolkit and multi-model-server); one without runs on the
+in-process embedder of devstack.model (the cheap path the control-plane tests use). The
+container's log for each job is kept in `<state>/job-logs/<job>.log`.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +18,25 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from devstack import faults, model
+from devstack.container.process import ContainerError
+from devstack.sagemaker.containers import ModelDataError, Pool
 from devstack.sagemaker.dataprocessing import FilterError
+from devstack.sagemaker.invoke import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    ContainerPredict,
+    execution_parameters,
+)
 from devstack.sagemaker.store import Store
 from devstack.sagemaker.transform import (
+    MAX_RECORDS_PER_CALL,
+    FileFailed,
     FileTransformer,
+    ModelFailed,
     Settings,
     Shutdown,
     StopRequested,
+    embedder_predict,
     list_inputs,
     output_location,
 )
@@ -53,10 +71,42 @@ class _Progress:
                      self.file_index, self.total_files, self.file)
 
 
+def job_environment(request: dict) -> dict[str, str]:
+    """The container environment a job adds to its model's: its own Environment and the
+    SAGEMAKER_* variables (the last three only when the job sets them)."""
+    env = {k: str(v) for k, v in (request.get("Environment") or {}).items()}
+    env["SAGEMAKER_BATCH"] = "true"
+    if request.get("MaxPayloadInMB") is not None:
+        env["SAGEMAKER_MAX_PAYLOAD_IN_MB"] = str(request["MaxPayloadInMB"])
+    if request.get("BatchStrategy"):
+        env["SAGEMAKER_BATCH_STRATEGY"] = {"SingleRecord": "SINGLE_RECORD"}.get(
+            request["BatchStrategy"], "MULTI_RECORD")
+    if request.get("MaxConcurrentTransforms"):
+        env["SAGEMAKER_MAX_CONCURRENT_TRANSFORMS"] = str(request["MaxConcurrentTransforms"])
+    return env
+
+
+def effective_request(request: dict, container_params: dict) -> dict:
+    """The job's values, else the container's /execution-parameters, else the defaults."""
+    out = dict(request)
+    theirs = dict(container_params)
+    theirs["BatchStrategy"] = {"SINGLE_RECORD": "SingleRecord", "MULTI_RECORD": "MultiRecord"}.get(
+        str(theirs.get("BatchStrategy", "")).upper())
+    for key, default in (("MaxConcurrentTransforms", 1), ("MaxPayloadInMB", 6),
+                         ("BatchStrategy", "MultiRecord")):
+        unset = out.get(key) is None if key == "MaxPayloadInMB" else not out.get(key)
+        if unset:  # MaxPayloadInMB 0 is a value (no limit); MaxConcurrentTransforms 0 is not
+            out[key] = theirs.get(key) or default
+    return out
+
+
 class Worker:
-    def __init__(self, store: Store, s3, tmp_dir: Path, max_jobs: int = 2):
+    def __init__(self, store: Store, s3, tmp_dir: Path, max_jobs: int = 2,
+                 pool: Pool | None = None):
         self.store, self.s3, self.max_jobs = store, s3, max_jobs
         self.tmp_dir = tmp_dir
+        self.pool = pool or Pool(s3, tmp_dir.parent)
+        self.log_dir = tmp_dir.parent / "job-logs"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -138,6 +188,12 @@ class Worker:
             log.info("job %s interrupted by shutdown; it resumes at the next start", name)
         except FilterError as exc:
             self._fail(name, f"ClientError: {exc}")
+        except ModelFailed as exc:  # the container died: the job ends here
+            if not self._closing.is_set():  # (unless the service stopped it: then it resumes)
+                self._fail(name, str(exc))
+        except (ContainerError, ModelDataError) as exc:
+            if not self._closing.is_set():
+                self._fail(name, f"ClientError: {exc}")
         except (ClientError, BotoCoreError) as exc:
             if self._closing.is_set():
                 return
@@ -170,31 +226,70 @@ class Worker:
             check()
             self._fail(name, injected["fail"])
             return
-        embedder = model.get_embedder(job["container"])
-        if hasattr(embedder, "load"):
-            embedder.load()  # waits for the load started at service start
         check()
         inputs = list_inputs(self.s3, request)
         if not inputs:
             source = request["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
             raise FilterError(f"No S3 objects found under S3 URL \"{source}\"")
+        container_def = job["container"] or {}
+        if not container_def.get("ModelDataUrl"):
+            embedder = model.get_embedder(container_def)
+            if hasattr(embedder, "load"):
+                embedder.load()  # waits for a load already under way
+            self._run_files(job, inputs, effective_request(request, {}),
+                            embedder_predict(embedder.embed), 1, embedder.name)
+            return
+        with self.pool.lease(container_def, job_environment(request)) as container:
+            log_start = container.log_size()
+            troubled = True
+            try:
+                effective = effective_request(request, execution_parameters(container))
+                client = effective.get("ModelClientConfig") or {}
+                predict = ContainerPredict(
+                    container, effective["TransformInput"].get("ContentType") or "",
+                    effective["TransformOutput"].get("Accept") or "",
+                    float(client.get("InvocationsTimeoutInSeconds") or DEFAULT_TIMEOUT_S),
+                    int(client.get("InvocationsMaxRetries", DEFAULT_RETRIES)))
+                self._run_files(job, inputs, effective, predict,
+                                effective["MaxConcurrentTransforms"],
+                                f"container on port {container.port}", max_records=None)
+                troubled = predict.troubled
+            except (StopRequested, Shutdown):
+                troubled = False
+                raise
+            finally:
+                container.copy_log(log_start, self.log_dir / f"{name}.log")
+                if troubled:  # crashed, timed out or answered 5xx: never hand it out again
+                    self.pool.discard(container)
+
+    def _run_files(self, job: dict, inputs: list, request: dict, predict, concurrency: int,
+                   model_name: str, max_records: int | None = MAX_RECORDS_PER_CALL) -> None:
+        name, injected = job["name"], job["faults"] or {}
+        check = lambda: self._check(name)  # noqa: E731
         done = self.store.files_done(name)
         drop = inputs[0].key if injected.get("drop_output") else None
         progress = _Progress(name, len(inputs), sum(done.values()))
         if done:
             log.info("job %s: %d of %d files already done, resuming", name, len(done), len(inputs))
         else:
-            log.info("job %s: %d input files, model %s", name, len(inputs), embedder.name)
-        transformer = FileTransformer(self.s3, embedder.embed, Settings.of(request), check,
-                                      progress.add, self.tmp_dir)
+            log.info("job %s: %d input files, model %s, %d concurrent", name, len(inputs),
+                     model_name, concurrency)
+        transformer = FileTransformer(self.s3, predict, Settings.of(request), check,
+                                      progress.add, self.tmp_dir, concurrency, max_records)
         accept = request["TransformOutput"].get("Accept") or "application/jsonlines"
+        failures = []
         for n, src in enumerate(inputs):
             if n == injected.get("hold_after_files"):
                 self._hold(name, n, check)
             progress.next_file(src.uri)
             if src.key in done:
                 continue
-            spool, records = transformer.run(src)
+            try:
+                spool, records = transformer.run(src)
+            except FileFailed as exc:  # no .out for this file; the others go on
+                log.warning("job %s: %s", name, exc.reason)
+                failures.append(exc.reason)
+                continue
             with spool:
                 bucket, key = output_location(request, src.rel)
                 if src.key == drop:
@@ -204,6 +299,10 @@ class Worker:
                     self.s3.upload_fileobj(spool, bucket, key, ExtraArgs={"ContentType": accept})
             self.store.file_done(name, src.key, records)
         elapsed = time.monotonic() - progress.started
+        if failures:
+            more = f" ({len(failures)} of {len(inputs)} files failed)" if len(inputs) > 1 else ""
+            self._fail(name, failures[0] + more)
+            return
         if self.store.set_status(name, "Completed", only_from=("InProgress",)):
             log.info("job %s Completed: %d records in %d files (this run: %d in %.1fs, %.0f "
                      "records/s)", name, progress.done_before + progress.records, len(inputs),

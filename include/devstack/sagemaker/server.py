@@ -1,6 +1,7 @@
 """HTTP surface of the devstack SageMaker: the control plane in both forms clients use (the
 boto3 JSON protocol, `POST /` + `X-Amz-Target: SageMaker.<Op>`, and the `POST /<Op>` URL form
-ML Commons connectors post), runtime InvokeEndpoint, SigV4 on everything but `/ping`."""
+ML Commons connectors post), runtime InvokeEndpoint (endpoints.py), SigV4 on everything but
+`/ping`."""
 
 from __future__ import annotations
 
@@ -10,16 +11,14 @@ import uuid
 
 from devstack import faults, model, sigv4
 from devstack.httpbase import App, HttpError, Request, Response
-from devstack.sagemaker import dataprocessing as dp
-from devstack.sagemaker.api import ACCOUNT, ApiError, ControlPlane, container_of
+from devstack.sagemaker.api import ApiError, ControlPlane
+from devstack.sagemaker.endpoints import Endpoints
 from devstack.sagemaker.store import Store
 from devstack.sts import Sts, StsError, is_sts_request
 
 log = logging.getLogger("devstack.sagemaker")
 
 AMZ_JSON = "application/x-amz-json-1.1"
-DEFAULT_ENDPOINT = "devstack-minilm"  # always there, served by the default model
-MAX_INVOKE_BYTES = 6 << 20  # InvokeEndpoint's payload limit
 _OPEN_PATHS = ("/ping", "/_devstack/")  # health and the fault switches, for curl users
 
 
@@ -37,7 +36,8 @@ def error_response(err: ApiError, content_type: str = AMZ_JSON) -> Response:
     return _aws_response(err.body(), err.status, content_type, {"x-amzn-ErrorType": err.code})
 
 
-def build_app(store: Store, control: ControlPlane, access_key: str, secret_key: str) -> App:
+def build_app(store: Store, control: ControlPlane, access_key: str, secret_key: str,
+              endpoints: Endpoints) -> App:
     app = App("sagemaker")
     sts = Sts()
 
@@ -71,9 +71,10 @@ def build_app(store: Store, control: ControlPlane, access_key: str, secret_key: 
 
     @app.route("GET", "/ping")
     def ping(req: Request) -> Response:
-        # Health for launchers and compose: up as soon as the port is. The model loads in the
-        # background; `?require=model` answers 503 until it is in memory.
-        state = "ready" if model.is_loaded(None) else "loading"
+        # Health for launchers and compose: up as soon as the port is. Models run in
+        # containers started per job/endpoint; `?require=model` waits only for an in-process
+        # preload (DEVSTACK_PRELOAD_INPROCESS) when one was asked for.
+        state = "ready" if not model_preloading() or model.is_loaded(None) else "loading"
         status = 503 if req.query.get("require") == "model" and state != "ready" else 200
         return _aws_response({"status": "ok" if status == 200 else "loading", "model": state},
                              status, content_type="application/json")
@@ -119,44 +120,17 @@ def build_app(store: Store, control: ControlPlane, access_key: str, secret_key: 
 
     @app.route("POST", "/endpoints/(?P<endpoint>[^/]+)/invocations")
     def invoke_endpoint(req: Request) -> Response:
-        name = req.params["endpoint"]
-        if name == DEFAULT_ENDPOINT:
-            container = None
-        elif (row := store.model(name)) is not None:
-            container = container_of(row["request"])
-        else:
-            return error_response(ApiError(
-                "ValidationError", f"Endpoint {name} of account {ACCOUNT} not found."),
-                "application/json")
-        if len(req.body) > MAX_INVOKE_BYTES:
-            return error_response(ApiError(
-                "ValidationError", f"Request payload of {len(req.body)} bytes exceeds the "
-                f"{MAX_INVOKE_BYTES} bytes limit."), "application/json")
         try:
-            if req.headers.get("content-type", "").startswith("text/plain"):
-                texts = [req.body.decode("utf-8", "replace")]
-            else:
-                texts = dp.texts_of(dp.loads(req.body))
-        except dp.FilterError as exc:
-            return _model_error(name, str(exc))
-        vectors = model.get_embedder(container).embed(texts)
-        return Response(200, dp.dumps(vectors), "application/json",
-                        {"x-Amzn-Invoked-Production-Variant": "AllTraffic",
-                         "x-amzn-RequestId": _request_id()})
+            return endpoints.invoke(req.params["endpoint"], req.body,
+                                    req.headers.get("content-type", ""),
+                                    req.headers.get("accept", ""))
+        except ApiError as err:
+            return error_response(err, "application/json")
 
     return app
 
 
-def _model_error(endpoint: str, message: str) -> Response:
-    """What InvokeEndpoint answers when the container rejects the request (HTTP 424)."""
-    original = json.dumps({"code": 400, "type": "InternalServerException", "message": message})
-    body = {
-        "ErrorCode": "CLIENT_ERROR_FROM_MODEL",
-        "OriginalStatusCode": 400,
-        "OriginalMessage": original,
-        "message": f"Received client error (400) from primary with message \"{original}\". See "
-                   f"the logs of /aws/sagemaker/Endpoints/{endpoint} in account {ACCOUNT} for "
-                   "more information.",
-    }
-    return Response(424, json.dumps(body).encode(), "application/json",
-                    {"x-amzn-ErrorType": "ModelError", "x-amzn-RequestId": _request_id()})
+def model_preloading() -> bool:
+    import os
+
+    return os.environ.get("DEVSTACK_PRELOAD_INPROCESS", "") not in ("", "0", "false")

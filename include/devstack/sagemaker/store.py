@@ -1,6 +1,7 @@
-"""The SageMaker service's state in SQLite (`<state dir>/sagemaker.db`): models, transform
-jobs (names are unique forever, as in AWS: there is no delete) and the input files each job
-has finished, so a job resumed after a restart skips what it already wrote."""
+"""The SageMaker service's state in SQLite (`<state dir>/sagemaker.db`): models, endpoint
+configs and endpoints, transform jobs (names are unique forever, as in AWS: there is no
+delete) and the input files each job has finished, so a job resumed after a restart skips
+what it already wrote."""
 
 from __future__ import annotations
 
@@ -32,6 +33,21 @@ CREATE TABLE IF NOT EXISTS jobs (
     end_time REAL,
     last_modified REAL NOT NULL,
     records INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS endpoint_configs (
+    name TEXT PRIMARY KEY COLLATE NOCASE,
+    arn TEXT NOT NULL,
+    request TEXT NOT NULL,
+    creation_time REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS endpoints (
+    name TEXT PRIMARY KEY COLLATE NOCASE,
+    arn TEXT NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    failure_reason TEXT,
+    creation_time REAL NOT NULL,
+    last_modified REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE TABLE IF NOT EXISTS job_files (
@@ -90,6 +106,47 @@ class Store:
 
     def delete_model(self, name: str) -> bool:
         return self._exec("DELETE FROM models WHERE name = ?", (name,)) > 0
+
+    # endpoint configs and endpoints -------------------------------------------------------
+    def add_endpoint_config(self, name: str, arn: str, request: dict) -> bool:
+        try:
+            self._exec("INSERT INTO endpoint_configs VALUES (?, ?, ?, ?)",
+                       (name, arn, json.dumps(request), time.time()))
+            return True
+        except sqlite3.IntegrityError:
+            return False
+
+    def endpoint_config(self, name: str) -> dict | None:
+        rows = self._query("SELECT * FROM endpoint_configs WHERE name = ?", (name,))
+        return rows[0] if rows else None
+
+    def delete_endpoint_config(self, name: str) -> bool:
+        return self._exec("DELETE FROM endpoint_configs WHERE name = ?", (name,)) > 0
+
+    def add_endpoint(self, name: str, arn: str, config: str) -> bool:
+        now = time.time()
+        try:
+            self._exec("INSERT INTO endpoints VALUES (?, ?, ?, 'Creating', NULL, ?, ?)",
+                       (name, arn, config, now, now))
+            return True
+        except sqlite3.IntegrityError:
+            return False
+
+    def endpoint(self, name: str) -> dict | None:
+        rows = self._query("SELECT * FROM endpoints WHERE name = ?", (name,))
+        return rows[0] if rows else None
+
+    def endpoints(self) -> list[dict]:
+        return self._query("SELECT * FROM endpoints ORDER BY creation_time")
+
+    def set_endpoint(self, name: str, status: str, *, config: str | None = None,
+                     failure_reason: str | None = None) -> None:
+        self._exec("UPDATE endpoints SET status = ?, config = COALESCE(?, config),"
+                   " failure_reason = ?, last_modified = ? WHERE name = ?",
+                   (status, config, failure_reason, time.time(), name))
+
+    def delete_endpoint(self, name: str) -> bool:
+        return self._exec("DELETE FROM endpoints WHERE name = ?", (name,)) > 0
 
     # jobs -----------------------------------------------------------------------------------
     def add_job(self, name: str, arn: str, request: dict, container: dict | None,

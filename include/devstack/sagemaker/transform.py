@@ -1,5 +1,7 @@
 """One transform job's data path: find the input objects in S3, split each into records,
-filter, batch, embed, join, and assemble the `.out` text, as SageMaker batch transform does.
+filter, pack them into requests, send those to the model (MaxConcurrentTransforms at a time,
+answers kept in input order), join, and assemble the `.out` text, as SageMaker batch
+transform does.
 
 Output is spooled (memory, then disk) and uploaded only once the whole input file succeeded,
 so a `.out` is never partial; input is streamed, so memory stays bounded whatever the size.
@@ -11,15 +13,17 @@ import gzip
 import json
 import posixpath
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.sagemaker import dataprocessing as dp
 from devstack.sagemaker.dataprocessing import FilterError
 
-# Records handed to the model in one call, at most: bounds the time between two checks for a
-# stop request (and between progress lines) however large MaxPayloadInMB is.
+# Records handed to the in-process model in one call, at most: bounds the time between two
+# checks for a stop request. Containers get what MaxPayloadInMB holds, as on SageMaker.
 MAX_RECORDS_PER_CALL = 256
 SPOOL_IN_MEMORY = 32 << 20
 
@@ -30,6 +34,24 @@ class StopRequested(Exception):
 
 class Shutdown(Exception):
     """The service is going down: leave the job InProgress, it resumes at the next start."""
+
+
+class FileFailed(Exception):
+    """The model refused or failed a request of this file: no .out for it; the job goes on
+    with its other files and ends Failed with this reason."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ModelFailed(Exception):
+    """Raised by a predict function: `reason` starts with the error class (ClientError, ...)
+    and names the lines; the transformer adds the file."""
+
+    def __init__(self, kind: str, message: str, fatal: bool = False):
+        super().__init__(f"{kind}: {message}")
+        self.kind, self.message, self.fatal = kind, message, fatal
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -117,11 +139,33 @@ def output_location(request: dict, rel: str) -> tuple[str, str]:
 
 
 @dataclass
-class _Record:
+class Record:
     line: int
     source: object  # the parsed input record (what JoinSource=Input joins)
-    texts: list[str]
-    size: int
+    value: object  # what the InputFilter selected (the text itself in text/plain mode)
+    payload: bytes  # what goes over the wire for it
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+
+def embedder_predict(embed: Callable[[list[str]], object]) -> Callable[[list[Record]], list]:
+    """A predict function over an in-process embedder (the devstack's cheap path): a record
+    is a string, a list of strings or {"inputs": ...}; its answer is its list of vectors."""
+    def predict(batch: list[Record]) -> list:
+        texts, spans = [], []
+        for rec in batch:
+            try:
+                got = [rec.value] if isinstance(rec.value, str) else dp.texts_of(rec.value)
+            except FilterError as exc:
+                raise FilterError(f"line {rec.line}: {exc}") from None
+            spans.append((len(texts), len(texts) + len(got)))
+            texts.extend(got)
+        vectors = embed(texts)
+        return [vectors[a:b] for a, b in spans]
+
+    return predict
 
 
 @dataclass
@@ -129,37 +173,56 @@ class FileTransformer:
     """Transforms one input object into the text of its `.out`."""
 
     s3: object
-    embed: Callable[[list[str]], object]
+    predict: Callable[[list[Record]], list]  # one answer per record, in order
     settings: Settings
     check: Callable[[], None]  # raises StopRequested / Shutdown between model calls
     progress: Callable[[int], None]
     tmp_dir: Path
+    concurrency: int = 1  # MaxConcurrentTransforms: requests in flight at once
+    max_records: int | None = MAX_RECORDS_PER_CALL
     _where: str = field(default="", init=False)
 
     def run(self, src: InputFile):
         """(spooled output file positioned at 0, record count)."""
         self._where = src.uri
         out = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, dir=self.tmp_dir)
-        count, batch, batch_bytes = 0, [], 0
+        count = 0
         body = self.s3.get_object(Bucket=src.bucket, Key=src.key)["Body"]
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="invoke")
+        pending: deque = deque()
         try:
-            for line_no, raw in self._raw_records(body):
-                rec = self._prepare(line_no, raw)
-                limit = 1 if self.settings.single_record else MAX_RECORDS_PER_CALL
-                if batch and (len(batch) >= limit or self._over(batch_bytes + rec.size + 1)):
-                    count += self._flush(batch, out)
-                    batch, batch_bytes = [], 0
-                batch.append(rec)
-                batch_bytes += rec.size + 1
-            if batch:
-                count += self._flush(batch, out)
+            for batch in self._batches(body):
+                self.check()
+                pending.append((batch, pool.submit(self.predict, batch)))
+                if len(pending) >= self.concurrency:  # the oldest first: output stays in order
+                    count += self._write(*pending.popleft(), out)
+            while pending:
+                count += self._write(*pending.popleft(), out)
         except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # in-flight calls end by their timeout
             out.close()
             raise
         finally:
+            pool.shutdown(wait=True)
             body.close()
         out.seek(0)
         return out, count
+
+    def _batches(self, body) -> Iterator[list[Record]]:
+        """SingleRecord: one record per request; MultiRecord: as many as fit in MaxPayloadInMB
+        (records joined by newlines); a mini-batch never spans two files."""
+        batch, batch_bytes = [], 0
+        limit = 1 if self.settings.single_record else self.max_records
+        for line_no, raw in self._raw_records(body):
+            rec = self._prepare(line_no, raw)
+            if batch and ((limit and len(batch) >= limit)
+                          or self._over(batch_bytes + rec.size + 1)):
+                yield batch
+                batch, batch_bytes = [], 0
+            batch.append(rec)
+            batch_bytes += rec.size + 1
+        if batch:
+            yield batch
 
     def _over(self, size: int) -> bool:
         return bool(self.settings.max_payload) and size > self.settings.max_payload
@@ -180,30 +243,35 @@ class FileTransformer:
     def _fail(self, line: int, message: str) -> FilterError:
         return FilterError(f"{self._where}, line {line}: {message}")
 
-    def _prepare(self, line: int, raw: bytes) -> _Record:
+    def _prepare(self, line: int, raw: bytes) -> Record:
         s = self.settings
-        if self._over(len(raw)):
-            raise self._fail(line, f"Too much data for max payload size ({len(raw)} bytes > "
-                                   f"MaxPayloadInMB {s.max_payload >> 20})")
         if s.text_plain and s.in_filter is None and not s.join_input and s.out_filter is None:
-            return _Record(line, None, [raw.decode("utf-8", "replace")], len(raw))
-        try:
-            source = dp.loads(raw)
-            model_input = dp.apply(s.in_filter, source)
-            texts = dp.texts_of(model_input)
-        except FilterError as exc:
-            raise self._fail(line, str(exc)) from None
-        size = len(raw) if s.in_filter is None else sum(len(t.encode()) + 3 for t in texts)
-        return _Record(line, source, texts, size)
+            rec = Record(line, None, raw.decode("utf-8", "replace"), raw)
+        else:
+            try:
+                source = dp.loads(raw)
+                model_input = dp.apply(s.in_filter, source)
+            except FilterError as exc:
+                raise self._fail(line, str(exc)) from None
+            rec = Record(line, source, model_input,
+                         raw if s.in_filter is None else dp.dumps(model_input))
+        if self._over(rec.size):
+            raise FileFailed(f"ClientError: {self._where}, line {line}: Too much data for max "
+                             f"payload size ({rec.size} bytes > MaxPayloadInMB "
+                             f"{s.max_payload >> 20})")
+        return rec
 
-    def _flush(self, batch: list[_Record], out) -> int:
-        self.check()
-        texts = [t for rec in batch for t in rec.texts]
-        vectors = self.embed(texts)
-        s, pos = self.settings, 0
-        for rec in batch:
-            answer = vectors[pos:pos + len(rec.texts)]
-            pos += len(rec.texts)
+    def _write(self, batch: list[Record], future, out) -> int:
+        try:
+            answers = future.result()
+        except FilterError as exc:
+            raise FilterError(f"{self._where}, {exc}") from None
+        except ModelFailed as exc:
+            if exc.fatal:
+                raise ModelFailed(exc.kind, f"{self._where}: {exc.message}", fatal=True) from None
+            raise FileFailed(f"{exc.kind}: {self._where}: {exc.message}") from None
+        s = self.settings
+        for rec, answer in zip(batch, answers, strict=True):
             value = dp.join(rec.source, answer) if s.join_input else answer
             try:
                 value = dp.apply(s.out_filter, value)
