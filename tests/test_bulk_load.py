@@ -4,6 +4,8 @@ ends with the settings it had before the first of them started."""
 
 from __future__ import annotations
 
+import random
+import threading
 import uuid
 
 import pytest
@@ -67,3 +69,27 @@ def test_a_run_that_enters_after_the_last_left_reads_the_real_originals(index):
                                                      "number_of_replicas": 1}
     bulk_load.leave(hook, index, "run-c")
     assert settings(index)["refresh_interval"] == "3s"
+
+
+def test_many_runs_entering_and_leaving_at_once_leave_the_originals(index):
+    errors: list[BaseException] = []
+
+    def one_run(n: int) -> None:
+        rng = random.Random(n)
+        try:
+            hook = OpenSearchHook()
+            for _ in range(3):
+                bulk_load.enter(hook, index, f"run-{n}")
+                if rng.random() < 0.5:
+                    bulk_load.enter(hook, index, f"run-{n}")  # a retry
+                bulk_load.leave(hook, index, f"run-{n}")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_run, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert settings(index) == ORIGINAL and lease(index) is None

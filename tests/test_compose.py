@@ -55,7 +55,10 @@ def test_pulled_images_are_pinned(services: dict[str, dict]) -> None:
         image = interpolate(svc["image"])
         repo, _, tag = image.rpartition(":")
         assert repo and "/" not in tag and tag not in ("", "latest"), f"{name}: unpinned {image}"
-    assert services["opensearch"]["image"] == "opensearchproject/opensearch:3.3.0"
+    from devstack.opensearch_install import VERSION
+
+    # The same OpenSearch the devstack's tests run on.
+    assert services["opensearch"]["image"] == f"opensearchproject/opensearch:{VERSION}"
     assert services["seaweedfs"]["image"].startswith("chrislusf/seaweedfs:")
 
 

@@ -367,3 +367,43 @@ def test_airflow_image(services: dict[str, dict]) -> None:
     installed = installed_version("apache-airflow")
     if installed is not None:
         assert installed == AIRFLOW_VERSION, f"venv runs Airflow {installed}"
+
+
+# --- what the real OpenSearch needs of the stack (issue 11) ------------------------------------
+
+def test_the_network_is_one_ml_commons_does_not_call_private(compose: dict) -> None:
+    import ipaddress
+
+    (subnet,) = [c["subnet"] for c in compose["networks"]["default"]["ipam"]["config"]]
+    net = ipaddress.ip_network(subnet)
+    # ML Commons' own test (MLValidatableAsyncHttpClient): 10/8, 172.16/12, 192.168/16,
+    # 169.254/16, loopback and site-local addresses are refused for batch task refreshes.
+    for private in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+                    "127.0.0.0/8"):
+        assert not net.overlaps(ipaddress.ip_network(private)), subnet
+
+
+def test_the_connector_signs_with_the_aws_connections_keys(services: dict[str, dict]) -> None:
+    import json
+
+    env = services["airflow-scheduler"]["environment"]
+    extra = json.loads(env["AIRFLOW_CONN_OPENSEARCH_DEFAULT"])["extra"]
+    assert extra["auth"] == "basic" and extra["connector_credentials"] == "aws_keys"
+    aws = json.loads(env["AIRFLOW_CONN_AWS_DEFAULT"].replace("${S3_ACCESS_KEY:-devstack}", "k")
+                     .replace("${S3_SECRET_KEY:-devstack-secret}", "s")
+                     .replace("${AWS_REGION:-us-east-1}", "us-east-1"))
+    assert aws["login"] and aws["password"]  # the keys ML Commons gets
+    assert env["BATCHVEC_SAGEMAKER_MODEL"] and env["BATCHVEC_SAGEMAKER_ENDPOINT"]
+    assert env["BATCHVEC_KNN_ENGINE"] == "faiss"  # the image ships k-NN's native libraries
+    assert "BATCHVEC_CONNECTOR_ROLE_ARN" not in env  # no role: a self-managed cluster
+
+
+def test_airflow_init_seeds_the_model_the_presets_name(services: dict[str, dict]) -> None:
+    from devstack import seed
+
+    init = services["airflow-init"]
+    assert "python -m devstack.seed" in " ".join(init["command"])
+    assert init["depends_on"]["sagemaker"]["condition"] == "service_healthy"
+    env = services["airflow-scheduler"]["environment"]
+    assert (env["BATCHVEC_SAGEMAKER_MODEL"], env["BATCHVEC_SAGEMAKER_ENDPOINT"]) == (
+        seed.DEFAULT_MODEL, seed.DEFAULT_ENDPOINT)

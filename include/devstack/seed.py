@@ -68,3 +68,33 @@ def stage_sample_partitions(endpoints: dict, days: list[str], bucket: str | None
         s3.upload_file(str(SAMPLE), bucket, prefix + SAMPLE.name)
         written.append(f"s3://{bucket}/{prefix}{SAMPLE.name}")
     return written
+
+
+def ensure_in_process_model(endpoints: dict, name: str = DEFAULT_MODEL,
+                            endpoint: str = DEFAULT_ENDPOINT) -> str:
+    """For docker-compose, whose SageMaker stand-in runs no model containers: the model
+    without a ModelDataUrl (the stand-in embeds in-process) and its real-time endpoint."""
+    sm = clients(endpoints)[1]
+    try:
+        sm.describe_model(ModelName=name)
+    except sm.exceptions.ClientError:
+        sm.create_model(ModelName=name, ExecutionRoleArn=EXECUTION_ROLE,
+                        PrimaryContainer={"Image": "devstack/in-process-embedder"})
+    try:
+        sm.describe_endpoint(EndpointName=endpoint)
+    except sm.exceptions.ClientError:
+        sm.create_endpoint_config(EndpointConfigName=endpoint, ProductionVariants=[{
+            "VariantName": "main", "ModelName": name, "InitialInstanceCount": 1,
+            "InstanceType": "ml.m5.large"}])
+        sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=endpoint)
+    return name
+
+
+if __name__ == "__main__":  # docker-compose's airflow-init: python -m devstack.seed
+    import os
+
+    key, secret = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+    ensure_in_process_model({"region": os.environ.get("AWS_REGION", "us-east-1"),
+                             "aws_access_key_id": key, "aws_secret_access_key": secret,
+                             "s3": os.environ["S3_URL"], "sagemaker": os.environ["SAGEMAKER_URL"]})
+    print("devstack: SageMaker model and endpoint ready")

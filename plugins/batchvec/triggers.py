@@ -62,14 +62,23 @@ def cancel_job(opensearch_conn_id: str, aws_conn_id: str | None, job_name: str,
     from batchvec import mlcommons
     from batchvec.opensearch_hook import OpenSearchHook
 
-    try:
-        if task_id:
+    if task_id:
+        try:
             mlcommons.cancel_task(OpenSearchHook(opensearch_conn_id), task_id)
-        elif aws_conn_id:
-            from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+            log.warning("cancelled transform job %s (ML Commons task %s)", job_name, task_id)
+            return
+        except Exception as exc:  # e.g. ML Commons 3.6 refusing a private-address endpoint
+            log.warning("ML Commons could not cancel task %s: %s; stopping the job in "
+                        "SageMaker directly", task_id, scrub(exc))
+    if not aws_conn_id:
+        log.error("could not cancel job %s: no AWS connection to stop it with (stop it by "
+                  "hand)", job_name)
+        return
+    try:
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-            AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sagemaker").conn \
-                .stop_transform_job(TransformJobName=job_name)
+        AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sagemaker").conn \
+            .stop_transform_job(TransformJobName=job_name)
         log.warning("cancelled transform job %s", job_name)
     except Exception as exc:
         log.error("could not cancel job %s: %s (stop it by hand)", job_name, scrub(exc))
