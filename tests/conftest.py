@@ -70,7 +70,7 @@ def _start(tmp_path_factory, services):
 
     state = tmp_path_factory.mktemp("devstack")
     try:
-        endpoints = launcher.up(state, ports=launcher.random_ports(), services=services)
+        endpoints = launcher.up_on_free_ports(state, services=services)
     except Exception:
         launcher.down(state, services=services)
         raise

@@ -50,7 +50,7 @@ def stack(tmp_path_factory):
     state = tmp_path_factory.mktemp("container-stack")
     services = ("s3", "sagemaker")
     try:
-        ep = launcher.up(state, ports=launcher.random_ports(), services=services)
+        ep = launcher.up_on_free_ports(state, services=services)
         started = time.monotonic()
         seed.ensure_sagemaker_model(ep)  # the README's command: package, model, endpoint
         ep["seed_s"] = time.monotonic() - started

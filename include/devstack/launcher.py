@@ -252,6 +252,27 @@ def up(state: Path | None = None, ports: dict[str, int] | None = None,
     return ep
 
 
+_PORT_TAKEN = ("not available", "address already in use", "Address already in use",
+               "BindException")
+
+
+def up_on_free_ports(state: Path, services: tuple[str, ...] = SERVICES, attempts: int = 3,
+                     **kwargs) -> dict:
+    """`up` on random free ports (tests, bench, chaos: never a developer's devstack). A port
+    found free can be taken by another process before our service binds it; then the start
+    is retried on new ports."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return up(state, ports=random_ports(), services=services, **kwargs)
+        except DevstackError as exc:
+            down(state, services=services)
+            if attempt == attempts or not any(m in str(exc) for m in _PORT_TAKEN):
+                raise
+            print(f"devstack: a port was taken during start (try {attempt}); new ports",
+                  file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
+
+
 def _wait_healthy(state: Path, services: tuple[str, ...], started: dict[str, subprocess.Popen],
                   ep: dict, timeout: float) -> None:
     begin = last_note = time.monotonic()
