@@ -54,9 +54,11 @@ with DAG(
     def ensure_model(plan: dict):
         return steps.ensure_model(plan)
 
-    @task
+    # After a failed job too: the files it did transform are indexed (steps.check_outputs).
+    @task(trigger_rule=TriggerRule.ALL_DONE)
     def check_outputs(plan: dict, manifest: dict):
-        return steps.check_outputs(plan, manifest)
+        job = get_current_context()["ti"].xcom_pull(task_ids="batch_predict")
+        return steps.check_outputs(plan, manifest, job)
 
     @task
     def prepare_index(plan: dict, shards: list):

@@ -164,3 +164,30 @@ def test_a_default_run_finds_what_make_airflow_seeds(dag, airflow_env):
     (rep,) = reports(devstack, "batch-embeddings")
     assert rep["extra"]["input_uri"] == f"s3://{devstack.s3.bucket}/input/ds=2026-08-15/"
     assert rep["balanced"] and rep["totals"]["created"] + rep["totals"]["updated"] > 250
+
+
+def test_a_file_the_job_fails_is_named_and_the_others_are_indexed(airflow_env, tmp_path,
+                                                                   monkeypatch):
+    """A record over MaxPayloadInMB fails its input file in SageMaker (the whole job ends
+    Failed): the shards whose files succeeded are still indexed, the failed one is counted
+    failed with the job's FailureReason, and the report balances."""
+    monkeypatch.setenv("BATCHVEC_RETRIES", "0")  # the same file fails on every attempt
+    devstack = airflow_env
+    items = docs("pay", 20)
+    # 600,000 quotes are 1.2 MB once JSON-escaped: over max_payload_mb=1, under the text limit.
+    items.append({"id": "pay-huge", "text": "a quote-heavy record " + '"' * 600_000})
+    source = write_jsonl(tmp_path / "in.jsonl", items)
+    dagrun = run(load_dag(), datetime(2026, 8, 20, tzinfo=UTC),
+                 {"input_uri": str(source), "index_name": "e2e-failed-file", "shards": 2,
+                  "max_payload_mb": 1})
+    assert dagrun.state == "failed"
+    (rep,) = reports(devstack, "e2e-failed-file")
+    assert rep["balanced"]
+    failed_rows = [s for s in rep["shards"] if s["failed"]]
+    (row,) = failed_rows
+    assert set(row["failed"]) == {"batch_job_failed"}
+    assert row["shard"] in rep["extra"]["failed_shards"]
+    assert "max payload" in rep["extra"]["failed_shards"][row["shard"]].lower()
+    t = rep["totals"]
+    assert t["created"] + t["updated"] == 21 - row["records_in"] > 0  # the other shard indexed
+    assert os_get(devstack, "/e2e-failed-file/_count")["count"] == 21 - row["records_in"]

@@ -143,20 +143,34 @@ def ensure_model(plan_data: dict) -> dict:
     return {**result, "seconds": round(time.monotonic() - started, 2)}
 
 
-def check_outputs(plan_data: dict, manifest: dict) -> list[dict]:
+def check_outputs(plan_data: dict, manifest: dict | None, job: dict | None) -> list[dict]:
     """One entry per staged shard, marking whether SageMaker wrote its `.out`; the first line
     of each output must hold one flat vector of the run's dimension (else the container is
-    set up wrong, and no record could be indexed: the run fails here, saying how)."""
+    set up wrong, and no record could be indexed: the run fails here, saying how).
+
+    Runs after a failed batch job too (`job` is None): SageMaker writes the `.out` of every
+    input file that succeeded, so those shards are indexed and only the failed ones are
+    counted failed, each named with the job's FailureReason."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    if manifest is None:
+        raise AirflowSkipException("nothing was staged: no outputs to check")
     plan = plan_of(plan_data)
     s3 = s3_client()
     present = set(s3io.list_keys(s3, plan.bucket, plan.key("output/")))
+    failure = None if job else last_job_failure(plan.run_key)
     shards = []
     for shard in manifest["shards"]:
         key = plan.key("output", shard["name"] + ".out")
-        shards.append({"name": shard["name"], "records": shard["records"],
-                       "output_present": key in present})
+        entry = {"name": shard["name"], "records": shard["records"],
+                 "output_present": key in present}
+        shards.append(entry)
         if key not in present:
-            log.error("shard %s: no output at s3://%s/%s", shard["name"], plan.bucket, key)
+            if job is None:
+                entry.update(missing_reason="batch_job_failed",
+                             failure=failure or "the batch job failed (see batch_predict's log)")
+            log.error("shard %s: no output at s3://%s/%s%s", shard["name"], plan.bucket, key,
+                      f" (the job failed: {failure})" if job is None else "")
             continue
         try:
             outputs.check_output_shape(indexing.first_output_line(s3, plan.bucket, key),
@@ -165,6 +179,22 @@ def check_outputs(plan_data: dict, manifest: dict) -> list[dict]:
             raise fail_for_good(f"shard {shard['name']} (s3://{plan.bucket}/{key}): {exc}") from None
     log.info("%d of %d shard outputs present", sum(s["output_present"] for s in shards), len(shards))
     return shards
+
+
+def last_job_failure(run_key: str) -> str | None:
+    """FailureReason of the run's latest transform job (attempts are run_key, run_key-r2...)."""
+    from batchvec import naming
+    from batchvec.redact import scrub
+    from batchvec.triggers import describe_transform_job
+
+    reason = None
+    for attempt in range(1, 21):
+        try:
+            desc = describe_transform_job(AWS_CONN_ID, naming.transform_job_name(run_key, attempt))
+        except Exception:  # no such job: the previous one was the last
+            break
+        reason = scrub(desc.get("FailureReason") or desc.get("TransformJobStatus") or "") or None
+    return reason
 
 
 def prepare_index(plan_data: dict, shards: list[dict]) -> dict:
@@ -222,11 +252,15 @@ def report(plan_data: dict, manifest: dict, context: dict, asset) -> dict:
     model = ti.xcom_pull(task_ids="ensure_model") or {}
     job = ti.xcom_pull(task_ids="batch_predict") or {}
     shards = ti.xcom_pull(task_ids="check_outputs")
-    if shards is None:  # the batch job never produced outputs: every staged record failed
+    if shards is None:  # no outputs were checked: every staged record failed
         present = {s["name"]: False for s in manifest["shards"]}
+        reasons = {}
     else:
         present = {s["name"]: s["output_present"] for s in shards}
-    shard_results = [r for r in (ti.xcom_pull(task_ids="index_shard") or []) if r]
+        reasons = {s["name"]: s["missing_reason"] for s in shards if s.get("missing_reason")}
+    pulled = ti.xcom_pull(task_ids="index_shard") or []
+    # One value, not a list, when a single map index left one (the others failed).
+    shard_results = [r for r in ([pulled] if isinstance(pulled, dict) else pulled) if r]
     stage_seconds = {
         "stage": manifest.get("seconds", 0.0),
         "connector_model": model.get("seconds", 0.0),
@@ -237,9 +271,12 @@ def report(plan_data: dict, manifest: dict, context: dict, asset) -> dict:
     result = verify.build_report(plan, s3, hook, manifest=manifest, shards_present=present,
                                  model=model, job=job, stage_seconds=stage_seconds,
                                  missing_reason="batch_job_failed" if shards is None
-                                 else "output_missing")
+                                 else "output_missing", missing_reasons=reasons)
     if shards is None:
         result.extra["batch_job"] = "failed or not run: see the batch_predict task log"
+    failed_shards = {s["name"]: s["failure"] for s in shards or [] if s.get("failure")}
+    if failed_shards:  # which shards the failed job did not transform, and why
+        result.extra["failed_shards"] = failed_shards
     try:
         uri = verify.publish(plan, s3, result)
     except verify.RunFailed as exc:

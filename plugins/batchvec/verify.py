@@ -28,7 +28,9 @@ class RunFailed(Exception):
 
 
 def shard_reports(plan: Plan, s3, manifest: dict, present: dict[str, bool],
-                  missing_reason: str = "output_missing") -> tuple[list[ShardReport], str | None]:
+                  missing_reason: str = "output_missing",
+                  missing_reasons: dict[str, str] | None = None,
+                  ) -> tuple[list[ShardReport], str | None]:
     """Staging's rejects as one row, then each shard from its saved result (or failed whole);
     also the first indexed document id found, for the smoke query. One read per shard."""
     rows = [ShardReport(shard=STAGING_ROW, records_in=sum(manifest["rejected"].values()),
@@ -39,7 +41,8 @@ def shard_reports(plan: Plan, s3, manifest: dict, present: dict[str, bool],
         try:
             saved = s3io.get_json(s3, plan.bucket, plan.key("reports", name + ".json"))
         except s3.exceptions.NoSuchKey:
-            reason = missing_reason if not present.get(name, True) else "indexing_failed"
+            reason = ((missing_reasons or {}).get(name, missing_reason)
+                      if not present.get(name, True) else "indexing_failed")
             rows.append(ShardReport(shard=name, records_in=shard["records"],
                                     failed={reason: shard["records"]}))
             continue
@@ -65,8 +68,10 @@ def smoke_query(hook: OpenSearchHook, plan: Plan, doc_id: str) -> dict:
 def build_report(plan: Plan, s3, hook: OpenSearchHook, *, manifest: dict,
                  shards_present: dict[str, bool], model: dict | None, job: dict | None,
                  stage_seconds: dict[str, float],
-                 missing_reason: str = "output_missing") -> RunReport:
-    rows, sample = shard_reports(plan, s3, manifest, shards_present, missing_reason)
+                 missing_reason: str = "output_missing",
+                 missing_reasons: dict[str, str] | None = None) -> RunReport:
+    rows, sample = shard_reports(plan, s3, manifest, shards_present, missing_reason,
+                                 missing_reasons)
     report = RunReport(
         run_key=plan.run_key, dag_id=plan.dag_id, run_id=plan.run_id, index=plan.index_name,
         model_name=(model or {}).get("model_name"), model_id=(model or {}).get("model_id"),
