@@ -1,8 +1,8 @@
 """Contract tests of batchvec's ML Commons client against the devstack's real OpenSearch 3.6
 node (ML Commons, k-NN, neural-search) and its SageMaker: ensure_model with the model's own
 connector, the blueprint's templates as the real ML Commons fills them, batch tasks through
-get_task / status_from_task, JobNameTaken, cancel, the batch task limit, _predict and a
-neural query, the trusted-endpoint regex and a roleArn-only connector."""
+get_task / status_from_task, JobNameTaken, cancel, throttling (SageMaker's and the batch task
+limit), _predict and a neural query, the trusted-endpoint regex and a roleArn-only connector."""
 
 from __future__ import annotations
 
@@ -236,6 +236,17 @@ def test_name_taken_and_cancel(hook, model, airflow_env, state):
     with pytest.raises(OpenSearchError) as err:  # SageMaker's refusal, passed through
         mlcommons.cancel_task(hook, resp["task_id"])
     assert err.value.status == 400 and "transform job is in status Stopped" in err.value.reason
+
+
+def test_sagemakers_throttling_is_throttled_and_the_name_stays_free(hook, model, airflow_env, state):
+    name = unique("contract-throttle")
+    faults.set_faults(state, sagemaker_throttle={"count": 1})
+    with pytest.raises(mlcommons.ThrottledError, match="denied due to remote server throttling"):
+        submit(hook, model["model_id"], airflow_env, name)
+    assert faults.current(state)["sagemaker_throttle"]["count"] == 0  # asked once: no retry
+    with stalled(state):  # nothing was created: the operator's retry may reuse the name
+        resp, _, _ = submit(hook, model["model_id"], airflow_env, name)
+    mlcommons.cancel_task(hook, resp["task_id"])
 
 
 def test_the_batch_task_limit_is_throttled(hook, model, airflow_env):
