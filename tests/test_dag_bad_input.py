@@ -1,5 +1,5 @@
-"""Bad input through the real DAG on the devstack (dag.test, SeaweedFS, the SageMaker and
-OpenSearch stand-ins): every kind of bad record gets its own reason in the report and in the
+"""Bad input through the real DAG on the devstack (dag.test, SeaweedFS, the SageMaker stand-in and
+the real OpenSearch node): every kind of bad record gets its own reason in the report and in the
 rejected file, the good records around them are indexed intact, duplicate ids are counted and
 the last one wins, and runs that cannot work fail early with a clear message."""
 

@@ -1,8 +1,8 @@
 """The batch_embeddings DAG end to end on the devstack, through Airflow's dag.test().
 
 Real Airflow (SQLite), real S3 (SeaweedFS), the real model behind the SageMaker stand-in,
-ML Commons and OpenSearch stand-ins over HTTP. Each test reads the run's report from S3 and
-checks the index itself.
+a real OpenSearch node with ML Commons behind the devstack's HTTPS front. Each test reads the
+run's report from S3 and checks the index itself.
 """
 
 from __future__ import annotations

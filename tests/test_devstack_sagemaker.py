@@ -102,6 +102,10 @@ def test_model_crud_and_errors(service, sm):
      "The product of MaxConcurrentTransforms (4) and MaxPayloadInMB (30) must be less than or "
      "equal to 100 MB."),
     ({"DataProcessing": {"InputFilter": "$..text"}}, "ValidationException", "Invalid InputFilter"),
+    ({"Tags": [{"Key": f"k{i}", "Value": ""} for i in range(51)]}, "ValidationException",
+     "1 validation error detected: Value [{'Key': 'k0', 'Value': ''}"),
+    ({"Tags": [{"Key": "k" * 129, "Value": "v"}]}, "ValidationException",
+     f"1 validation error detected: Value '{'k' * 129}' at 'tags.1.member.key' failed"),
 ])
 def test_create_validation(sm, change, code, message):
     params = {**job_request(unique_name(), "bucket"), **change}
@@ -109,6 +113,13 @@ def test_create_validation(sm, change, code, message):
         sm.create_transform_job(**params)
     got = error_of(exc)
     assert got[0] == code and got[2] == 400 and got[1].startswith(message), got
+
+
+def test_tags_are_listed_not_described(sm):
+    name, tags = unique_name(), [{"Key": "team", "Value": "search"}, {"Key": "run", "Value": ""}]
+    arn = sm.create_transform_job(**job_request(name, "bucket"), Tags=tags)["TransformJobArn"]
+    assert sm.list_tags(ResourceArn=arn)["Tags"] == tags
+    assert "Tags" not in sm.describe_transform_job(TransformJobName=name)
 
 
 def test_unknown_job_is_resource_not_found(sm):

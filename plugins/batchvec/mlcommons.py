@@ -8,6 +8,7 @@ the client must read them).
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 from batchvec.opensearch_hook import OpenSearchError, OpenSearchHook
@@ -85,9 +86,18 @@ def register_model(hook: OpenSearchHook, *, name: str, connector: dict, model_gr
     return hook.request("POST", f"{ML}/models/_register", body)[1]["model_id"]
 
 
+# ML Commons answers the update once each node has *received* the cache update, and then
+# rebuilds the deployed model's connector in the background (UpdateModelCacheTransportAction
+# starts an in-place update and returns): a request right after the PUT may still be signed
+# with the old keys (measured on 3.6: up to ~0.2 s idle). Wait that out, with margin for load.
+CREDENTIAL_SETTLE_S = 2.0
+
+
 def update_model_credential(hook: OpenSearchHook, model_id: str, credential: dict) -> None:
-    """New keys on a model's internal connector; a deployed model uses them at once."""
+    """New keys on a model's internal connector; a deployed model signs with them once this
+    returns (see CREDENTIAL_SETTLE_S)."""
     hook.request("PUT", f"{ML}/models/{_id(model_id)}", {"connector": {"credential": credential}})
+    time.sleep(CREDENTIAL_SETTLE_S)
 
 
 def deploy_model(hook: OpenSearchHook, model_id: str) -> None:

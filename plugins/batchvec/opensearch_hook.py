@@ -146,6 +146,7 @@ class OpenSearchHook(BaseHook):
         self.pool_size = pool_size
         self._session: requests.Session | None = None
         self._base_url: str | None = None
+        self._auth_hint = ""
 
     # -- transport ---------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -166,11 +167,17 @@ class OpenSearchHook(BaseHook):
             region = extra.get("region") or extra.get("region_name")
             if not region:
                 raise ValueError(f"connection {self.conn_id!r}: sigv4 auth needs extra.region")
-            session.auth = _AwsAuth(extra.get("aws_conn_id", "aws_default"), region,
-                                    extra.get("service", "es"))
+            aws_conn_id, service = extra.get("aws_conn_id", "aws_default"), extra.get("service", "es")
+            session.auth = _AwsAuth(aws_conn_id, region, service)
+            self._auth_hint = (f"SigV4 with the keys of AWS connection {aws_conn_id!r}, region "
+                               f"{region!r}, service {service!r}: check those")
         elif auth == "basic":
             session.auth = (conn.login or "", conn.password or "")
-        elif auth != "none":
+            self._auth_hint = (f"basic auth as {conn.login or ''!r}: check the login and "
+                               "password (and that user's permissions)")
+        elif auth == "none":
+            self._auth_hint = "no credentials sent (extra.auth none)"
+        else:
             raise ValueError(f"connection {self.conn_id!r}: extra.auth must be sigv4, basic or none")
         # Passed again on every request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE
         # override a session's verify, which would silently drop ca_certs.
@@ -228,13 +235,21 @@ class OpenSearchHook(BaseHook):
             if status < 300 or status in ok:
                 parsed = orjson.loads(resp.content) if resp.content and method != "HEAD" else None
                 return status, parsed
-            err_type, reason = parse_error(status, resp.content)
+            err_type, reason = self._parse_error(status, resp.content)
             if status in RETRY_STATUSES and attempt + 1 < attempts:
                 self._backoff(attempt, f"{method} {path}: {status} {err_type}",
                               resp.headers.get("Retry-After"))
                 continue
             raise OpenSearchError(status, err_type, reason, method, path)
         raise AssertionError("unreachable")
+
+    def _parse_error(self, status: int, body: bytes) -> tuple[str, str]:
+        """parse_error, plus what this connection authenticates with when OpenSearch refused
+        it: a 401 says only "Unauthorized", and an answer to HEAD has no body at all."""
+        err_type, reason = parse_error(status, body)
+        if status in (401, 403):
+            reason = f"{reason} (connection {self.conn_id!r}: {self._auth_hint})"
+        return err_type, reason
 
     @staticmethod
     def _backoff(attempt: int, what: str, retry_after: str | None = None) -> None:
@@ -327,6 +342,6 @@ class OpenSearchHook(BaseHook):
             raise BulkTransientError(scrub(f"bulk {resp.status_code} {err_type}: {reason}"),
                                      retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None)
         if resp.status_code >= 300:
-            err_type, reason = parse_error(resp.status_code, resp.content)
+            err_type, reason = self._parse_error(resp.status_code, resp.content)
             raise OpenSearchError(resp.status_code, err_type, reason, "POST", "/_bulk")
         return orjson.loads(resp.content)

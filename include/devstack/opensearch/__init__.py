@@ -1,6 +1,3 @@
-"""Local stand-in for OpenSearch 3.3 + ML Commons (connectors, models, _predict, _batch_predict,
-tasks) and the index APIs the batchvec pipeline uses, speaking the same wire protocol.
-
-Run: python -m devstack.opensearch --host 127.0.0.1 --port P --state-dir DIR
-In-process: devstack.opensearch.server.start(state_dir, host, port) -> Service (.url, .stop()).
-"""
+"""What is left of the OpenSearch stand-in (the devstack runs a real node now): its copy of ML
+Commons' `${parameters.X}` templating, which tests/test_security_inputs.py still imports.
+Delete this package once that test fills its templates on the real node instead."""

@@ -107,6 +107,7 @@ class ControlPlane:
             "DescribeTransformJob": self.describe_transform_job,
             "StopTransformJob": self.stop_transform_job,
             "ListTransformJobs": self.list_transform_jobs,
+            "ListTags": self.list_tags,
             "CreateModel": self.create_model,
             "DescribeModel": self.describe_model,
             "DeleteModel": self.delete_model,
@@ -179,6 +180,7 @@ class ControlPlane:
                 client.get("InvocationsTimeoutInSeconds"), kind=int, minimum=1, maximum=3600)
         c.field("modelClientConfig.invocationsMaxRetries", client.get("InvocationsMaxRetries"),
                 kind=int, minimum=0, maximum=3)
+        tags = _tags(body.get("Tags"), c)
         c.raise_if_any()
         if proc.get("JoinSource") == "Input":
             _check_join(t_in, t_out)
@@ -224,6 +226,8 @@ class ControlPlane:
         if faults.take("drop_output") is not None:
             fired["drop_output"] = True
         known = {k: body[k] for k in _JOB_FIELDS if k in body}
+        if tags:  # kept for ListTags; DescribeTransformJob does not show them (as in AWS)
+            known["Tags"] = tags
         if not self.store.add_job(name, arn, known, container_of(model["request"]), fired):
             raise _duplicate(self.store.job(name)["arn"])
         log.info("created transform job %s (model %s)%s", name, model_name,
@@ -286,6 +290,13 @@ class ControlPlane:
             out["NextToken"] = base64.b64encode(str(start + limit).encode()).decode()
         return out
 
+    def list_tags(self, body: dict) -> dict:  # of transform jobs: the pipeline tags nothing else
+        arn = body.get("ResourceArn")
+        job = next((j for j in self.store.jobs() if j["arn"] == arn), None)
+        if job is None:
+            raise ApiError("ValidationException", f"Resource {arn} not found.")
+        return {"Tags": job["request"].get("Tags", [])}
+
     # models ---------------------------------------------------------------------------------
     def create_model(self, body: dict) -> dict:
         name = body.get("ModelName")
@@ -327,6 +338,16 @@ class ControlPlane:
         self.store.delete_model(model["name"])
         log.info("deleted model %s", model["name"])
         return {}
+
+
+def _tags(tags, c: _Checks) -> list[dict]:
+    """CreateTransformJob's Tags as AWS checks them: at most 50 {Key, Value} pairs."""
+    c.field("tags", tags, kind=list, max_len=50)
+    for i, tag in enumerate(tags or [], 1):
+        tag = _obj({"tags": tag}, "tags")
+        c.field(f"tags.{i}.member.key", tag.get("Key"), required=True, min_len=1, max_len=128)
+        c.field(f"tags.{i}.member.value", tag.get("Value"), required=True, max_len=256)
+    return tags or []
 
 
 def _check_join(t_in: dict, t_out: dict) -> None:
