@@ -36,6 +36,7 @@ class TaskWatcher:
     def __init__(self, db: Path, dag_id: str, since: float, out=print, every: float = 0.5):
         self.db, self.dag_id, self.since, self.out, self.every = db, dag_id, since, out, every
         self.seen: dict[tuple[str, int], str] = {}
+        self.before = self._last_run_id()  # runs up to this one are earlier demos: not shown
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -54,13 +55,24 @@ class TaskWatcher:
             except sqlite3.Error:
                 pass  # the DB is being migrated or written: next round
 
+    def _last_run_id(self) -> int:
+        if not self.db.exists():
+            return 0
+        try:
+            with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=1) as con:
+                found = con.execute("SELECT MAX(id) FROM dag_run WHERE dag_id = ?",
+                                    (self.dag_id,)).fetchone()
+        except sqlite3.Error:  # no tables yet
+            return 0
+        return found[0] or 0
+
     def rows(self) -> list[tuple]:
         if not self.db.exists():
             return []
         with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=1) as con:
             run = con.execute(
-                "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
-                (self.dag_id,)).fetchone()
+                "SELECT run_id FROM dag_run WHERE dag_id = ? AND id > ? ORDER BY id DESC LIMIT 1",
+                (self.dag_id, self.before)).fetchone()
             if run is None:
                 return []
             return con.execute(

@@ -16,7 +16,7 @@ def make_db(path: Path) -> sqlite3.Connection:
     con.execute("CREATE TABLE dag_run (id INTEGER PRIMARY KEY, dag_id TEXT, run_id TEXT)")
     con.execute("CREATE TABLE task_instance (dag_id TEXT, run_id TEXT, task_id TEXT, "
                 "map_index INTEGER, state TEXT, start_date TEXT, end_date TEXT)")
-    con.execute("INSERT INTO dag_run (dag_id, run_id) VALUES ('d', 'old'), ('d', 'new')")
+    con.execute("INSERT INTO dag_run (dag_id, run_id) VALUES ('d', 'old')")
     con.commit()
     return con
 
@@ -24,8 +24,12 @@ def make_db(path: Path) -> sqlite3.Connection:
 def test_one_line_per_task_start_and_end_with_its_duration(tmp_path):
     con = make_db(tmp_path / "airflow.db")
     lines: list[str] = []
-    watcher = TaskWatcher(tmp_path / "airflow.db", "d", 0, out=lines.append)
     con.execute("INSERT INTO task_instance VALUES ('d', 'old', 'plan', -1, 'failed', NULL, NULL)")
+    con.commit()
+    watcher = TaskWatcher(tmp_path / "airflow.db", "d", 0, out=lines.append)
+    watcher.poll()
+    assert lines == []  # an earlier demo's run, already in the DB, is not this one
+    con.execute("INSERT INTO dag_run (dag_id, run_id) VALUES ('d', 'new')")
     con.execute("INSERT INTO task_instance VALUES ('d', 'new', 'plan', -1, 'queued', NULL, NULL)")
     con.commit()
     watcher.poll()
