@@ -97,7 +97,7 @@ class SelfManagedCluster:
     def __init__(self, monkeypatch):
         self.pushes = []
         monkeypatch.setattr(operators, "OpenSearchHook", lambda conn_id: self)
-        refresher = type("Refresher", (), {"push_if_changed": lambda _self: self.pushes.append(1)})
+        refresher = type("Refresher", (), {"push_if_changed": lambda _self: self.pushes.append("push")})
         monkeypatch.setattr(operators, "KeyRefresher", lambda *args: refresher())
 
     def target(self):
@@ -109,7 +109,7 @@ def test_a_retry_that_finds_its_job_completed_returns_without_deferring(monkeypa
     script(monkeypatch, op, [("task-1", "COMPLETED")], [])
     assert op.execute({}) == {"job_name": "k", "task_id": "task-1", "output_s3_uri": "s3://bkt/o/",
                               "elapsed": 0.0}
-    assert cluster.pushes == [1]  # fresh keys on the model before anything else
+    assert cluster.pushes == ["push"]  # fresh keys on the model before anything else
 
 
 def test_a_retry_that_finds_its_job_running_defers_to_wait(monkeypatch, op):
@@ -118,3 +118,25 @@ def test_a_retry_that_finds_its_job_running_defers_to_wait(monkeypatch, op):
     with pytest.raises(TaskDeferred) as deferred:
         op.execute({})
     assert deferred.value.trigger.refresh_keys  # and the trigger keeps them fresh
+
+
+def test_keys_are_put_on_the_model_again_right_before_each_submit(monkeypatch, op):
+    """ML Commons signs CreateTransformJob with the model's keys: short-lived keys pushed
+    before the look-up may have expired by the submit, or during a throttling backoff."""
+    cluster = SelfManagedCluster(monkeypatch)
+    order = cluster.pushes
+    monkeypatch.setattr(op, "_existing", lambda hook, name: order.append("look") or None)
+    answers = iter([mlcommons.ThrottledError("throttled"), {"task_id": "task-1"}])
+
+    def submit(hook, model_id, params):
+        order.append("submit")
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(mlcommons, "batch_predict", submit)
+    monkeypatch.setattr(operators.time, "sleep", lambda s: None)
+    with pytest.raises(TaskDeferred):
+        op.execute({})
+    assert order == ["push", "look", "push", "submit", "push", "submit"]
