@@ -18,6 +18,7 @@ from batchvec import connectors, naming
 from batchvec.opensearch_hook import OpenSearchHook
 from batchvec.operators import BatchJobFailed, BatchPredictOperator
 from devstack import faults
+from tests import batch_task_limit
 
 pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
 
@@ -52,13 +53,15 @@ def operator(devstack, run_key: str, model_id: str, **kwargs) -> BatchPredictOpe
         poll_interval=0.3, **kwargs)
 
 
-def deferred_event(op: BatchPredictOperator) -> dict:
-    """execute() must defer; run the trigger as the triggerer would, return its event."""
+def deferred_event(op: BatchPredictOperator, **overrides) -> dict:
+    """execute() must defer; run the trigger as the triggerer would (with `overrides` on its
+    kwargs), return its event."""
     with pytest.raises(TaskDeferred) as deferred:
         op.execute({})
     trigger = deferred.value.trigger
     cls_path, kwargs = trigger.serialize()  # what the triggerer stores and rebuilds from
     assert cls_path == "batchvec.triggers.BatchJobTrigger"
+    kwargs = {**kwargs, **overrides}
 
     async def first_event():
         async for event in type(trigger)(**kwargs).run():
@@ -137,20 +140,44 @@ def test_failed_job_fails_with_reason_and_retry_gets_a_new_name(airflow_env, mod
         run_key, naming.transform_job_name(run_key, 2)]
 
 
-def test_throttled_submit_backs_off_then_succeeds_once(airflow_env, model_id, caplog):
-    faults.set_faults(airflow_env.state_dir, batch_predict_throttle={"count": 2})
+def test_sagemaker_throttling_backs_off_then_succeeds_once(airflow_env, model_id, caplog):
+    """SageMaker's ThrottlingException comes back through ML Commons (its connector does not
+    retry by default) as 400 remote_connector_throttling_exception; the submit backs off."""
+    faults.set_faults(airflow_env.state_dir, sagemaker_throttle={"count": 2})
     run_key = key()
     op = operator(airflow_env, run_key, model_id, submit_retry_window=60)
     with caplog.at_level("WARNING", logger="batchvec.operators"):
         assert deferred_event(op)["status"] == "success"
     backoffs = [r.getMessage() for r in caplog.records if "throttled" in r.getMessage()]
-    assert len(backoffs) == 2 and all("retrying in" in m for m in backoffs), backoffs
-    assert faults.current(airflow_env.state_dir)["batch_predict_throttle"]["count"] == 0
+    assert len(backoffs) == 2, backoffs
+    assert all("retrying in" in m and "Error from remote service: The request was denied due to "
+               "remote server throttling" in m for m in backoffs), backoffs
+    assert faults.current(airflow_env.state_dir)["sagemaker_throttle"]["count"] == 0
     assert len(jobs_named(airflow_env, run_key)) == 1
 
 
 def test_throttling_past_the_window_fails_clearly(airflow_env, model_id):
-    faults.set_faults(airflow_env.state_dir, batch_predict_throttle={"count": -1})
+    faults.set_faults(airflow_env.state_dir, sagemaker_throttle={"count": -1})
     op = operator(airflow_env, key(), model_id, submit_retry_window=1)
-    with pytest.raises(BatchJobFailed, match="still throttled"):
+    with pytest.raises(BatchJobFailed, match="still throttled after 1s: Error from remote service"):
         op.execute({})
+
+
+def test_batch_task_limit_429_waits_for_a_free_slot(airflow_env, model_id, caplog, monkeypatch):
+    """ML Commons' own limit: with every slot taken (a held job of another run) the submit is
+    refused 429 and backs off; once that task has ended the next try runs, one job."""
+    devstack = airflow_env
+    with batch_task_limit.limited_to(devstack, free_slots=1):
+        blocker = batch_task_limit.hold_a_slot(devstack, model_id)
+        refusals = batch_task_limit.free_on_first_refusal(monkeypatch, devstack, blocker)
+        run_key = key()
+        op = operator(devstack, run_key, model_id, submit_retry_window=120)
+        with caplog.at_level("WARNING", logger="batchvec.operators"):
+            event = deferred_event(op)
+    assert event["status"] == "success", event
+    assert refusals == ["Exceeded maximum limit for BATCH_PREDICTION tasks. To increase the "
+                        "limit, update the plugins.ml_commons.max_batch_inference_tasks setting."]
+    backoffs = [r.getMessage() for r in caplog.records if "throttled" in r.getMessage()]
+    assert len(backoffs) == 1 and "Exceeded maximum limit" in backoffs[0], backoffs
+    assert batch_task_limit.task_state(devstack, blocker) == "COMPLETED"
+    assert len(jobs_named(devstack, run_key)) == 1

@@ -66,18 +66,18 @@ def test_sigv4_refuses_tampered_body_and_stale_date():
 
 def test_counted_faults_fire_exactly_n_times_across_threads(tmp_path):
     faults.init(tmp_path)
-    faults.set_faults(tmp_path, batch_predict_throttle={"count": 5})
+    faults.set_faults(tmp_path, sagemaker_throttle={"count": 5})
     fired = []
-    threads = [threading.Thread(target=lambda: fired.append(faults.take("batch_predict_throttle")))
+    threads = [threading.Thread(target=lambda: fired.append(faults.take("sagemaker_throttle")))
                for _ in range(12)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert sum(1 for f in fired if f) == 5
-    assert faults.current(tmp_path)["batch_predict_throttle"]["count"] == 0
+    assert faults.current(tmp_path)["sagemaker_throttle"]["count"] == 0
     faults.clear(tmp_path)
-    assert faults.take("batch_predict_throttle") is None
+    assert faults.take("sagemaker_throttle") is None
 
 
 def test_http_faults_apply_before_routing(tmp_path):

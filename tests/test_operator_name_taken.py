@@ -12,26 +12,41 @@ from batchvec import mlcommons, operators
 from batchvec.opensearch_hook import OpenSearchError
 from batchvec.operators import BatchJobFailed, BatchPredictOperator
 
+# The real node's answer (400 status_exception) when SageMaker refuses a taken name.
 TAKEN = ('Error from remote service: {"__type": "ValidationException", "message": "Job name '
          'must be unique within an AWS account and region, and a job with this name already '
          'exists (arn:aws:sagemaker:us-east-1:000000000000:transform-job/k)"}')
 
 
+# What ML Commons 3.6 answers (tests/test_batch_job.py sees them from the real node): SageMaker's
+# ThrottlingException passed back as 400, and its own limit on live batch tasks as 429.
+SAGEMAKER_THROTTLED = ("remote_connector_throttling_exception", 400,
+                       "Error from remote service: The request was denied due to remote server "
+                       "throttling. To change the retry policy and behavior, please update the "
+                       "connector client_config.")
+TASK_LIMIT = ("status_exception", 429, "Exceeded maximum limit for BATCH_PREDICTION tasks. To "
+              "increase the limit, update the plugins.ml_commons.max_batch_inference_tasks setting.")
+EXPIRED = ('Error from remote service: {"__type": "ExpiredTokenException", "message": "The '
+           'security token included in the request is expired"}')
+
+
 class FailingHook:
-    def __init__(self, reason: str, status: int = 400):
-        self.reason, self.status = reason, status
+    def __init__(self, reason: str, status: int = 400, err_type: str = "status_exception"):
+        self.reason, self.status, self.type = reason, status, err_type
 
     def request(self, method, path, body=None, retries=None):
-        raise OpenSearchError(self.status, "status_exception", self.reason, method, path)
+        raise OpenSearchError(self.status, self.type, self.reason, method, path)
 
 
 def test_a_taken_job_name_is_told_apart_from_other_errors():
     with pytest.raises(mlcommons.JobNameTaken):
         mlcommons.batch_predict(FailingHook(TAKEN), "m", {})
-    with pytest.raises(mlcommons.ThrottledError):
-        mlcommons.batch_predict(FailingHook("Too many requests", 429), "m", {})
-    with pytest.raises(OpenSearchError):
-        mlcommons.batch_predict(FailingHook("model not deployed"), "m", {})
+    for err_type, status, reason in (SAGEMAKER_THROTTLED, TASK_LIMIT):
+        with pytest.raises(mlcommons.ThrottledError, match="^(Error from remote|Exceeded)"):
+            mlcommons.batch_predict(FailingHook(reason, status, err_type), "m", {})
+    for reason in (EXPIRED, "model not deployed"):  # not worth waiting for: fails the try
+        with pytest.raises(OpenSearchError):
+            mlcommons.batch_predict(FailingHook(reason), "m", {})
 
 
 @pytest.fixture
@@ -75,15 +90,53 @@ def test_a_taken_name_that_cannot_be_read_fails_clearly(monkeypatch, op):
         op.submit_or_attach(hook=None)
 
 
+class SelfManagedCluster:
+    """The hook as execute() sees it: a self-managed cluster, whose connector signs with the
+    AWS connection's keys; KeyRefresher pushes are recorded instead of sent."""
+
+    def __init__(self, monkeypatch):
+        self.pushes = []
+        monkeypatch.setattr(operators, "OpenSearchHook", lambda conn_id: self)
+        refresher = type("Refresher", (), {"push_if_changed": lambda _self: self.pushes.append("push")})
+        monkeypatch.setattr(operators, "KeyRefresher", lambda *args: refresher())
+
+    def target(self):
+        return {"connector_credentials": "aws_keys"}
+
+
 def test_a_retry_that_finds_its_job_completed_returns_without_deferring(monkeypatch, op):
-    monkeypatch.setattr(operators, "OpenSearchHook", lambda conn_id: None)
+    cluster = SelfManagedCluster(monkeypatch)
     script(monkeypatch, op, [("task-1", "COMPLETED")], [])
     assert op.execute({}) == {"job_name": "k", "task_id": "task-1", "output_s3_uri": "s3://bkt/o/",
                               "elapsed": 0.0}
+    assert cluster.pushes == ["push"]  # fresh keys on the model before anything else
 
 
 def test_a_retry_that_finds_its_job_running_defers_to_wait(monkeypatch, op):
-    monkeypatch.setattr(operators, "OpenSearchHook", lambda conn_id: None)
+    SelfManagedCluster(monkeypatch)
     script(monkeypatch, op, [("task-1", "RUNNING")], [])
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute({})
+    assert deferred.value.trigger.refresh_keys  # and the trigger keeps them fresh
+
+
+def test_keys_are_put_on_the_model_again_right_before_each_submit(monkeypatch, op):
+    """ML Commons signs CreateTransformJob with the model's keys: short-lived keys pushed
+    before the look-up may have expired by the submit, or during a throttling backoff."""
+    cluster = SelfManagedCluster(monkeypatch)
+    order = cluster.pushes
+    monkeypatch.setattr(op, "_existing", lambda hook, name: order.append("look") or None)
+    answers = iter([mlcommons.ThrottledError("throttled"), {"task_id": "task-1"}])
+
+    def submit(hook, model_id, params):
+        order.append("submit")
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(mlcommons, "batch_predict", submit)
+    monkeypatch.setattr(operators.time, "sleep", lambda s: None)
     with pytest.raises(TaskDeferred):
         op.execute({})
+    assert order == ["push", "look", "push", "submit", "push", "submit"]

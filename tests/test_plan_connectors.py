@@ -271,6 +271,9 @@ class RecordingHook:
             return 200, {"hits": {"hits": [{"_id": "g-1", "_source": {"name": "batchvec"}}]}}
         if path.endswith("/models/_register"):
             return 200, {"task_id": "t", "status": "CREATED", "model_id": "m-new"}
+        if method == "GET" and "/models/" in path:  # deployed once _deploy was asked for
+            deployed = any(p.endswith("/_deploy") for _, p, _ in self.calls)
+            return 200, {"model_state": "DEPLOYED" if deployed else "REGISTERED"}
         return 200, {"status": "COMPLETED"}
 
 

@@ -4,8 +4,8 @@ Tests (or `PUT /_devstack/faults` on any service) write the file; services consu
 faults under an exclusive file lock, so "the next N requests" holds across processes.
 
 Fault names (each a dict; `count` = how many times it fires, -1 = until cleared):
-  batch_predict_throttle {count}            ML Commons _batch_predict -> 429 remote throttling
-  sagemaker_throttle     {count}            CreateTransformJob -> ThrottlingException
+  sagemaker_throttle     {count}            CreateTransformJob -> ThrottlingException (through
+                                            ML Commons: 400 remote_connector_throttling_exception)
   fail_job               {count, reason}    next transform job(s) end Failed with reason
   stall_job              {count}            next job(s) stay InProgress until stopped
   hold_job               {count, after_files}  next job(s) pause, InProgress, once `after_files`
@@ -13,11 +13,16 @@ Fault names (each a dict; `count` = how many times it fires, -1 = until cleared)
                                             switch stays set; `unset(..., "hold_job")` lets them
                                             go on (tests hold a job instead of racing it)
   drop_output            {count}            next job(s) leave one .out unwritten
-  bulk_item_429          {count, ratio}     next bulk request(s): that share of items 429
+  bulk_item_429          {count, ratio}     next bulk request(s) through the OpenSearch front:
+                                            that share of items taken out and answered 429
   sts_lifetime           {count, seconds}   next AssumeRole(s) issue credentials lasting seconds
+                                            (0: expired at once)
   http                   [{service, path_regex, method?, count, status? | action: "reset" |
                            action: "reset_after" | latency_ms}]  generic faults: "reset" drops
                            the connection before handling, "reset_after" after doing the work
+                           (service "opensearch": the HTTPS front before the real node)
+ML Commons' own 429 on _batch_predict is no switch: the real node gives it past
+`plugins.ml_commons.max_batch_inference_tasks` (tests/batch_task_limit.py).
 """
 
 from __future__ import annotations

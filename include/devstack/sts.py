@@ -23,6 +23,7 @@ from devstack.sigv4 import SignatureError
 
 ACCOUNT = "000000000000"
 DEFAULT_DURATION = 3600
+KEEP_EXPIRED = timedelta(minutes=15)
 MAX_DURATION = 43200
 
 
@@ -79,7 +80,9 @@ class Sts:
                                 secrets.token_urlsafe(60), now + timedelta(seconds=duration))
         # AWS prints whole seconds; milliseconds keep a 2-second lifetime from looking expired.
         with self._lock:
-            self._issued = {k: c for k, c in self._issued.items() if c.expires > now}
+            # Expired keys stay known a while: AWS answers ExpiredTokenException for them, not
+            # a signature error, also after newer keys were issued.
+            self._issued = {k: c for k, c in self._issued.items() if c.expires > now - KEEP_EXPIRED}
             self._issued[creds.access_key] = creds
             self.assume_role_calls += 1
         role_name = role.rsplit("/", 1)[-1]

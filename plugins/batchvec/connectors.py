@@ -265,7 +265,8 @@ def ensure_model(hook: OpenSearchHook, spec: ModelSpec, keys: dict | None = None
         log.info("reusing model %s (%s): definition unchanged", name, model_id)
         if spec.credentials == "aws_keys":
             mlcommons.update_model_credential(hook, model_id, credential)
-    # Batch predict deploys on its own; neural queries' _predict need it deployed. Idempotent.
+    # Batch predict deploys on its own; neural queries' _predict need it deployed. Waits for
+    # DEPLOYED: 3.6 refuses the key updates that follow while it is DEPLOYING.
     mlcommons.deploy_model(hook, model_id)
     return {"model_id": model_id, "model_name": name, "model_created": created,
             "credentials": spec.credentials}

@@ -90,18 +90,48 @@ def register_model(hook: OpenSearchHook, *, name: str, connector: dict, model_gr
 # rebuilds the deployed model's connector in the background (UpdateModelCacheTransportAction
 # starts an in-place update and returns): a request right after the PUT may still be signed
 # with the old keys (measured on 3.6: up to ~0.2 s idle). Wait that out, with margin for load.
-CREDENTIAL_SETTLE_S = 2.0
+CREDENTIAL_SETTLE_S = 1.0
+# 3.6 answers a deploy at once ("status": "COMPLETED") while the model is still DEPLOYING,
+# and refuses a model update meanwhile (409 "Model is deploying. Please wait for the model to
+# complete deployment."): a redeploy of a deployed model goes through DEPLOYING too.
+DEPLOY_WAIT_S = 60.0
+
+
+def _deploying(err: OpenSearchError) -> bool:
+    return err.status == 409 and "is deploying" in err.reason
 
 
 def update_model_credential(hook: OpenSearchHook, model_id: str, credential: dict) -> None:
     """New keys on a model's internal connector; a deployed model signs with them once this
-    returns (see CREDENTIAL_SETTLE_S)."""
-    hook.request("PUT", f"{ML}/models/{_id(model_id)}", {"connector": {"credential": credential}})
+    returns (see CREDENTIAL_SETTLE_S). Waits out a deployment under way (ours, another
+    run's, or the node's redeploy after a restart)."""
+    deadline = time.monotonic() + DEPLOY_WAIT_S
+    while True:
+        try:
+            hook.request("PUT", f"{ML}/models/{_id(model_id)}", {"connector": {"credential": credential}})
+            break
+        except OpenSearchError as err:
+            if not _deploying(err) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
     time.sleep(CREDENTIAL_SETTLE_S)
 
 
+def model_state(hook: OpenSearchHook, model_id: str) -> str | None:
+    return hook.request("GET", f"{ML}/models/{_id(model_id)}")[1].get("model_state")
+
+
 def deploy_model(hook: OpenSearchHook, model_id: str) -> None:
+    """Deploy unless deployed, and wait until it is (see DEPLOY_WAIT_S)."""
+    if model_state(hook, model_id) == "DEPLOYED":
+        return
     hook.request("POST", f"{ML}/models/{_id(model_id)}/_deploy")
+    deadline = time.monotonic() + DEPLOY_WAIT_S
+    while (state := model_state(hook, model_id)) != "DEPLOYED":
+        if state == "DEPLOY_FAILED" or time.monotonic() > deadline:
+            raise OpenSearchError(409, "model_not_deployed", f"model {model_id} is {state} after "
+                                  "_deploy", "POST", f"{ML}/models/{model_id}/_deploy")
+        time.sleep(0.2)
 
 
 def predict_embeddings(hook: OpenSearchHook, model_id: str, texts: list[str]) -> list[list[float]]:

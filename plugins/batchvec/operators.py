@@ -84,6 +84,7 @@ class BatchPredictOperator(BaseOperator):
         self.submit_retry_window = submit_retry_window
         self.deferrable = deferrable
         self._job: tuple[str, str | None] | None = None
+        self._refresher: KeyRefresher | None = None  # set by execute() for aws_keys connectors
         self._attached_state: str | None = None  # state of the job an earlier try made
 
     # -- submit or attach -----------------------------------------------------------------
@@ -109,6 +110,8 @@ class BatchPredictOperator(BaseOperator):
         deadline = time.monotonic() + self.submit_retry_window
         delay = 2.0
         while True:
+            if self._refresher is not None:  # ML Commons signs CreateTransformJob with these:
+                self._refresher.push_if_changed()  # the look-up (or a backoff) may outlast them
             try:
                 resp = mlcommons.batch_predict(hook, self.model_id, params)
                 break
@@ -155,8 +158,9 @@ class BatchPredictOperator(BaseOperator):
         hook = OpenSearchHook(self.opensearch_conn_id)
         refresh_keys = bool(self.aws_conn_id) and \
             hook.target()["connector_credentials"] == "aws_keys"
-        if refresh_keys:  # ML Commons signs the CreateTransformJob with the model's keys
-            KeyRefresher(self.aws_conn_id, self.opensearch_conn_id, self.model_id).push_if_changed()
+        if refresh_keys:  # ML Commons signs its calls to SageMaker with the model's keys
+            self._refresher = KeyRefresher(self.aws_conn_id, self.opensearch_conn_id, self.model_id)
+            self._refresher.push_if_changed()  # before the look-up: it refreshes tasks too
         job_name, task_id = self.submit_or_attach(hook)
         self._job = (job_name, task_id)
         started = time.time()
