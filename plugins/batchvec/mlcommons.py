@@ -8,6 +8,7 @@ the client must read them).
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 from batchvec.opensearch_hook import OpenSearchError, OpenSearchHook
@@ -85,13 +86,37 @@ def register_model(hook: OpenSearchHook, *, name: str, connector: dict, model_gr
     return hook.request("POST", f"{ML}/models/_register", body)[1]["model_id"]
 
 
-def update_model_credential(hook: OpenSearchHook, model_id: str, credential: dict) -> None:
-    """New keys on a model's internal connector; a deployed model uses them at once."""
-    hook.request("PUT", f"{ML}/models/{_id(model_id)}", {"connector": {"credential": credential}})
+# How long a model may take to deploy. While it deploys ML Commons refuses to update it (409
+# "Model is deploying. Please wait ..."), which new keys must, and to predict with it.
+DEPLOY_WAIT_S = 120.0
 
 
-def deploy_model(hook: OpenSearchHook, model_id: str) -> None:
+def update_model_credential(hook: OpenSearchHook, model_id: str, credential: dict,
+                            wait_s: float = DEPLOY_WAIT_S) -> None:
+    """New keys on a model's internal connector; a deployed model uses them at once. A model
+    still deploying (another run's deploy, an auto-redeploy after a node restart) is waited for."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            hook.request("PUT", f"{ML}/models/{_id(model_id)}", {"connector": {"credential": credential}})
+            return
+        except OpenSearchError as err:
+            if not (err.status == 409 and "deploying" in err.reason.lower()) \
+                    or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.5)
+
+
+def deploy_model(hook: OpenSearchHook, model_id: str, wait_s: float = DEPLOY_WAIT_S) -> None:
+    """Deploy (idempotent) and wait until the model is DEPLOYED (see DEPLOY_WAIT_S)."""
     hook.request("POST", f"{ML}/models/{_id(model_id)}/_deploy")
+    deadline = time.monotonic() + wait_s
+    while (state := hook.request("GET", f"{ML}/models/{_id(model_id)}")[1].get("model_state")) \
+            != "DEPLOYED":
+        if state == "DEPLOY_FAILED" or time.monotonic() >= deadline:
+            raise OpenSearchError(0, "model_not_deployed", f"model {model_id} is {state} "
+                                  f"after its deploy ({wait_s:.0f}s at most)", "POST", "_deploy")
+        time.sleep(0.5)
 
 
 def predict_embeddings(hook: OpenSearchHook, model_id: str, texts: list[str]) -> list[list[float]]:
