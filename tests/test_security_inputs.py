@@ -315,3 +315,14 @@ def test_scrub_removes_credentials_and_keeps_the_diagnosis(text, secret):
 def test_scrub_leaves_ordinary_text_alone():
     text = "POST /_plugins/_ml/models/abc/_batch_predict -> 400 illegal_argument_exception: bad"
     assert scrub(text) == text
+
+
+def test_job_failure_reasons_are_scrubbed_before_they_reach_events_and_messages():
+    from batchvec import mlcommons
+
+    echo = "InvalidSignatureException ... x-amz-security-token:IQoJsecretToken123\nsigned"
+    task = {"state": "FAILED", "error": echo, "remote_job": {}}
+    assert "IQoJsecretToken123" not in mlcommons.status_from_task(task).failure_reason
+    described = {"TransformJobStatus": "Failed", "FailureReason": echo}
+    assert "IQoJsecretToken123" not in mlcommons.status_from_sagemaker(described).failure_reason
+    assert mlcommons.status_from_task({"state": "RUNNING"}).failure_reason is None
