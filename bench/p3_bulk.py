@@ -26,16 +26,16 @@ FIELD = "embedding"
 class Docs:
     """The benchmark's documents, generated on the fly (never all in memory)."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, index: str = INDEX) -> None:
         gen = OutLines()
-        self.n = n
+        self.n, self.index = n, index
         self.vec_text = [v[1:-1] for v in gen.vectors]  # b"[...]" without the outer list
         self.vec_list = [orjson.loads(v) for v in self.vec_text]
         self.text_json = gen.texts
         self.text_str = [orjson.loads(t) for t in gen.texts]
 
     def actions(self) -> Iterator[tuple[str, bytes]]:
-        head = b'{"index":{"_index":"' + INDEX.encode() + b'","_id":"'
+        head = b'{"index":{"_index":"' + self.index.encode() + b'","_id":"'
         mid = b'"}}\n{"text":'
         vec = b',"' + FIELD.encode() + b'":'
         nt, nv = len(self.text_json), len(self.vec_text)
@@ -47,7 +47,7 @@ class Docs:
     def dicts(self) -> Iterator[dict]:
         nt, nv = len(self.text_str), len(self.vec_list)
         for i in range(self.n):
-            yield {"_index": INDEX, "_id": f"doc-{i}",
+            yield {"_index": self.index, "_id": f"doc-{i}",
                    "_source": {"text": self.text_str[i % nt], FIELD: self.vec_list[i % nv]}}
 
 

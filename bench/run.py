@@ -29,10 +29,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from bench.common import Row  # noqa: E402
 from bench.table import render, summary  # noqa: E402
 
-ROWS = ("P1", "P2", "P3", "P4", "P5", "P6")
-DEFAULTS = {"p1_docs": 50_000, "p2_records": 200_000, "p3_docs": 100_000,
+ROWS = ("P1", "P2", "P3", "P3N", "P4", "P5", "P6")
+DEFAULTS = {"p1_docs": 50_000, "p2_records": 200_000, "p3_docs": 100_000, "p3n_docs": 20_000,
             "p4_sizes": "100000,10000000", "p5_docs": 10_000, "p6_docs": 2_000, "repeats": 3}
-QUICK = {"p1_docs": 10_000, "p2_records": 50_000, "p3_docs": 20_000,
+QUICK = {"p1_docs": 10_000, "p2_records": 50_000, "p3_docs": 20_000, "p3n_docs": 5_000,
          "p4_sizes": "20000,200000", "p5_docs": 300, "p6_docs": 300, "repeats": 3}
 
 
@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--p1-docs", type=int, help=".out lines converted per repeat")
     parser.add_argument("--p2-records", type=int, help="input records staged per repeat")
     parser.add_argument("--p3-docs", type=int, help="documents sent per repeat")
+    parser.add_argument("--p3n-docs", type=int, help="documents sent into the real node per repeat")
     parser.add_argument("--p4-sizes", help="two input sizes (records), small,large")
     parser.add_argument("--p5-docs", type=int, help="documents through the whole DAG")
     parser.add_argument("--p6-docs", type=int, help="passages through the model container")
@@ -73,6 +74,10 @@ def run_row(key: str, args: argparse.Namespace) -> Row:
         from bench import p3_bulk
 
         return p3_bulk.run(args.p3_docs, args.repeats)
+    if key == "P3N":
+        from bench import p3_node
+
+        return p3_node.run(args.p3n_docs, args.repeats)
     if key == "P4":
         from bench import p4_memory
 

@@ -1,4 +1,5 @@
-"""Processes the benchmarks talk to: the null `_bulk` server and an isolated devstack.
+"""Processes the benchmarks talk to: the null `_bulk` server and an isolated devstack (the
+real OpenSearch node behind its HTTPS front, SageMaker with model containers, S3).
 
 Like tests/conftest.py, a devstack here lives in its own temp dir on random free ports, so
 a developer's running devstack (or another benchmark) is never touched.
@@ -80,6 +81,23 @@ def devstack(services: tuple[str, ...] = ("s3",), keep: bool = False) -> Iterato
         launcher.down(state, services=services)
         if not keep:
             shutil.rmtree(state, ignore_errors=True)
+
+
+def opensearch_connection(endpoints: dict) -> dict:
+    """An Airflow connection (JSON form) for OpenSearchHook to the devstack's HTTPS front, as
+    the pipeline's: basic auth, TLS verified with the devstack CA."""
+    host, port = endpoints["opensearch"].split("://", 1)[1].rsplit(":", 1)
+    return {"conn_type": "generic", "host": host, "port": int(port), "schema": "https",
+            "login": endpoints["opensearch_user"], "password": endpoints["opensearch_password"],
+            "extra": {"auth": "basic", "ca_certs": endpoints["opensearch_ca"]}}
+
+
+def opensearch_session(endpoints: dict) -> requests.Session:
+    """requests to the front as its admin; the devstack CA, not REQUESTS_CA_BUNDLE's."""
+    session = requests.Session()
+    session.auth = (endpoints["opensearch_user"], endpoints["opensearch_password"])
+    session.verify, session.trust_env = endpoints["opensearch_ca"], False
+    return session
 
 
 def s3_client(endpoints: dict):

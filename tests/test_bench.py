@@ -56,3 +56,15 @@ def test_summary_names_missed_and_crashed_rows():
 def test_unknown_rows_are_refused():
     with pytest.raises(SystemExit):
         run.parse_args(["--only", "P9"])
+
+
+def test_p3n_is_a_row_and_both_clients_write_the_same_documents_to_the_given_index():
+    from bench.p3_bulk import Docs
+
+    assert run.parse_args(["--quick", "--only", "P3n"]).only == ["P3N"]
+    assert run.parse_args(["--quick"]).p3n_docs == 5_000
+    docs = Docs(3, "bench-p3n-ours")
+    (doc_id, action), first = next(docs.actions()), next(docs.dicts())
+    head, source = (json.loads(part) for part in action.splitlines())
+    assert head == {"index": {"_index": "bench-p3n-ours", "_id": doc_id}} and first["_id"] == doc_id
+    assert first["_index"] == "bench-p3n-ours" and source == first["_source"]

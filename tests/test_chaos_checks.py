@@ -89,9 +89,31 @@ def test_two_jobs_doing_the_same_work_are_duplicated():
     assert not checks.check_jobs([]).clean  # no job at all: the run cannot have succeeded
 
 
-def test_connectors_and_models_are_one_per_name():
-    assert checks.check_unique_names("connectors", ["a", "b"]).clean
+def test_models_and_model_groups_are_one_per_name():
+    assert checks.check_unique_names("models", ["a", "b"]).clean
     assert checks.check_unique_names("models", ["a", "a", "a", "b"]).duplicated == 2
+    assert checks.check_unique_names("model_groups", ["batchvec", "batchvec"]).duplicated == 1
+
+
+def test_the_session_checks_models_and_groups_and_each_run_registers_its_own_model(tmp_path):
+    """The connector lives inside the model: nothing standalone to count. A run's tag is
+    part of the model's definition, so each run creates (and a killed ensure_model retries
+    creating) a model of its own."""
+    from batchvec import connectors, plan
+    from chaos import runner
+
+    assert runner.ML_KINDS == ("models", "model_groups")
+    source = tmp_path / "in.jsonl"
+    source.write_text("{}\n")
+    names = set()
+    for i in (1, 2):
+        conf = {**runner.run_conf(i, source, f"chaos-{i:03d}", 2),
+                "sagemaker_model_name": "minilm-embedder",
+                "sagemaker_endpoint_name": "devstack-minilm"}
+        p = plan.resolve_plan(conf, dag_id="batch_embeddings", run_id=f"chaos-{i:03d}",
+                              ds="2026-01-01", region="us-east-1")
+        names.add(connectors.connector_definition(connectors.ModelSpec(**p.model))["name"])
+    assert len(names) == 2
 
 
 # -- the result line ---------------------------------------------------------------------------

@@ -277,6 +277,32 @@ class RecordingHook:
         return 200, {"status": "COMPLETED"}
 
 
+def test_deploy_waits_for_deployed_and_key_updates_wait_out_a_deploy(monkeypatch):
+    """ML Commons answers 409 "Model is deploying" to an update while the model deploys
+    (seen on the 3.6 node right after _deploy): the deploy waits for DEPLOYED, and new keys
+    wait out another run's deploy."""
+    from batchvec import mlcommons
+    from batchvec.opensearch_hook import OpenSearchError
+
+    monkeypatch.setattr(mlcommons.time, "sleep", lambda s: None)
+    states = iter(["DEPLOYING", "DEPLOYING", "DEPLOYED"])
+    hook = RecordingHook()
+    hook.request = lambda m, p, b=None, **k: (200, {"model_state": next(states)} if m == "GET" else {})
+    mlcommons.deploy_model(hook, "m-1")
+    assert next(states, "done") == "done"
+    answers = iter([OpenSearchError(409, "status_exception", "Model is deploying. Please wait"), None])
+
+    def put(method, path, body=None, **kw):
+        if (err := next(answers)) is not None:
+            raise err
+        return 200, {"result": "updated"}
+    hook.request = put
+    mlcommons.update_model_credential(hook, "m-1", {"access_key": "a", "secret_key": "s"})
+    hook.request = lambda *a, **k: (_ for _ in ()).throw(OpenSearchError(409, "x", "version conflict"))
+    with pytest.raises(OpenSearchError, match="version conflict"):  # other conflicts: at once
+        mlcommons.update_model_credential(hook, "m-1", {"access_key": "a", "secret_key": "s"})
+
+
 def test_self_managed_clusters_get_the_connections_keys_and_no_secret_names_the_model():
     keyed = ModelSpec(**{**SPEC.__dict__, "credentials": "aws_keys", "role_arn": ""})
     definition = connectors.connector_definition(keyed)

@@ -1,94 +1,47 @@
 """No secret leaks from a real run: connections carry known, distinctive secrets, the DAG runs
 through dag.test() on the devstack, and every place a secret could surface is grepped: all
 logging (DEBUG) and stdout/stderr, task log files, XComs, rendered template fields, trigger
-rows, every JSON object the run wrote to S3, and the ML Commons connector as read back.
+rows and trigger events, every object the run wrote to S3, the OpenSearch node's and its
+front's logs, and the ML Commons models as read back (their connectors hold the AWS keys).
 
-The AWS session token rides on a connection used only to sign OpenSearch requests (SigV4):
-SeaweedFS refuses unknown session tokens (InvalidAccessKeyId), while the OpenSearch stand-in
-checks the signature over the signed `x-amz-security-token` header, as AWS does.
+The real OpenSearch node does not return a connector's credential: GET
+`_plugins/_ml/models/<id>` and `_plugins/_ml/models/_search` leave `credential` out, and the
+model's document in `.plugins-ml-model` holds each key encrypted (AWS Encryption SDK
+ciphertext, `AgV4...`); `ml_model_places` asserts exactly that.
+
+In a DAG run the AWS session token rides on a connection used only to sign OpenSearch
+requests (SigV4): SeaweedFS refuses unknown session tokens (InvalidAccessKeyId), while the
+devstack's front checks the signature over the signed `x-amz-security-token` header, as AWS
+does. Session tokens in the connector come from assumed-role keys
+(`test_the_key_refresh_path_leaks_no_assumed_role_key`).
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import logging
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from tests.dag_helpers import os_session
+from tests.security_helpers import (
+    Capture,
+    DevstackLogs,
+    db_places,
+    leaks,
+    log_file_places,
+    ml_model_places,
+    needles,
+    s3_places,
+)
+
 pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
 
 REPO = Path(__file__).resolve().parents[1]
 SESSION_TOKEN = "IQoJb3JpZ2luX2VjBatchvecToken" + secrets.token_hex(12)
 WRONG_PASSWORD = "Wr0ngPassw0rd-" + secrets.token_hex(8)
-
-
-def needles(named: dict[str, str], user: str = "") -> dict[str, str]:
-    """Each secret, a 16-char slice of it (a truncated echo is still a leak), and the base64
-    forms it travels in (`Authorization: Basic base64(user:password)`)."""
-    out = {}
-    for label, value in named.items():
-        out[label] = value
-        out[f"{label}[4:20]"] = value[4:20]
-        out[f"{label} base64"] = base64.b64encode(value.encode()).decode().rstrip("=")
-        if user:
-            out[f"{label} basic header"] = base64.b64encode(f"{user}:{value}".encode()).decode()
-    return out
-
-
-def leaks(places: dict[str, str], secret_needles: dict[str, str]) -> list[str]:
-    return [f"{label} in {place}" for place, text in places.items()
-            for label, needle in secret_needles.items() if needle in text]
-
-
-class Capture:
-    """Every log record of the run at DEBUG, from every logger, before any handler or masker.
-
-    Airflow reconfigures logging when a run starts (handlers replaced, levels reset), so a
-    root handler would miss the run: records are taken where Logger.handle() receives them,
-    and every logger is made DEBUG-enabled (SQLAlchemy's would echo each query: left alone).
-
-    Our own records (any logger named batchvec...) are grepped raw: our code must not log a
-    secret at all. Third-party DEBUG records are grepped as the task log would show them,
-    through Airflow's secrets masker: botocore at DEBUG prints the signed request, session
-    token included, and only the masker (which knows connection secrets) stands in its way.
-    """
-
-    def __init__(self, monkeypatch):
-        self.records: list[tuple[str, str]] = []
-        self.formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
-        handle, enabled = logging.Logger.handle, logging.Logger.isEnabledFor
-
-        def capture(logger, record):
-            try:
-                self.records.append((record.name, self.formatter.format(record)))
-            except Exception as exc:  # a record that cannot format is still evidence
-                self.records.append((record.name, f"{record.msg!r} {record.args!r} {exc}"))
-            if record.levelno >= logger.getEffectiveLevel():  # what would have been emitted
-                handle(logger, record)
-
-        def debug_enabled(logger, level):
-            return enabled(logger, level) if logger.name.startswith("sqlalchemy") else True
-
-        monkeypatch.setattr(logging.Logger, "handle", capture)
-        monkeypatch.setattr(logging.Logger, "isEnabledFor", debug_enabled)
-
-    @property
-    def ours(self) -> str:
-        return "\n".join(text for name, text in self.records if "batchvec" in name)
-
-    @property
-    def others_masked(self) -> str:
-        from airflow.sdk._shared.secrets_masker import redact
-
-        return "\n".join(str(redact(text)) for name, text in self.records if "batchvec" not in name)
-
-    def places(self) -> dict[str, str]:
-        return {"our logging (DEBUG, raw)": self.ours,
-                "third-party logging (DEBUG, as masked by Airflow)": self.others_masked}
 
 
 @pytest.fixture
@@ -111,8 +64,11 @@ def _conns(ep: dict, *, auth: str, password: str) -> dict[str, dict]:
             "conn_type": "aws", "login": ep["aws_access_key_id"],
             "password": ep["aws_secret_access_key"],
             "extra": {"region_name": ep["region"], "aws_session_token": SESSION_TOKEN}}
+        # A self-managed cluster behind SigV4: ML Commons there needs the connection's keys
+        # (the default for SigV4 `es`, a role, is Amazon OpenSearch Service's).
         conns["opensearch_default"]["extra"] = {
-            "auth": "sigv4", "aws_conn_id": "aws_opensearch", "region": ep["region"]}
+            "auth": "sigv4", "aws_conn_id": "aws_opensearch", "region": ep["region"],
+            "ca_certs": ep["opensearch_ca"], "connector_credentials": "aws_keys"}
     return conns
 
 
@@ -132,50 +88,6 @@ def dag_with(airflow_env, monkeypatch):
     return make
 
 
-def db_places(dag_id: str, run_id: str, batch_predict_ran: bool = True) -> dict[str, str]:
-    from airflow.models.renderedtifields import RenderedTaskInstanceFields
-    from airflow.models.trigger import Trigger
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        xcoms = session.scalars(select(XComModel).where(
-            XComModel.dag_id == dag_id, XComModel.run_id == run_id)).all()
-        rtif = session.scalars(select(RenderedTaskInstanceFields).where(
-            RenderedTaskInstanceFields.dag_id == dag_id,
-            RenderedTaskInstanceFields.run_id == run_id)).all()
-        triggers = session.scalars(select(Trigger)).all()
-        places = {f"xcom {x.task_id}[{x.map_index}].{x.key}": json.dumps(x.value, default=str)
-                  for x in xcoms}
-        places |= {f"rendered fields {r.task_id}[{r.map_index}]": json.dumps(r.rendered_fields, default=str)
-                   for r in rtif}
-        places |= {f"trigger {t.id}": json.dumps(t.kwargs, default=str) for t in triggers}
-    assert any(p.startswith("xcom plan") for p in places), sorted(places)
-    if batch_predict_ran:
-        assert any(p.startswith("rendered fields batch_predict") for p in places), sorted(places)
-    return places
-
-
-def s3_places(devstack, prefix: str) -> dict[str, str]:
-    s3 = devstack.s3.client()
-    places = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=devstack.s3.bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            if obj["Key"].endswith((".json", ".jsonl")):
-                body = s3.get_object(Bucket=devstack.s3.bucket, Key=obj["Key"])["Body"].read()
-                places[f"s3 {obj['Key']}"] = body.decode(errors="replace")
-    return places
-
-
-def log_file_places() -> dict[str, str]:
-    import os
-
-    logs = Path(os.environ["AIRFLOW_HOME"]) / "logs"
-    return {f"log file {p}": p.read_text(errors="replace")
-            for p in logs.rglob("*") if p.is_file()} if logs.exists() else {}
-
-
 @pytest.mark.parametrize("auth", ["basic", "sigv4"])
 def test_a_run_leaks_no_credential_anywhere(dag_with, airflow_env, capture_logs, capfd, auth, tmp_path):
     devstack = airflow_env
@@ -185,6 +97,7 @@ def test_a_run_leaks_no_credential_anywhere(dag_with, airflow_env, capture_logs,
     source.write_text("".join(json.dumps({"id": f"s-{i}", "text": f"secure text {i}"}) + "\n"
                               for i in range(6)) + '{"id": "bad", "text": ""}\n')
     when = datetime(2026, 7, 1 if auth == "basic" else 2, tzinfo=UTC)
+    devstack_logs = DevstackLogs(devstack)
     dagrun = dag.test(run_after=when, logical_date=when,
                       run_conf={"input_uri": str(source), "index_name": f"sec-{auth}",
                                 "max_reject_ratio": 0.5})
@@ -196,24 +109,22 @@ def test_a_run_leaks_no_credential_anywhere(dag_with, airflow_env, capture_logs,
     key = naming.run_key(dag.dag_id, dagrun.run_id)
     places = {**capture_logs.places(), "stdout": out, "stderr": err}
     places |= log_file_places() | db_places(dag.dag_id, dagrun.run_id)
-    places |= s3_places(devstack, f"runs/{key}/")
+    places |= s3_places(devstack, f"runs/{key}/") | devstack_logs.places()
     assert f"s3 runs/{key}/report.json" in places and f"s3 runs/{key}/manifest.json" in places
-    import requests
-
-    connectors = requests.post(ep["opensearch"] + "/_plugins/_ml/connectors/_search",
-                               json={"query": {"match_all": {}}, "size": 100}, timeout=30,
-                               auth=(ep["opensearch_user"], ep["opensearch_password"])).json()
-    for hit in connectors["hits"]["hits"]:
-        got = requests.get(ep["opensearch"] + f"/_plugins/_ml/connectors/{hit['_id']}", timeout=30,
-                           auth=(ep["opensearch_user"], ep["opensearch_password"])).json()
-        places[f"connector {hit['_id']}"] = json.dumps(got)
+    assert any(p.endswith(".out") for p in places), sorted(places)  # the outputs were read too
+    model_places, credentials = ml_model_places(devstack, os_session(devstack))
+    places |= model_places
+    model_id = json.loads(places["xcom ensure_model[-1].model_id"])
+    assert set(credentials[model_id]["stored"]) == {"access_key", "secret_key"}  # no token here
     secret_needles = needles({"aws secret key": ep["aws_secret_access_key"],
                               "opensearch password": ep["opensearch_password"],
                               "session token": SESSION_TOKEN}, user=ep["opensearch_user"])
     found = leaks(places, secret_needles)
     assert not found, found
-    # The grep looked where it should: the run's own traces are in what was captured.
+    # The grep looked where it should: the run's own traces are in what was captured, and
+    # the trigger put the AWS connection's keys on the model (KeyRefresher) while it waited.
     assert key in capture_logs.ours and key in out
+    assert f"put fresh AWS keys on model {model_id}" in capture_logs.ours
     if auth == "sigv4":  # and the token really travelled, signed, on every OpenSearch call
         from batchvec.opensearch_hook import OpenSearchHook
 
@@ -232,6 +143,7 @@ def test_a_failing_run_leaks_neither_the_wrong_nor_the_right_password(dag_with, 
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps({"id": "f-1", "text": "never embedded"}) + "\n")
     when = datetime(2026, 7, 3, tzinfo=UTC)
+    devstack_logs = DevstackLogs(airflow_env)
     dagrun = dag.test(run_after=when, logical_date=when,
                       run_conf={"input_uri": str(source), "index_name": "sec-fail"})
     out, err = capfd.readouterr()
@@ -239,6 +151,7 @@ def test_a_failing_run_leaks_neither_the_wrong_nor_the_right_password(dag_with, 
     assert "401" in out + capture_logs.ours  # it failed where it should: OpenSearch said no
     places = {**capture_logs.places(), "stdout": out, "stderr": err}
     places |= log_file_places() | db_places(dag.dag_id, dagrun.run_id, batch_predict_ran=False)
+    places |= devstack_logs.places()
     found = leaks(places, needles({"aws secret key": ep["aws_secret_access_key"],
                                    "opensearch password": ep["opensearch_password"],
                                    "wrong password": WRONG_PASSWORD}, user=ep["opensearch_user"]))
@@ -273,8 +186,9 @@ def test_opensearch_signature_errors_do_not_echo_the_session_token(airflow_env, 
     host, port = ep["opensearch"].rsplit(":", 1)
     _set_conn(monkeypatch, "aws_bad", _bad_aws(ep))
     _set_conn(monkeypatch, "os_bad_sig", {
-        "conn_type": "generic", "host": host.split("://")[1], "port": int(port), "schema": "http",
-        "extra": {"auth": "sigv4", "aws_conn_id": "aws_bad", "region": ep["region"]}})
+        "conn_type": "generic", "host": host.split("://")[1], "port": int(port), "schema": "https",
+        "extra": {"auth": "sigv4", "aws_conn_id": "aws_bad", "region": ep["region"],
+                  "ca_certs": ep["opensearch_ca"]}})
     with pytest.raises(OpenSearchError) as err:
         OpenSearchHook("os_bad_sig", max_retries=0).count("anything")
     assert err.value.status == 403 and "signature" in str(err.value)

@@ -1,5 +1,6 @@
 """TLS verification against a real HTTPS server, hostile values for everything that reaches an
-ML Commons request template, and the credential scrubber. No devstack needed."""
+ML Commons request template, and the credential scrubber. One test needs the devstack: the
+legitimate values go through the real node's ML Commons templating."""
 
 from __future__ import annotations
 
@@ -159,41 +160,90 @@ def test_hostile_model_values_are_refused_naming_the_param_and_pattern(field, ho
     for value in (hostile, legit + hostile):  # alone, and riding on a valid prefix
         if value == legit or (value == "" and field.endswith("_url")):
             continue  # an empty URL means the region's AWS endpoint
-        spec = ModelSpec(**{**SPEC.__dict__, field: value})
+        # a role reaches the connector only where it is the credential (role_arn mode)
+        mode = "role_arn" if field == "role_arn" else SPEC.credentials
+        spec = ModelSpec(**{**SPEC.__dict__, field: value, "credentials": mode})
         with pytest.raises(ValueError) as err:
             connectors.connector_definition(spec)
         assert f"{param}" in str(err.value) and "pattern" in str(err.value), str(err.value)
 
 
-@pytest.mark.parametrize("field", sorted(FIELDS))
-def test_legitimate_model_values_pass_and_fill_ml_commons_templates_as_valid_json(field):
-    """Through the stand-in's copy of ML Commons' templating (escaping, recursive
-    substitution): the filled batch request is valid JSON with exactly the expected keys."""
-    from devstack.opensearch import templating
+@pytest.fixture(scope="module")
+def capture_sagemaker(airflow_env):
+    """A stand-in SageMaker API on the devstack SageMaker's address (one ML Commons trusts)
+    that records each request ML Commons sends and answers as SageMaker would."""
+    from urllib.parse import urlsplit
 
-    spec = ModelSpec(**{**SPEC.__dict__, field: FIELDS[field][1]})
-    definition = connectors.connector_definition(spec)
+    seen: list[tuple[str, bytes]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            seen.append((self.path, self.rfile.read(int(self.headers.get("Content-Length") or 0))))
+            body = json.dumps({"TransformJobArn": "arn:aws:sagemaker:eu-west-1:123456789012:"
+                               "transform-job/run-key-r2"} if self.path == "/CreateTransformJob"
+                              else {}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-amz-json-1.1")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    host = urlsplit(airflow_env.endpoints["sagemaker"]).hostname
+    server = http.server.ThreadingHTTPServer((host, 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://{host}:{server.server_address[1]}", seen
+    server.shutdown()
+
+
+@pytest.mark.devstack
+@pytest.mark.parametrize("field", sorted(set(FIELDS) - {"role_arn"}))
+def test_legitimate_model_values_fill_the_real_ml_commons_templates_as_valid_json(
+        field, capture_sagemaker):
+    """Registered on the real node (the connector inside the model) and submitted with
+    `_batch_predict`: the body ML Commons fills in and sends (escaping, recursive
+    substitution) is valid JSON with exactly the expected keys. `role_arn` reaches no template
+    on a self-managed cluster (the node refuses a role-only credential: "Missing credential")."""
+    from batchvec import mlcommons
+    from batchvec.opensearch_hook import OpenSearchHook
+
+    url, seen = capture_sagemaker
+    value = url if field == "sagemaker_api_url" else FIELDS[field][1]
+    spec = ModelSpec(**{**SPEC.__dict__, "sagemaker_api_url": url, field: value})
+    hook = OpenSearchHook("opensearch_default")
+    model = connectors.ensure_model(hook, spec, {"access_key": "AKIDTEMPLATETEST",
+                                                 "secret_key": "template-test-secret"})
     params = transform_parameters("run-key-r2", "s3://bucket/runs/k/input/", "s3://bucket/runs/k/output/")
-    # as the stand-in stores a connector (parameters as strings) and fills a batch request
-    filled = templating.call_parameters(templating.parameter_map(definition["parameters"]), params)
-    for action in definition["actions"]:
-        body = templating.substitute(action["request_body"], filled)
-        if action["action_type"] == "predict":
-            continue  # its body is the caller's input
-        doc = json.loads(body)
-        assert doc["TransformJobName"] == "run-key-r2"
-        if action["action_type"] == "batch_predict":
-            assert set(doc) == {"BatchStrategy", "ModelName", "DataProcessing", "TransformInput",
-                                "TransformJobName", "TransformOutput", "TransformResources",
-                                "MaxPayloadInMB", "MaxConcurrentTransforms", "ModelClientConfig",
-                                "Tags"}
-            assert doc["ModelName"] == spec.model_name
-            assert (doc["MaxPayloadInMB"], doc["MaxConcurrentTransforms"]) == (1, 2)
-            assert doc["ModelClientConfig"] == {"InvocationsTimeoutInSeconds": 600,
-                                                "InvocationsMaxRetries": 3}
-            assert doc["Tags"] == [] and doc["BatchStrategy"] == "MultiRecord"
-            assert doc["TransformInput"]["ContentType"] == "application/jsonlines"
-            assert doc["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://bucket/runs/k/input/"
+    before = len(seen)
+    try:
+        task_id = mlcommons.batch_predict(hook, model["model_id"], params)["task_id"]
+        mlcommons.cancel_task(hook, task_id)  # StopTransformJob, filled in from the task
+    finally:  # the models of this test hold no key anyone uses: leave none behind
+        hook.request("POST", f"/_plugins/_ml/models/{model['model_id']}/_undeploy")
+        hook.request("DELETE", f"/_plugins/_ml/models/{model['model_id']}")
+    sent = dict(seen[before:])
+    doc = json.loads(sent["/CreateTransformJob"])
+    assert set(doc) == {"BatchStrategy", "ModelName", "DataProcessing", "TransformInput",
+                        "TransformJobName", "TransformOutput", "TransformResources",
+                        "MaxPayloadInMB", "MaxConcurrentTransforms", "ModelClientConfig", "Tags"}
+    assert doc["TransformJobName"] == "run-key-r2" and doc["ModelName"] == spec.model_name
+    assert doc["TransformResources"] == {"InstanceCount": 1, "InstanceType": spec.instance_type}
+    assert (doc["MaxPayloadInMB"], doc["MaxConcurrentTransforms"]) == (1, 2)
+    assert doc["ModelClientConfig"] == {"InvocationsTimeoutInSeconds": 600,
+                                        "InvocationsMaxRetries": 3}
+    assert doc["Tags"] == [] and doc["BatchStrategy"] == "MultiRecord"
+    assert doc["TransformInput"]["ContentType"] == "application/jsonlines"
+    assert doc["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://bucket/runs/k/input/"
+    assert json.loads(sent["/StopTransformJob"]) == {"TransformJobName": "run-key-r2"}
+
+
+def test_a_role_arn_reaches_the_connector_only_as_its_credential():
+    spec = ModelSpec(**{**SPEC.__dict__, "credentials": "role_arn"})
+    definition = connectors.connector_definition(spec)
+    assert definition["credential"] == {"roleArn": SPEC.role_arn}
+    assert SPEC.role_arn not in json.dumps({k: v for k, v in definition.items() if k != "credential"})
 
 
 @pytest.mark.parametrize("count", [True, 0, 101, "2", 1.5])
@@ -233,7 +283,8 @@ def test_resolve_plan_reports_injection_attempts_with_every_other_bad_param():
               "index_name": "BAD"}
     with pytest.raises(ValueError) as err:
         plan.resolve_plan(params, dag_id="d", run_id="r", ds="2026-01-01", region="us-east-1\n",
-                          sagemaker_api_url='http://h", "u": "')
+                          sagemaker_api_url='http://h", "u": "',
+                          connector_credentials="role_arn")  # where the role reaches the connector
     text = str(err.value)
     assert "x-secret-pw" not in text  # the input URL's userinfo is not echoed
     for name in ("input_uri", "sagemaker_model_name", "sagemaker_endpoint_name", "connector_role_arn",
@@ -264,3 +315,14 @@ def test_scrub_removes_credentials_and_keeps_the_diagnosis(text, secret):
 def test_scrub_leaves_ordinary_text_alone():
     text = "POST /_plugins/_ml/models/abc/_batch_predict -> 400 illegal_argument_exception: bad"
     assert scrub(text) == text
+
+
+def test_job_failure_reasons_are_scrubbed_before_they_reach_events_and_messages():
+    from batchvec import mlcommons
+
+    echo = "InvalidSignatureException ... x-amz-security-token:IQoJsecretToken123\nsigned"
+    task = {"state": "FAILED", "error": echo, "remote_job": {}}
+    assert "IQoJsecretToken123" not in mlcommons.status_from_task(task).failure_reason
+    described = {"TransformJobStatus": "Failed", "FailureReason": echo}
+    assert "IQoJsecretToken123" not in mlcommons.status_from_sagemaker(described).failure_reason
+    assert mlcommons.status_from_task({"state": "RUNNING"}).failure_reason is None

@@ -3,8 +3,8 @@ and SageMaker hold, so they are unit-tested without any server.
 
 - lost: expected documents missing from the index (or counted failed by the report);
 - duplicated: documents in the index beyond the distinct expected ones, records the report
-  counts more than once, and more than one transform job (or ML Commons connector/model of
-  one name) doing the same work;
+  counts more than once, and more than one transform job (or ML Commons model / model
+  group of one name) doing the same work;
 - orphan_jobs: transform jobs of the run still InProgress / Stopping after the run ended.
 """
 
@@ -101,7 +101,8 @@ def check_jobs(jobs: list[dict]) -> RunCheck:
 
 
 def check_unique_names(kind: str, names: list[str]) -> RunCheck:
-    """ML Commons connectors / models are found-or-created by name: one of each name."""
+    """ML Commons models (their connectors inside) and model groups are found-or-created
+    by name: one of each name."""
     extra = {name: n for name, n in Counter(names).items() if n > 1}
     out = RunCheck(duplicated=sum(n - 1 for n in extra.values()))
     if extra:

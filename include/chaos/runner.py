@@ -1,8 +1,10 @@
 """One chaos session: a private devstack + Airflow, N runs each with one kill, the checks.
 
-Each run gets its own index (`chaos-NNN`) and its own connector role ARN, so it creates its
-own ML Commons connector and model (ensure_model kills land in the create path) and its
-accounting is exact: the same generated input every time, N valid records and 2 bad lines.
+Each run gets its own index (`chaos-NNN`) and its own transform-job tag, which is part of the
+model's definition, so it registers its own ML Commons model (with its connector inside;
+ensure_model kills land in the create path; the connector role ARN no longer would: a
+self-managed cluster's connector signs with keys, and the role is not in its definition), and
+its accounting is exact: the same generated input every time, N valid records and 2 bad lines.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from chaos import checks, kills, procs
 from chaos.airflow_stack import AirflowStack
 
 LANES = 4  # bulk_concurrency (the DAG's default)
+# What ML Commons must hold once per name: models (each with its connector inside) and their
+# group. There are no standalone connectors any more.
+ML_KINDS = ("models", "model_groups")
 BAD_LINES = ['{"id": "chaos-bad-1", "text": "   "}', "not json at all"]
 
 
@@ -59,6 +64,13 @@ def write_input(path: Path, records: int, sample: Path) -> set[str]:
     lines[len(lines) // 2:len(lines) // 2] = BAD_LINES
     path.write_text("\n".join(lines) + "\n")
     return ids
+
+
+def run_conf(i: int, input_path: Path, index: str, shards: int) -> dict:
+    """Run i's DAG conf: its own index, and its own tag, which is part of the model's
+    definition, so the run registers a model of its own."""
+    return {"input_uri": str(input_path), "index_name": index, "metadata_fields": ["topic"],
+            "shards": shards, "max_reject_ratio": 0.5, "tags": {"batchvec-chaos-run": f"{i:03d}"}}
 
 
 class Services:
@@ -172,9 +184,7 @@ class Session:
             estimates=self.estimates,
             bulk_window=0.9 * per_lane * opts.bulk_latency_ms / 1000,
             submit_window=0.85 * opts.submit_latency_ms / 1000)
-        conf = {"input_uri": str(self.input), "index_name": index, "metadata_fields": ["topic"],
-                "shards": opts.shards, "max_reject_ratio": 0.5,
-                "connector_role_arn": f"arn:aws:iam::000000000000:role/batchvec-chaos-{i:03d}"}
+        conf = run_conf(i, self.input, index, opts.shards)
         started = time.monotonic()
         self.stack.trigger(run_id, conf)
         kill_key = None
@@ -229,7 +239,7 @@ class Session:
         total = total.add(checks.check_report(self.services.report(key), records_in=len(exp) + 2,
                                               accepted=len(exp), rejected=2))
         total = total.add(checks.check_jobs(jobs))
-        for kind in ("connectors", "models", "model_groups"):
+        for kind in ML_KINDS:
             total = total.add(checks.check_unique_names(kind, self.services.ml_names(kind)))
         return total
 

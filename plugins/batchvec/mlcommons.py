@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from batchvec.opensearch_hook import OpenSearchError, OpenSearchHook
+from batchvec.redact import scrub
 
 ML = "/_plugins/_ml"
 
@@ -222,7 +223,11 @@ def status_from_task(task: dict) -> JobStatus:
     remote = task.get("remote_job") or {}
     remote_status = remote.get("TransformJobStatus") or remote.get("Status") or remote.get("status")
     state = task.get("state", "RUNNING")
+    # The task's error can be a remote answer passed on (AWS echoes a refused signature's
+    # canonical request, session token included); the reason ends up in trigger events,
+    # stored unmasked in the metadata DB, and in messages.
     reason = remote.get("FailureReason") or task.get("error")
+    reason = scrub(reason) if reason else reason
     mapped = SAGEMAKER_TERMINAL.get(remote_status or "")
     if mapped and state not in DONE_STATES | FAILED_STATES:
         state = mapped
@@ -233,4 +238,5 @@ def status_from_sagemaker(describe: dict) -> JobStatus:
     remote_status = describe["TransformJobStatus"]
     state = SAGEMAKER_TERMINAL.get(remote_status) or (
         "CANCELLING" if remote_status == "Stopping" else "RUNNING")
-    return JobStatus(state, remote_status, describe.get("FailureReason"))
+    reason = describe.get("FailureReason")
+    return JobStatus(state, remote_status, scrub(reason) if reason else reason)
