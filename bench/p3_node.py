@@ -22,7 +22,7 @@ import zlib
 import numpy as np
 
 from bench.common import DIM, Row, cpu_time, interleaved
-from bench.p3_bulk import FIELD, Docs
+from bench.p3_bulk import FIELD, Docs, timed_parallel_bulk
 from bench.stack import devstack, opensearch_connection, opensearch_session
 
 MASK = (1 << 64) - 1
@@ -79,7 +79,7 @@ def send_parallel_bulk(endpoints: dict, docs: Docs) -> float:
     """opensearch-py's parallel_bulk with its defaults (4 threads, 500-action chunks); the
     client's pool holds 4 connections (its default of 1 would make 3 threads handshake TLS
     again for each request, a cost of the setup, not of the helper)."""
-    from opensearchpy import OpenSearch, helpers
+    from opensearchpy import OpenSearch
 
     logging.getLogger("opensearch").setLevel(logging.WARNING)  # one info line per request
     host, port = endpoints["opensearch"].split("://", 1)[1].rsplit(":", 1)
@@ -87,13 +87,7 @@ def send_parallel_bulk(endpoints: dict, docs: Docs) -> float:
                         ca_certs=endpoints["opensearch_ca"], timeout=120,
                         pool_maxsize=4,  # one kept-alive TLS connection per thread, as ours
                         http_auth=(endpoints["opensearch_user"], endpoints["opensearch_password"]))
-    started = cpu_time()
-    ok = sum(1 for success, _ in helpers.parallel_bulk(client, docs.dicts()) if success)
-    spent = cpu_time() - started
-    client.close()
-    if ok != docs.n:
-        raise RuntimeError(f"parallel_bulk: {ok} of {docs.n} succeeded")
-    return spent
+    return timed_parallel_bulk(client, docs)
 
 
 def run(n: int, repeats: int) -> Row:
