@@ -22,9 +22,25 @@ from batchvec import connectors, mlcommons
 from batchvec.opensearch_hook import OpenSearchHook
 from devstack import faults
 from tests.batch_task_limit import task_state
-from tests.test_batch_job import deferred_event, jobs_named, key, model_id, operator
+from tests.test_batch_job import deferred_event, jobs_named, key, operator
 
-__all__ = ["model_id"]  # the fixture, imported for pytest
+
+@pytest.fixture(scope="module")
+def model_id(airflow_env):
+    """A model of these tests' own (a tag makes its definition differ): they put temporary
+    keys on it, and a session token, once stored, stays in a model's credential (a model
+    update is a partial document update), so a model other tests share must never get one."""
+    from batchvec import connectors
+    from batchvec.opensearch_hook import OpenSearchHook
+
+    ep = airflow_env.endpoints
+    spec = connectors.ModelSpec(
+        role_arn="", region=ep["region"], model_name="minilm-embedder",
+        endpoint_name="devstack-minilm", sagemaker_api_url=ep["sagemaker"],
+        sagemaker_runtime_url=ep["sagemaker_runtime"],
+        tags=({"Key": "batchvec-test", "Value": "expiring-credentials"},))
+    return connectors.ensure_model(OpenSearchHook(), spec,
+                                   connectors.aws_connection_keys("aws_default"))["model_id"]
 pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
 
 ROLE = "arn:aws:iam::000000000000:role/batchvec-airflow"

@@ -305,7 +305,7 @@ def test_deploy_waits_for_deployed_and_key_updates_wait_out_a_deploy(monkeypatch
 
 def test_self_managed_clusters_get_the_connections_keys_and_no_secret_names_the_model():
     keyed = ModelSpec(**{**SPEC.__dict__, "credentials": "aws_keys", "role_arn": ""})
-    definition = connectors.connector_definition(keyed)
+    definition = connectors.connector_definition(keyed, temporary_keys=True)  # KEYS have a token
     assert "roleArn" not in json.dumps(definition)
     hook = RecordingHook()
     result = connectors.ensure_model(hook, keyed, KEYS)
@@ -315,11 +315,14 @@ def test_self_managed_clusters_get_the_connections_keys_and_no_secret_names_the_
     assert register["name"] == definition["name"]
     for secret in KEYS.values():  # never in the identity, the name or what the task returns
         assert secret not in json.dumps(definition) and secret not in json.dumps(result)
-    # The same definition with other keys is the same model: keys are not identity.
-    assert connectors.connector_definition(keyed)["name"] == definition["name"]
+    # The same definition with other keys is the same model: keys are not identity. Whether
+    # they are temporary is: a stored session token cannot be removed by a later update.
+    assert connectors.connector_definition(keyed, temporary_keys=True)["name"] == definition["name"]
+    lasting = connectors.connector_definition(keyed)
+    assert lasting["name"] != definition["name"] and "session_token" not in lasting["credential"]
     # Reused: the fresh keys go onto the model's own connector (a deployed model takes them).
     hook = RecordingHook(existing_model="m-1")
-    connectors.ensure_model(hook, keyed, {**KEYS, "secret_key": "rotated"})
+    connectors.ensure_model(hook, keyed, {**KEYS, "secret_key": "rotated"})  # same model: a token
     (update,) = [(m, p, b) for m, p, b in hook.calls if m == "PUT"]
     assert update[1].endswith("/models/m-1")
     assert update[2] == {"connector": {"credential": {**KEYS, "secret_key": "rotated"}}}

@@ -168,20 +168,25 @@ def definition_hash(definition: dict) -> str:
     return hashlib.sha256(orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 
-def _credential_identity(spec: ModelSpec) -> dict:
+def _credential_identity(spec: ModelSpec, temporary_keys: bool) -> dict:
     """What the definition (and so its hash and name) says about the credential: the role,
-    or only that the keys come from the AWS connection; never a secret."""
+    or only that the keys come from the AWS connection, and whether they carry a session
+    token; never a secret. Temporary and lasting keys make two models: a model update is a
+    partial document update, so a session token once stored could never be taken away again
+    and would be signed with lasting keys it does not belong to."""
     if spec.credentials == "role_arn":
         return {"roleArn": spec.role_arn}
-    return {"access_key": "<from the Airflow AWS connection>",
-            "secret_key": "<from the Airflow AWS connection>"}
+    source = "<from the Airflow AWS connection>"
+    identity = {"access_key": source, "secret_key": source}
+    return {**identity, "session_token": source} if temporary_keys else identity
 
 
-def connector_definition(spec: ModelSpec) -> dict:
+def connector_definition(spec: ModelSpec, temporary_keys: bool = False) -> dict:
     """The connector as it identifies the model: no secrets (see live_credential)."""
     spec = spec.resolved()
     template = orjson.loads((BLUEPRINTS / spec.blueprint).read_bytes())
-    body = render_blueprint(template, {**asdict(spec), "credential": _credential_identity(spec)})
+    body = render_blueprint(template, {**asdict(spec),
+                                       "credential": _credential_identity(spec, temporary_keys)})
     return {"name": f"batchvec-{Path(spec.blueprint).stem}-{definition_hash(body)}".replace("_", "-"),
             **body}
 
@@ -248,8 +253,8 @@ def ensure_model(hook: OpenSearchHook, spec: ModelSpec, keys: dict | None = None
     """The remote model for `spec`, reused when unchanged, deployed. With ``aws_keys`` an
     existing model gets `keys` (fresh from the AWS connection) on its connector. Returns ids
     and names, never the credential."""
-    definition = connector_definition(spec)
     credential = live_credential(spec, keys)
+    definition = connector_definition(spec, temporary_keys="session_token" in credential)
     name = definition["name"]
     model_id = mlcommons.find_model(hook, name)
     created = model_id is None
