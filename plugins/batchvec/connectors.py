@@ -215,7 +215,8 @@ class KeyRefresher:
     One botocore session for the whole wait, so assumed-role or instance credentials are
     refreshed by botocore when they near expiry (not on every poll); whenever the frozen
     keys differ from those last put on the model, they are put again, before ML Commons
-    signs its next status refresh with them.
+    signs its next status refresh with them. Use the connection ensure_model took the keys
+    from: temporary and lasting keys belong to different models (see _credential_identity).
     """
 
     def __init__(self, aws_conn_id: str, opensearch_conn_id: str, model_id: str):
