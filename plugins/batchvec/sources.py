@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batchvec.csv_types import infer_type, typed_values
 from batchvec.naming import parse_s3_uri
 from batchvec.records import RecordSpec, Rejected, raw_excerpt
 from batchvec.s3io import DEFAULT_CHUNK_SIZE, S3RangeFile, iter_object_chunks, list_objects
@@ -211,9 +212,9 @@ class InputSet:
                     continue
                 raw = [batch.column(i) for i in index]
                 if types is None:
-                    types = [_infer_csv_type(col) if c in meta else None
+                    types = [infer_type(col) if c in meta else None
                              for c, col in zip(columns, raw, strict=True)]
-                cols = [_csv_values(col, t) for col, t in zip(raw, types, strict=True)]
+                cols = [typed_values(col, t) for col, t in zip(raw, types, strict=True)]
                 for values in zip(*cols, strict=True):
                     row += 1
                     yield f.name, row, _decode_row(columns, values)
@@ -237,49 +238,6 @@ def _missing_column(missing: list[str], names: list[str], rows: int) -> Rejected
     detail = (f"no column {', '.join(map(repr, missing))} (set id_field / text_field?); "
               f"all {rows} rows rejected")
     return Rejected("missing_column", detail, raw="columns: " + ", ".join(names), count=rows)
-
-
-def _infer_csv_type(col):
-    """The type a CSV metadata column keeps in the documents, from the file's first batch:
-    int64 if every non-empty cell is an integer, else float64, else bool (true/false), else
-    text; a number written with a leading zero stays text. Ids and texts are always text."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    try:
-        text = pc.cast(col, pa.string())
-    except pa.ArrowInvalid:  # not UTF-8: rows are rejected one by one as they decode
-        return None
-    cells = pc.drop_null(pc.if_else(pc.equal(pc.utf8_trim_whitespace(text), ""), None, text))
-    if len(cells) == 0:
-        return None
-    # A leading zero (zip codes, phone numbers, ids) means text: a number would drop it.
-    numeric_ok = not pc.any(pc.match_substring_regex(cells, r"^\s*[+-]?0[0-9]")).as_py()
-    for candidate in (pa.int64(), pa.float64(), pa.bool_()):
-        if candidate != pa.bool_() and not numeric_ok:
-            continue
-        try:
-            pc.cast(cells, candidate)
-            return candidate
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            continue
-    return None
-
-
-def _csv_values(col, typ) -> list:
-    """One batch's column as Python values: typed if the file's type fits this batch (an
-    empty cell is absent), else raw bytes, decoded per row (a misfit cell stays text)."""
-    if typ is None:
-        return col.to_pylist()
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    try:
-        text = pc.cast(col, pa.string())
-        blank = pc.equal(pc.utf8_trim_whitespace(text), "")
-        return pc.cast(pc.if_else(blank, None, pc.utf8_trim_whitespace(text)), typ).to_pylist()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return col.to_pylist()
 
 
 def _decode_row(columns: list[str], values: tuple) -> dict | Rejected:
