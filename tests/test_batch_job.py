@@ -19,17 +19,14 @@ from batchvec.opensearch_hook import OpenSearchHook
 from batchvec.operators import BatchJobFailed, BatchPredictOperator
 from devstack import faults
 from tests import batch_task_limit
+from tests.contract_helpers import devstack_spec
 
 pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
 
 
 @pytest.fixture(scope="module")
 def model_id(airflow_env):
-    ep = airflow_env.endpoints
-    spec = connectors.ModelSpec(
-        role_arn="arn:aws:iam::000000000000:role/batchvec-sagemaker", region=ep["region"],
-        model_name="minilm-embedder", endpoint_name="devstack-minilm",
-        sagemaker_api_url=ep["sagemaker"], sagemaker_runtime_url=ep["sagemaker_runtime"])
+    spec = devstack_spec(airflow_env.endpoints)
     return connectors.ensure_model(OpenSearchHook(), spec,
                                    connectors.aws_connection_keys("aws_default"))["model_id"]
 

@@ -132,12 +132,9 @@ def test_predict_through_ml_commons_answers_a_vector_per_text(airflow_env):
     from batchvec import connectors, mlcommons
     from batchvec.opensearch_hook import OpenSearchHook
     from devstack import seed
+    from tests.contract_helpers import devstack_spec
 
-    ep = airflow_env.endpoints
-    spec = connectors.ModelSpec(
-        role_arn=seed.CONNECTOR_ROLE_ARN, region=ep["region"], model_name=seed.DEFAULT_MODEL,
-        endpoint_name=seed.DEFAULT_ENDPOINT, sagemaker_api_url=ep["sagemaker"],
-        sagemaker_runtime_url=ep["sagemaker_runtime"])
+    spec = devstack_spec(airflow_env.endpoints)
     model_id = connectors.ensure_model(OpenSearchHook(), spec,
                                        connectors.aws_connection_keys("aws_default"))["model_id"]
     got = np.asarray(mlcommons.predict_embeddings(OpenSearchHook(), model_id, TEXTS))

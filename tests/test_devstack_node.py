@@ -105,7 +105,7 @@ def test_sigv4(ep):
     scoped = signed(service="s3")
     assert scoped.status_code == 403 and "correct service" in scoped.json()["message"]
     other_key = requests.get(ep["opensearch"] + "/", verify=ep["opensearch_ca"], timeout=10,
-                             auth=AWS4Auth("AKIAOTHER", "x", ep["region"], "es"))
+                             auth=AWS4Auth("DEVSTACKOTHERKEY", "x", ep["region"], "es"))
     assert other_key.status_code == 403
 
 

@@ -179,7 +179,7 @@ def test_unsigned_and_wrong_key_refused(service):
     resp = requests.post(service.url + "/endpoints/devstack-minilm/invocations", json=["x"], timeout=5)
     assert resp.status_code == 403
     for kwargs, code in (({"secret": "wrong"}, "InvalidSignatureException"),
-                         ({"key": "AKIAWRONG"}, "UnrecognizedClientException")):
+                         ({"key": "DEVSTACKWRONGKEY"}, "UnrecognizedClientException")):
         for name, call in (("sagemaker", lambda c: c.list_transform_jobs()),
                            ("sagemaker-runtime", lambda c: c.invoke_endpoint(
                                EndpointName="devstack-minilm", Body=b'["x"]',

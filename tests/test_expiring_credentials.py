@@ -32,13 +32,10 @@ def model_id(airflow_env):
     update is a partial document update), so a model other tests share must never get one."""
     from batchvec import connectors
     from batchvec.opensearch_hook import OpenSearchHook
+    from tests.contract_helpers import devstack_spec
 
-    ep = airflow_env.endpoints
-    spec = connectors.ModelSpec(
-        role_arn="", region=ep["region"], model_name="minilm-embedder",
-        endpoint_name="devstack-minilm", sagemaker_api_url=ep["sagemaker"],
-        sagemaker_runtime_url=ep["sagemaker_runtime"],
-        tags=({"Key": "batchvec-test", "Value": "expiring-credentials"},))
+    spec = devstack_spec(airflow_env.endpoints,
+                         tags=({"Key": "batchvec-test", "Value": "expiring-credentials"},))
     return connectors.ensure_model(OpenSearchHook(), spec,
                                    connectors.aws_connection_keys("aws_default"))["model_id"]
 pytestmark = [pytest.mark.devstack, pytest.mark.airflow]

@@ -41,7 +41,7 @@ def test_sigv4_with_credentials_from_the_aws_connection(airflow_env, monkeypatch
 
 @pytest.mark.parametrize("case,key,secret,service,expect", [
     ("wrong secret", None, "not-the-secret-at-all", "es", "signature we calculated does not match"),
-    ("unknown key", "AKIAUNKNOWNKEY000000", "not-the-secret-at-all", "es",
+    ("unknown key", "DEVSTACKUNKNOWNKEY", "not-the-secret-at-all", "es",
      "security token included in the request is invalid"),
     ("other service", None, None, "s3", "Credential should be scoped to correct service: 'es'"),
 ])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 
 import pytest
 
@@ -250,8 +251,9 @@ def test_predict_answers_one_vector_per_text_from_one_inference_result():
 
 # --- connector credentials: the AWS connection's keys, or a role (issue 11) -----------------
 
-KEYS = {"access_key": "AKIAEXAMPLEKEY000001", "secret_key": "s3cr3t/Example+Key",
-        "session_token": "FQoGZXIvYXdzEXAMPLETOKEN"}
+# Made up at import: nothing key-like is committed.
+KEYS = {"access_key": "TESTKEY" + secrets.token_hex(6).upper(), "secret_key": secrets.token_urlsafe(30),
+        "session_token": secrets.token_urlsafe(40)}
 
 
 class RecordingHook:
