@@ -46,7 +46,7 @@ with DAG(
     def plan(params=None):
         return steps.make_plan(params, get_current_context())
 
-    @task
+    @task(multiple_outputs=True)
     def stage(plan: dict):
         return steps.stage(plan)
 
@@ -61,16 +61,21 @@ with DAG(
         return steps.check_outputs(plan, manifest, job)
 
     @task
-    def prepare_index(plan: dict, shards: list):
-        return steps.prepare_index(plan, shards)
+    def prepare_index(plan: dict, manifest: dict, shards: list):
+        return steps.prepare_index(plan, manifest, shards)
 
     @task(max_active_tis_per_dagrun=4)
     def index_shard(plan: dict, index: dict, shard: dict):
         return steps.index_shard(plan, shard, index)
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
-    def restore_index(plan: dict):
-        return steps.restore_index(plan)
+    def restore_index(plan: dict, manifest: dict):
+        return steps.restore_index(plan, manifest)
+
+    # A model switch's new index goes live only when every shard indexed and it verifies.
+    @task
+    def switch_alias(plan: dict, manifest: dict, index: dict):
+        return steps.switch_alias(plan, manifest, index)
 
     @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[INDEX_ALIAS])
     def report(plan: dict, manifest: dict):
@@ -92,15 +97,18 @@ with DAG(
         content_type=the_plan["content_type"],
         accept=the_plan["accept"],
         wait_timeout=the_plan["wait_timeout"],
+        records_to_embed=manifest["embed_total"],
         poll_interval=float(os.environ.get("BATCHVEC_POLL_INTERVAL", 30)),
     )
     manifest >> job
     shards = check_outputs(the_plan, manifest)
     job >> shards
-    index = prepare_index(the_plan, shards)
+    index = prepare_index(the_plan, manifest, shards)
     indexed = index_shard.partial(plan=the_plan, index=index).expand(shard=shards)
-    restored = restore_index(the_plan)
+    restored = restore_index(the_plan, manifest)
     indexed >> restored
+    switched = switch_alias(the_plan, manifest, index)
+    [indexed, restored] >> switched  # served with its own replicas and refresh interval back
     done = report(the_plan, manifest)
-    restored >> done
+    switched >> done
     done >> cleanup(the_plan)

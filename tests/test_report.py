@@ -97,15 +97,19 @@ def test_render_table() -> None:
         "records_in",
         "created",
         "updated",
+        "unchanged",
+        "superseded",
         "duplicates",
         "rejected",
         "failed",
+        "deleted",
         "balance",
     ]
     row = next(line for line in lines if line.startswith("input/part-00000.jsonl"))
-    assert row.split() == ["input/part-00000.jsonl", "1,000", "990", "2", "2", "4", "4", "ok"]
+    assert row.split() == ["input/part-00000.jsonl", "1,000", "990", "2", "0", "0", "2", "4",
+                           "4", "0", "ok"]
     total = next(line for line in lines if line.startswith("TOTAL"))
-    assert total.split() == ["TOTAL", "1,500", "1,485", "2", "2", "9", "4", "ok"]
+    assert total.split() == ["TOTAL", "1,500", "1,485", "2", "0", "0", "2", "9", "4", "0", "ok"]
     # right-aligned numbers end where their header ends
     assert row.index("1,000") + 5 == header.index("records_in") + len("records_in")
     assert total.index("1,485") + 5 == header.index("created") + len("created")

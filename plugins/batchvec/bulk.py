@@ -65,9 +65,10 @@ class BulkProtocolError(RuntimeError):
 class BulkCounts:
     """What happened to the actions given to :meth:`BulkWriter.write`.
 
-    ``sent == created + updated + failed`` once a write returns. ``retries`` counts item
-    resends, ``superseded`` the retryable items dropped because a later action for the same
-    id succeeded (already included in ``updated``), ``bytes`` the input action bytes.
+    ``sent == created + updated + stale + failed`` once a write returns. ``stale`` counts
+    writes refused because the document has a newer external version. ``retries`` counts
+    item resends, ``superseded`` the retryable items dropped because a later action for the
+    same id succeeded (already included in ``updated``), ``bytes`` the input action bytes.
     ``failed_reasons`` is keyed by error type so it stays small; full reasons go to
     ``on_failed``.
     """
@@ -75,6 +76,7 @@ class BulkCounts:
     sent: int = 0
     created: int = 0
     updated: int = 0
+    stale: int = 0
     failed: int = 0
     retries: int = 0
     superseded: int = 0
@@ -111,6 +113,7 @@ class BulkWriter:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         on_failed: Callable[[str, bytes, str], None] | None = None,
+        on_stale: Callable[[str], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         progress: Callable[[dict], None] | None = None,
         progress_interval: float = 5.0,
@@ -129,6 +132,7 @@ class BulkWriter:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self._on_failed = on_failed
+        self._on_stale = on_stale
         self._sleep = sleep
         self._progress = progress
         self._progress_interval = progress_interval
@@ -258,6 +262,7 @@ class BulkWriter:
             raise BulkProtocolError(f"bulk response has {got} items for {len(pending)} actions")
         outcomes = [classify_item(item) for item in items]
         created = updated = superseded = 0
+        stale: list[str] = []
         retry: list[tuple[str, bytes, str]] = []
         failed: list[tuple[str, bytes, str]] = []
         later_ok: set[str] = set()
@@ -271,6 +276,8 @@ class BulkWriter:
             elif outcome == "updated":
                 updated += 1
                 later_ok.add(doc_id)
+            elif outcome == "stale":
+                stale.append(doc_id)
             elif outcome == "retry" and doc_id in later_ok:
                 superseded += 1  # resending it would overwrite the newer version
             elif outcome == "retry":
@@ -280,8 +287,13 @@ class BulkWriter:
         retry.reverse()
         failed.reverse()
         self._count(
-            requests=1, created=created, updated=updated + superseded, superseded=superseded
+            requests=1, created=created, updated=updated + superseded, superseded=superseded,
+            stale=len(stale),
         )
+        if stale and self._on_stale:
+            with self._failed_lock:
+                for doc_id in stale:
+                    self._on_stale(doc_id)
         self._give_up(failed)
         return retry
 

@@ -97,8 +97,10 @@ def error_reason(error: Any) -> tuple[str, str]:
 def classify_item(item: dict) -> tuple[str, str | None]:
     """One entry of a `_bulk` response's ``items`` -> (outcome, reason).
 
-    outcome is ``created``, ``updated`` (any other success), ``retry`` (overload: 429, 5xx,
-    rejected execution, circuit breaker) or ``failed`` (the document itself is refused).
+    outcome is ``created``, ``updated`` (any other success, and a delete of a document
+    already gone), ``stale`` (a newer external version stands: the write is superseded, not
+    failed), ``retry`` (overload: 429, 5xx, rejected execution, circuit breaker) or
+    ``failed`` (the document itself is refused).
     """
     result = next(iter(item.values()), None) if isinstance(item, dict) else None
     if not isinstance(result, dict):
@@ -109,7 +111,11 @@ def classify_item(item: dict) -> tuple[str, str | None]:
         if result.get("result", "created" if status == 201 else "updated") == "created":
             return "created", None
         return "updated", None
+    if error is None and status == 404 and result.get("result") == "not_found":
+        return "updated", None  # a delete's document is already gone (an earlier try)
     etype, reason = error_reason(error) if error is not None else ("", f"http_{status}")
+    if status == 409 and etype == "version_conflict_engine_exception":
+        return "stale", reason
     if status == 429 or (isinstance(status, int) and status >= 500) or etype in RETRYABLE_TYPES:
         return "retry", reason
     return "failed", reason

@@ -12,8 +12,8 @@ import time
 
 import orjson
 
-from batchvec import bulk_load, memory, outputs, s3io
-from batchvec.bulk import DEFAULT_MAX_ACTIONS, BulkWriter
+from batchvec import bulk_load, changes, memory, outputs, s3io
+from batchvec.bulk import DEFAULT_MAX_ACTIONS, BulkCounts, BulkWriter
 from batchvec.duplicates import SPILL_EVERY, DuplicateCounter
 from batchvec.opensearch_hook import OpenSearchHook
 from batchvec.plan import Plan
@@ -40,13 +40,15 @@ def bulk_max_actions() -> int:
 
 def index_body(dimension: int, vector_field: str, space_type: str, engine: str = "faiss",
                text_field: str = "text") -> dict:
-    """A k-NN index for the model's vectors: HNSW on `engine`, text searchable too."""
+    """A k-NN index for the model's vectors: HNSW on `engine`, text searchable too, and the
+    fingerprint block incremental runs compare with (changes.py)."""
     return {
         "settings": {"index": {"knn": True, "number_of_shards": 1}},
         "mappings": {"properties": {
             vector_field: {"type": "knn_vector", "dimension": dimension,
                            "method": {"name": "hnsw", "engine": engine, "space_type": space_type}},
             text_field: {"type": "text"},
+            changes.FIELD: changes.MAPPING,
         }},
     }
 
@@ -66,11 +68,12 @@ def first_output_line(s3, bucket: str, key: str) -> bytes:
     raise ShardFailed(f"output s3://{bucket}/{key} is empty")
 
 
-def prepare_index(plan: Plan, hook: OpenSearchHook, dimension: int) -> dict:
-    """Create the index if missing (or check its dimension) and count this run into the
-    index's bulk load (bulk_load.enter: the originals are those from before the first run
-    that is loading it now, whatever the retries and overlapping runs)."""
-    index = plan.index_name
+def prepare_index(plan: Plan, hook: OpenSearchHook, dimension: int, target) -> dict:
+    """Create the run's physical index if missing (or check its dimension). Only an index no
+    alias serves yet (a build) gets bulk-load settings, counted in with bulk_load.enter (the
+    originals are those from before the first run loading it); one that may be serving
+    queries keeps its replicas and refresh interval."""
+    index = target.physical
     created = False
     if not hook.index_exists(index):
         try:
@@ -82,21 +85,33 @@ def prepare_index(plan: Plan, hook: OpenSearchHook, dimension: int) -> dict:
         except Exception as exc:
             if "resource_already_exists" not in str(exc):  # a parallel run made it first
                 raise
-    have = existing_dimension(hook.get_mapping(index), plan.vector_field)
+    mapping = hook.get_mapping(index)
+    have = existing_dimension(mapping, plan.vector_field)
     if have is not None and have != dimension:
         raise ValueError(f"index {index} has {plan.vector_field} of dimension {have}, "
-                         f"but the model produces {dimension}: use another index_name")
-    original = bulk_load.enter(hook, index, plan.run_key)
-    return {"index": index, "created": created, "dimension": dimension, "original": original}
+                         f"but the model produces {dimension}: use another index_name"
+                         + (" (or migrate it to an alias: README)" if target.mode == "legacy"
+                            else ""))
+    if changes.FIELD not in mapping.get("properties", {}):  # an index from before fingerprints
+        hook.put_mapping(index, {"properties": {changes.FIELD: changes.MAPPING}})
+    original = None if target.serving else bulk_load.enter(hook, index, plan.run_key)
+    return {"index": index, "alias": plan.index_name, "created": created,
+            "dimension": dimension, "original": original, "bulk_load": not target.serving}
 
 
-def restore_index(plan: Plan, hook: OpenSearchHook) -> dict | None:
-    """This run's part of the bulk load is over; the last run loading the index restores
-    its settings (see bulk_load). Returns them when restored now."""
-    if not hook.index_exists(plan.index_name):
-        log.info("index %s does not exist: the load never started", plan.index_name)
+def restore_index(manifest: dict, hook: OpenSearchHook, plan: Plan) -> dict | None:
+    """This run's part of a build's bulk load is over; the last run loading the index
+    restores its settings (see bulk_load). Returns them when restored now."""
+    from batchvec.index_alias import Target
+
+    target = Target.from_dict(manifest["target"])
+    if target.serving:
+        log.info("%s may be serving queries: its settings were never changed", target.physical)
         return None
-    return bulk_load.leave(hook, plan.index_name, plan.run_key)
+    if not hook.index_exists(target.physical):
+        log.info("index %s does not exist: the load never started", target.physical)
+        return None
+    return bulk_load.leave(hook, target.physical, plan.run_key)
 
 
 class _DlqWriter:
@@ -120,18 +135,49 @@ class _DlqWriter:
             self._writer.abort()
 
 
-def index_shard(plan: Plan, shard: dict, hook: OpenSearchHook, s3, dimension: int) -> dict:
-    """Stream one shard's `.out` into the index. Returns the shard's accounting, also saved
-    to S3 so the report finds it even if this task's XCom is gone."""
-    name, expected = shard["name"], shard["records"]
+def index_shard(plan: Plan, shard: dict, hook: OpenSearchHook, s3, index: dict) -> dict:
+    """Stream one shard's `.out` into the index, then its deletes (a full sync). Returns the
+    shard's accounting, also saved to S3 so the report finds it even if XCom is gone."""
+    name, expected = shard["name"], shard.get("embed", shard["records"])
     out_key = plan.key("output", name + ".out")
-    if not shard.get("output_present", True):
+    if expected and not shard.get("output_present", True):
         raise ShardFailed(f"shard {name}: output s3://{plan.bucket}/{out_key} is missing "
                           f"({expected} records not indexed)")
     memory.fix_mmap_threshold()  # 5 MB bulk bodies must not grow the heap
     started = time.monotonic()
-    builder = outputs.ActionBuilder(plan.index_name, plan.vector_field, dimension)
+    physical = index["index"]
     dlq = _DlqWriter(s3, plan.bucket, plan.key("dlq", name + ".jsonl"))
+    try:
+        counts, lines, conversion_failed, duplicates, sample = (
+            _index_output(plan, hook, s3, physical, index["dimension"], name, expected, out_key,
+                          dlq, started) if expected else (BulkCounts(), 0, {}, 0, None))
+        deletes = _delete_absent(plan, hook, s3, physical, shard, dlq)
+    finally:
+        dlq.close()
+    failed = dict(counts.failed_reasons)
+    for reason, n in conversion_failed.items():
+        failed[f"output_{reason}"] = failed.get(f"output_{reason}", 0) + n
+    if lines < expected:  # SageMaker wrote fewer lines than it was given
+        failed["missing_output_line"] = expected - lines
+    result = {
+        "shard": name, "records_in": shard["records"], "created": counts.created,
+        "updated": counts.updated, "unchanged": shard.get("unchanged", 0),
+        "superseded": shard.get("superseded", 0) + counts.stale, "duplicates": duplicates,
+        "rejected": {}, "failed": failed, "output_lines": lines, "sample_id": sample,
+        "seconds": round(time.monotonic() - started, 2), "bulk_requests": counts.requests,
+        "retries": counts.retries, **deletes,
+    }
+    s3io.put_json(s3, plan.bucket, plan.key("reports", name + ".json"), result)
+    log.info("shard %s: %d created, %d updated, %d unchanged, %d superseded (%d duplicate ids "
+             "in the run), %d failed, %d deleted in %.1fs", name, counts.created, counts.updated,
+             result["unchanged"], result["superseded"], duplicates, sum(failed.values()),
+             deletes["deleted"], result["seconds"])
+    return result
+
+
+def _index_output(plan: Plan, hook: OpenSearchHook, s3, physical: str, dimension: int,
+                  name: str, expected: int, out_key: str, dlq: _DlqWriter, started: float):
+    builder = outputs.ActionBuilder(physical, plan.vector_field, dimension)
     lines = 0
     conversion_failed: dict[str, int] = {}
     sample_id: list[str] = []
@@ -165,27 +211,31 @@ def index_shard(plan: Plan, shard: dict, hook: OpenSearchHook, s3, dimension: in
         log.info("shard %s: %d/%d docs sent (%.0f docs/s, %.1f MB, ETA %.0fs)", name,
                  p.get("sent", 0), expected, rate, p.get("bytes", 0) / 1e6, eta)
 
+    # A stale write (a newer version stands) indexed nothing: not a copy for the duplicates.
     writer = BulkWriter(hook.bulk, concurrency=plan.bulk_concurrency, max_bytes=BULK_MAX_BYTES,
-                        max_actions=bulk_max_actions(), on_failed=refused, progress=progress)
-    try:
-        counts = writer.write(actions())
-    finally:
-        dlq.close()
-    failed = dict(counts.failed_reasons)
-    for reason, n in conversion_failed.items():
-        failed[f"output_{reason}"] = failed.get(f"output_{reason}", 0) + n
-    if lines < expected:  # SageMaker wrote fewer lines than it was given
-        failed["missing_output_line"] = expected - lines
-    duplicates = ids.count()
-    result = {
-        "shard": name, "records_in": expected, "created": counts.created,
-        "updated": counts.updated, "duplicates": duplicates, "rejected": {}, "failed": failed,
-        "output_lines": lines, "sample_id": sample_id[0] if sample_id else None,
-        "seconds": round(time.monotonic() - started, 2), "bulk_requests": counts.requests,
-        "retries": counts.retries,
-    }
-    s3io.put_json(s3, plan.bucket, plan.key("reports", name + ".json"), result)
-    log.info("shard %s: %d created, %d updated (%d duplicate ids superseded), %d failed in %.1fs",
-             name, counts.created, counts.updated, duplicates, sum(failed.values()),
-             result["seconds"])
-    return result
+                        max_actions=bulk_max_actions(), on_failed=refused, on_stale=ids.refuse,
+                        progress=progress)
+    counts = writer.write(actions())
+    return counts, lines, conversion_failed, ids.count(), sample_id[0] if sample_id else None
+
+
+def _delete_absent(plan: Plan, hook: OpenSearchHook, s3, physical: str, shard: dict,
+                   dlq: _DlqWriter) -> dict:
+    """A full sync's deletes for this shard, versioned like writes: a document a newer run
+    wrote is not deleted by an older snapshot (counted in delete_superseded)."""
+    key = shard.get("deletes_key")
+    if not key:
+        return {"deleted": 0, "delete_superseded": 0, "delete_failed": 0}
+    head = b'{"delete":{"_index":' + orjson.dumps(physical) + b',"_id":'
+    tail = b',"version":%d,"version_type":"external_gte"}}\n' % plan.version
+
+    def actions():
+        for line in outputs.iter_lines(s3io.iter_object_chunks(s3, plan.bucket, key)):
+            doc_id = orjson.loads(line)["_id"]
+            yield doc_id, head + orjson.dumps(doc_id) + tail
+
+    writer = BulkWriter(hook.bulk, concurrency=plan.bulk_concurrency, max_bytes=BULK_MAX_BYTES,
+                        max_actions=bulk_max_actions(), on_failed=dlq)
+    counts = writer.write(actions())
+    return {"deleted": counts.created + counts.updated, "delete_superseded": counts.stale,
+            "delete_failed": counts.failed, "deletes_key": key}

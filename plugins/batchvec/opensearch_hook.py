@@ -326,6 +326,34 @@ class OpenSearchHook(BaseHook):
     def search(self, index: str, body: dict) -> dict:
         return self.request("POST", f"/{index}/_search", body)[1]
 
+    # -- scans (batchvec.incremental: reading an index's state back in pages) -------------
+    def put_mapping(self, index: str, body: dict) -> None:
+        self.request("PUT", f"/{index}/_mapping", body)
+
+    def scan(self, index: str, query: dict, *, includes: list[str] | None = None,
+             page: int = 5000, keep_alive: str = "5m"):
+        """Every hit of ``query`` (``_id`` and the ``includes`` source fields; ``[]``: none),
+        in pages through a scroll, which is cleared when the caller stops."""
+        body = {"size": page, "query": query, "sort": ["_doc"],
+                "_source": {"includes": includes} if includes else False}
+        status, resp = self.request("POST", f"/{index}/_search", body,
+                                    params={"scroll": keep_alive}, ok=(404,))
+        if status == 404:  # no such index: nothing to read
+            return
+        scroll_id = resp.get("_scroll_id")
+        try:
+            while True:
+                hits = resp["hits"]["hits"]
+                if not hits:
+                    return
+                yield from hits
+                resp = self.request("POST", "/_search/scroll",
+                                    {"scroll": keep_alive, "scroll_id": scroll_id})[1]
+                scroll_id = resp.get("_scroll_id", scroll_id)
+        finally:
+            if scroll_id:
+                self.request("DELETE", "/_search/scroll", {"scroll_id": [scroll_id]}, ok=(404,))
+
     def bulk(self, body: bytes) -> dict:
         """One `_bulk` request, no retries here: the bulk writer retries per item and request."""
         from batchvec.bulk import BulkTransientError

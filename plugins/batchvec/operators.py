@@ -63,15 +63,19 @@ class BatchPredictOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("model_id", "run_key", "input_s3_uri", "output_s3_uri",
-                                      "wait_timeout", "content_type", "accept")
+                                      "wait_timeout", "content_type", "accept",
+                                      "records_to_embed")
 
     def __init__(self, *, model_id: str, run_key: str, input_s3_uri: str, output_s3_uri: str,
                  opensearch_conn_id: str = "opensearch_default", aws_conn_id: str | None = "aws_default",
                  wait_timeout: float | str = 6 * 3600, poll_interval: float = 30.0,
                  submit_retry_window: float = 600.0, deferrable: bool = True,
                  content_type: str = "application/jsonlines",
-                 accept: str = "application/jsonlines", **kwargs):
+                 accept: str = "application/jsonlines", records_to_embed: int | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
+        # 0: staging found nothing new or changed, so no job is submitted (and nothing paid).
+        self.records_to_embed = records_to_embed
         self.content_type, self.accept = content_type, accept
         self.model_id = model_id
         self.run_key = run_key
@@ -155,6 +159,11 @@ class BatchPredictOperator(BaseOperator):
 
     # -- execute ----------------------------------------------------------------------------
     def execute(self, context) -> dict:
+        if self.records_to_embed is not None and int(self.records_to_embed) == 0:
+            why = "no transform job: every record is unchanged or superseded in the index"
+            log.info("%s", why)
+            return {"job_name": None, "task_id": None, "output_s3_uri": self.output_s3_uri,
+                    "elapsed": 0.0, "skipped": why}
         hook = OpenSearchHook(self.opensearch_conn_id)
         refresh_keys = bool(self.aws_conn_id) and \
             hook.target()["connector_credentials"] == "aws_keys"

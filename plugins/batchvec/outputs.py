@@ -223,15 +223,19 @@ class ActionBuilder:
             )
         doc.pop(self.output_key, None)  # an earlier duplicate of the key
         doc.pop(self.vector_field, None)  # the vector wins over a same-named field
-        return doc_id, self._assemble(doc_id, orjson.dumps(doc), inner)
+        return doc_id, self._assemble(doc_id, orjson.dumps(doc), inner, _version(doc))
 
-    def _assemble(self, doc_id: str, source: bytes, vector_text: bytes) -> bytes:
+    def _assemble(self, doc_id: str, source: bytes, vector_text: bytes,
+                  version: int | None = None) -> bytes:
         if len(source) == 2:  # b"{}"
             src_head, vec_head = b"", self._vec_only
         else:
             src_head, vec_head = source[:-1], self._vec_next
+        # The record's external version (changes.py): the newest write wins, whatever the
+        # order the runs finish in; the same version again (a retry) still writes.
+        tail = b"}}\n" if version is None else b',"version":%d,"version_type":"external_gte"}}\n' % version
         return b"".join(
-            (self._head, orjson.dumps(doc_id), b"}}\n", src_head, vec_head, vector_text, b"]}\n")
+            (self._head, orjson.dumps(doc_id), tail, src_head, vec_head, vector_text, b"]}\n")
         )
 
     def _slow(self, line: bytes) -> tuple[str, bytes]:
@@ -247,7 +251,17 @@ class ActionBuilder:
             vector_text = orjson.dumps(vector)[1:-1]
         except orjson.JSONEncodeError as exc:  # e.g. lone surrogates the stdlib let through
             raise OutputRejected("invalid_json", str(exc)[:200], doc_id) from None
-        return doc_id, self._assemble(doc_id, source, vector_text)
+        return doc_id, self._assemble(doc_id, source, vector_text, _version(obj))
+
+
+def _version(doc: dict) -> int | None:
+    """The external version a staged record carries (``batchvec.v``), if any."""
+    block = doc.get("batchvec")
+    if block.__class__ is dict:
+        v = block.get("v")
+        if v.__class__ is int and v >= 0:
+            return v
+    return None
 
 
 @lru_cache(maxsize=64)

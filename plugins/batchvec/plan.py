@@ -14,7 +14,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from batchvec import naming, transform_settings
 from batchvec.connectors import ModelSpec
-from batchvec.records import RecordSpec
+from batchvec.records import RESERVED_FIELDS, RecordSpec
 from batchvec.redact import scrub
 from batchvec.sources import FORMATS as INPUT_FORMATS
 from batchvec.staging import MAX_SHARDS
@@ -33,6 +33,12 @@ AOSS_REFUSED = (
     "refuse custom document ids, on which the pipeline's retry safety rests (a retried "
     "shard overwrites its documents by _id instead of adding copies). Use an Amazon "
     "OpenSearch Service domain (service 'es') or a self-managed cluster")
+
+
+REEMBED_MODES = ("changed", "all")
+SYNC_MODES = ("upsert", "full")
+DELETE_RATIO_MEANING = ("a full sync that would delete more than this share of the index's "
+                        "documents fails before deleting any (raise it to allow that)")
 
 
 def param_schema() -> dict[str, dict]:
@@ -91,6 +97,26 @@ def param_schema() -> dict[str, dict]:
                          "a rerun re-indexes without re-embedding (or expire them with an S3 "
                          "lifecycle rule on <staging_prefix>/*/output/)"},
         "bulk_concurrency": {"default": 4, "type": "integer", "minimum": 1, "maximum": 64},
+        # Incremental runs (README: Incremental runs, deletions and model switches).
+        "reembed": {"default": "changed", "enum": list(REEMBED_MODES),
+                    "description": "changed: send the model only documents that are new or "
+                    "whose text, metadata or model changed; all: every record"},
+        "sync_mode": {"default": "upsert", "enum": list(SYNC_MODES),
+                      "description": "upsert: add and replace; full: the input is a complete "
+                      "snapshot of its source, whose documents missing from it are deleted"},
+        "source_id": {"default": "", "type": "string",
+                      "description": "names this input's source in each document; a full sync "
+                      "deletes only its own source's documents. Empty: input_uri as written, "
+                      "before {{ ds }} is filled in (so every day of a schedule is one source)"},
+        "max_delete_ratio": {"default": 0.05, "type": "number", "minimum": 0, "maximum": 1,
+                             "description": DELETE_RATIO_MEANING},
+        "version_field": {"default": "", "type": "string",
+                          "description": "input field holding each record's version (integer, "
+                          "or ISO date/time); empty: the run's logical date. The newest "
+                          "version of a document wins, whatever order runs finish in"},
+        "keep_previous_index": {"default": 7, "type": "number", "minimum": 0,
+                                "description": "days the index a model switch replaced is kept "
+                                "for a rollback (python -m batchvec.index_alias rollback)"},
         **transform_settings.schema(),
     }
 
@@ -122,6 +148,14 @@ class Plan:
     accept: str = "application/jsonlines"  # TransformOutput.Accept
     dimension: int = 384  # what every output vector must have (0: any)
     model: dict = field(default_factory=dict)  # ModelSpec fields
+    reembed: str = "changed"
+    sync_mode: str = "upsert"
+    source_id: str = ""
+    max_delete_ratio: float = 0.05
+    version_field: str = ""
+    keep_previous_index: float = 7.0
+    version: int = 0  # external version of this run's writes (its logical date, epoch s)
+    model_identity: str = ""  # what the vectors depend on; names the physical index
 
     def key(self, *parts: str) -> str:
         return naming.join_key(self.run_prefix, *parts)
@@ -160,7 +194,7 @@ _REQUIRED = {  # param -> the environment variable a deployment may preset it wi
 def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str,
                  sagemaker_api_url: str = "", sagemaker_runtime_url: str = "",
                  opensearch_service: str | None = None,
-                 connector_credentials: str = "aws_keys") -> Plan:
+                 connector_credentials: str = "aws_keys", version: int = 0) -> Plan:
     """Validate params and build the plan; raise ValueError naming every bad param at once.
 
     ``opensearch_service`` is the SigV4 service of the OpenSearch connection (None for basic
@@ -217,9 +251,20 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
             within = f"in {low}..{high}" if high is not None else f">= {low}"
             errors.append(f"{name}: must be an integer {within}, got {value!r}")
             p[name] = schema[name]["default"]  # so the model checks below do not repeat it
-    ratio = p["max_reject_ratio"]
-    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
-        errors.append(f"max_reject_ratio: must be a number between 0 and 1, got {ratio!r}")
+    for name in ("max_reject_ratio", "max_delete_ratio"):
+        ratio = p[name]
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+            errors.append(f"{name}: must be a number between 0 and 1, got {ratio!r}")
+            p[name] = schema[name]["default"]
+    keep = p["keep_previous_index"]
+    if isinstance(keep, bool) or not isinstance(keep, int | float) or keep < 0:
+        errors.append(f"keep_previous_index: must be a number of days >= 0, got {keep!r}")
+        p["keep_previous_index"] = schema["keep_previous_index"]["default"]
+    for name, allowed in (("reembed", REEMBED_MODES), ("sync_mode", SYNC_MODES)):
+        if p[name] not in allowed:
+            errors.append(f"{name}: {p[name]!r} not one of {allowed}")
+    if p["version_field"] and p["version_field"] in (p["id_field"], p["text_field"]):
+        errors.append(f"version_field: {p['version_field']!r} is the id or text field")
     try:
         RecordSpec(p["id_field"], p["text_field"])
     except ValueError as exc:
@@ -227,7 +272,7 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
     if not p["vector_field"] or p["vector_field"] in ("_id", "text"):
         errors.append(f"vector_field: {p['vector_field']!r} is empty or a field every document "
                       "already has (_id, text)")
-    reserved = {"_id", "text", "SageMakerOutput", p["vector_field"]}
+    reserved = {*RESERVED_FIELDS, p["vector_field"]}
     metadata = list(p["metadata_fields"])
     if any(not isinstance(m, str) or not m or m in reserved for m in metadata):
         errors.append(f"metadata_fields: names must be non-empty strings other than {sorted(reserved)}")
@@ -254,6 +299,8 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         raise ValueError("invalid params:\n  " + "\n  ".join(dict.fromkeys(errors)))
     key = naming.run_key(dag_id, run_id)
     shards = p["shards"] or max(2, 2 * p["instance_count"])
+    # As written, before rendering: the days of one schedule are one source.
+    source_id = p["source_id"].strip() or str(params.get("input_uri", DEFAULT_INPUT_URI))
     return Plan(
         dag_id=dag_id, run_id=run_id, run_key=key, ds=ds, input_uri=input_uri,
         input_format=p["input_format"], id_field=p["id_field"], text_field=p["text_field"],
@@ -264,5 +311,21 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         keep_staging=bool(p["keep_staging"]), keep_outputs=bool(p["keep_outputs"]),
         bulk_concurrency=p["bulk_concurrency"], content_type=transform["content_type"],
         accept=transform["accept"], dimension=transform["dimension"],
-        model=asdict(spec),
+        model=asdict(spec), reembed=p["reembed"], sync_mode=p["sync_mode"],
+        source_id=source_id, max_delete_ratio=float(p["max_delete_ratio"]),
+        version_field=p["version_field"], keep_previous_index=float(p["keep_previous_index"]),
+        version=int(version), model_identity=model_identity(spec, transform),
     )
+
+
+def model_identity(spec: ModelSpec, transform: dict) -> str:
+    """What a document's vector depends on besides its text: the SageMaker model, the
+    connector blueprint, the wire format and the dimension. Another identity means another
+    physical index (index_alias). The endpoint is for queries and not part of it."""
+    import hashlib
+    import json
+
+    what = {"model_name": spec.model_name, "blueprint": spec.blueprint,
+            "content_type": transform["content_type"], "accept": transform["accept"],
+            "dimension": transform["dimension"]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]

@@ -42,7 +42,7 @@ MAX_RECORD_BYTES = 5 << 20
 MAX_ID_BYTES = 512  # OpenSearch refuses longer _id values
 RAW_EXCERPT_BYTES = 1024
 # Keys of the staged line, plus the key SageMaker joins its answer under.
-RESERVED_FIELDS = frozenset({"_id", "text", "SageMakerOutput"})
+RESERVED_FIELDS = frozenset({"_id", "text", "SageMakerOutput", "batchvec"})
 
 _BOM = b"\xef\xbb\xbf"
 _loads = orjson.loads

@@ -1,4 +1,5 @@
-"""Run accounting: every input record is indexed, rejected or failed, per shard and in total.
+"""Run accounting: every input record is created, updated, unchanged, superseded, rejected or
+failed, per shard and in total; deletes (a full sync) are counted beside them.
 
 Pure data and arithmetic; the operators fill it in, write ``to_dict()`` to S3 as JSON and
 ``render_table()`` to the task log.
@@ -27,18 +28,26 @@ def _sum_counts(dicts: Iterable[Mapping[str, int]]) -> dict[str, int]:
 class ShardReport:
     """One input shard: records staged vs. what became of them (reasons -> counts).
 
-    ``duplicates`` is informational, not a fourth fate: of the indexed records (created +
+    ``unchanged``: the index already holds the record as it is (not sent to the model);
+    ``superseded``: the index holds a newer version of it (a later day), which stands.
+    ``duplicates`` is informational, not a fate: of the indexed records (created +
     updated), how many were superseded by a later record with the same id in this run (last
     wins), so the index holds ``indexed - duplicates`` of this run's documents.
+    ``deleted`` (a full sync) counts documents removed, which are not input records.
     """
 
     shard: str
     records_in: int
     created: int = 0
     updated: int = 0
+    unchanged: int = 0
+    superseded: int = 0
     duplicates: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     failed: dict[str, int] = field(default_factory=dict)
+    deleted: int = 0
+    delete_superseded: int = 0
+    delete_failed: int = 0
 
     @property
     def indexed(self) -> int:
@@ -54,7 +63,8 @@ class ShardReport:
 
     @property
     def accounted(self) -> int:
-        return self.indexed + self.rejected_total + self.failed_total
+        return (self.indexed + self.unchanged + self.superseded + self.rejected_total
+                + self.failed_total)
 
     @property
     def missing(self) -> int:
@@ -71,9 +81,14 @@ class ShardReport:
             "records_in": self.records_in,
             "created": self.created,
             "updated": self.updated,
+            "unchanged": self.unchanged,
+            "superseded": self.superseded,
             "duplicates": self.duplicates,
             "rejected": dict(self.rejected),
             "failed": dict(self.failed),
+            "deleted": self.deleted,
+            "delete_superseded": self.delete_superseded,
+            "delete_failed": self.delete_failed,
             "rejected_total": self.rejected_total,
             "failed_total": self.failed_total,
             "balanced": self.balanced,
@@ -86,9 +101,14 @@ class ShardReport:
             records_in=int(data["records_in"]),
             created=int(data.get("created", 0)),
             updated=int(data.get("updated", 0)),
+            unchanged=int(data.get("unchanged", 0)),
+            superseded=int(data.get("superseded", 0)),
             duplicates=int(data.get("duplicates", 0)),
             rejected={str(k): int(v) for k, v in (data.get("rejected") or {}).items()},
             failed={str(k): int(v) for k, v in (data.get("failed") or {}).items()},
+            deleted=int(data.get("deleted", 0)),
+            delete_superseded=int(data.get("delete_superseded", 0)),
+            delete_failed=int(data.get("delete_failed", 0)),
         )
 
 
@@ -99,7 +119,10 @@ class RunReport:
     run_key: str
     dag_id: str
     run_id: str
-    index: str
+    index: str  # index_name: the alias
+    physical_index: str | None = None  # the index this run wrote
+    alias_moved: bool = False  # a model switch's build went live in this run
+    sagemaker_records: int = 0  # records sent to the model: the figure that costs money
     model_name: str | None = None  # ML Commons model (its connector inside it)
     model_id: str | None = None
     task_id: str | None = None
@@ -115,9 +138,14 @@ class RunReport:
             records_in=sum(s.records_in for s in self.shards),
             created=sum(s.created for s in self.shards),
             updated=sum(s.updated for s in self.shards),
+            unchanged=sum(s.unchanged for s in self.shards),
+            superseded=sum(s.superseded for s in self.shards),
             duplicates=sum(s.duplicates for s in self.shards),
             rejected=_sum_counts(s.rejected for s in self.shards),
             failed=_sum_counts(s.failed for s in self.shards),
+            deleted=sum(s.deleted for s in self.shards),
+            delete_superseded=sum(s.delete_superseded for s in self.shards),
+            delete_failed=sum(s.delete_failed for s in self.shards),
         )
 
     @property
@@ -156,7 +184,7 @@ class RunReport:
         plain = {
             f.name: data.get(f.name)
             for f in fields(cls)
-            if f.name not in ("shards", "stage_seconds", "extra")
+            if f.name not in ("shards", "stage_seconds", "extra") and f.name in data
         }
         return cls(
             **plain,
@@ -182,9 +210,12 @@ def _row(shard: ShardReport) -> list[str]:
         f"{shard.records_in:,}",
         f"{shard.created:,}",
         f"{shard.updated:,}",
+        f"{shard.unchanged:,}",
+        f"{shard.superseded:,}",
         f"{shard.duplicates:,}",
         f"{shard.rejected_total:,}",
         f"{shard.failed_total:,}",
+        f"{shard.deleted:,}",
         status,
     ]
 
@@ -210,6 +241,9 @@ def render_table(report: RunReport, *, max_shards: int = 50) -> str:
         ("dag", report.dag_id),
         ("run_id", report.run_id),
         ("index", report.index),
+        ("physical", report.physical_index),
+        ("alias_moved", "yes" if report.alias_moved else None),
+        ("sent_to_model", f"{report.sagemaker_records:,} records"),
         ("model", report.model_id),
         ("model_name", report.model_name),
         ("ml_task", report.task_id),
@@ -227,8 +261,8 @@ def render_table(report: RunReport, *, max_shards: int = 50) -> str:
                 room -= s.balanced
                 shown.append(s)
     totals = report.totals
-    rows = [["shard", "records_in", "created", "updated", "duplicates", "rejected", "failed",
-             "balance"]]
+    rows = [["shard", "records_in", "created", "updated", "unchanged", "superseded",
+             "duplicates", "rejected", "failed", "deleted", "balance"]]
     rows += [_row(s) for s in shown]
     rows.append(_row(totals))
     table = _format_rows(rows)

@@ -6,8 +6,9 @@ Layout under ``s3://<bucket>/<prefix>/``::
     rejected/rejected.jsonl      {"source", "line", "reason", "detail", "raw"} per line
     manifest.json                counts; written last, so its presence means "staged"
 
-A record's shard is ``crc32(id) % shards``: stable across processes and retries, so every
-line with the same id lands in the same shard in input order and "last wins" downstream.
+A record's shard is its crc32's range (``changes.shard_of``): stable across processes and
+retries, so every line with the same id lands in the same shard in input order and "last
+wins" downstream, and one shard's documents are one range query on the index.
 Duplicate ids are deliberately not detected here: remembering ids would make memory grow
 with the input (billions of records); the bulk indexer's overwrite semantics resolve them.
 
@@ -25,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from batchvec.changes import FIELD
 from batchvec.memory import fix_mmap_threshold
 from batchvec.naming import join_key
 from batchvec.records import (
@@ -51,7 +53,7 @@ _TICK = 8191  # look at the clock once every 8192 records
 
 
 def shard_of(doc_id: str, shards: int) -> int:
-    return zlib.crc32(doc_id.encode()) % shards
+    return (zlib.crc32(doc_id.encode()) * shards) >> 32  # the range changes.shard_of names
 
 
 def shard_name(index: int) -> str:
@@ -122,8 +124,9 @@ class _Outputs:
     """
 
     def __init__(self, client: Any, bucket: str, prefix: str, shards: int, part_size: int,
-                 pool: ThreadPoolExecutor):
+                 pool: ThreadPoolExecutor, subdir: str = "input"):
         self.client, self.bucket, self.prefix, self.part_size = client, bucket, prefix, part_size
+        self.subdir = subdir
         self.pool = pool
         self.writers: list[S3LineWriter | None] = [None] * shards
         self.counts = [0] * shards
@@ -133,7 +136,7 @@ class _Outputs:
         self.rejected_key = join_key(prefix, "rejected", "rejected.jsonl")
 
     def open_shard(self, index: int) -> S3LineWriter:
-        key = join_key(self.prefix, "input", shard_name(index))
+        key = join_key(self.prefix, self.subdir, shard_name(index))
         writer = S3LineWriter(self.client, self.bucket, key, self.part_size, executor=self.pool)
         self.writers[index] = writer
         return writer
@@ -211,11 +214,21 @@ def stage(
     part_size: int = DEFAULT_PART_SIZE,
     progress_every_s: float = PROGRESS_EVERY_S,
     upload_threads: int = 4,
+    stamp: Callable[..., bytes] | None = None,
+    version: int = 0,
+    version_of: Callable[[dict], int | None] | None = None,
+    carried: Iterable[tuple[str, int, dict]] = (),
+    subdir: str = "input",
+    manifest_name: str = "manifest.json",
 ) -> Manifest:
     """Validate and shard ``(source, line, payload)`` items (see ``sources``) into S3.
 
     ``spec`` (or the field arguments) says which fields make a record; an ``InputSet`` must
     have been opened with the same one, since it picks Parquet/CSV columns by it.
+    ``stamp`` (``changes.make_stamper``) adds each record's fingerprint block, with the
+    run's ``version`` or the record's own (``version_of``: None rejects it). ``carried``
+    records (from the index a model switch replaces) are staged first, each keeping the
+    version and source in its own ``batchvec`` block. Shards go under ``subdir``.
     """
     spec = spec or RecordSpec(id_field, text_field, tuple(metadata_fields), max_text_bytes)
     opened_with = getattr(records_iter, "spec", None)
@@ -227,7 +240,7 @@ def stage(
         raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes, got {part_size}")
     fix_mmap_threshold()  # multi-MB part buffers must not grow the heap with the input
     prefix = prefix.strip("/")
-    manifest_key = join_key(prefix, "manifest.json")
+    manifest_key = join_key(prefix, manifest_name)
     # A manifest from an earlier try must not vouch for shards this try is rewriting.
     s3_client.delete_object(Bucket=bucket, Key=manifest_key)
 
@@ -235,7 +248,7 @@ def stage(
     if not hasattr(records_iter, "bytes_read"):
         records_iter = _counted(records_iter, plain_bytes)
     pool = ThreadPoolExecutor(max(1, upload_threads), thread_name_prefix="stage-upload")
-    out = _Outputs(s3_client, bucket, prefix, shards, part_size, pool)
+    out = _Outputs(s3_client, bucket, prefix, shards, part_size, pool, subdir)
     sources = _Sources(getattr(records_iter, "files", None))
     started = time.monotonic()
 
@@ -250,21 +263,28 @@ def stage(
                   "mb_per_s": round(bytes_in() / 1e6 / elapsed, 1),
                   "records_per_s": round(done / elapsed)})
 
+    check = make_validator(spec)
     try:
-        accepted = _loop(records_iter, make_validator(spec), out, sources, shards,
-                         report if progress else None, progress_every_s)
+        accepted = 0
+        if stamp is not None and carried:
+            accepted = _loop(carried, _stamping(check, stamp, None, None), out, sources,
+                             shards, report if progress else None, progress_every_s)
+        if stamp is not None:
+            check = _stamping(check, stamp, version, version_of)
+        accepted += _loop(records_iter, check, out, sources, shards,
+                          report if progress else None, progress_every_s, accepted)
         shard_rows = out.close()
     except BaseException:
         out.abort()
         raise
     finally:
         pool.shutdown(wait=True)
-    _remove_stale(s3_client, bucket, prefix, {w.key for w in out.all_writers()})
+    _remove_stale(s3_client, bucket, prefix, {w.key for w in out.all_writers()}, subdir)
     manifest = Manifest(
         bucket=bucket, prefix=prefix, records_in=accepted + sum(out.rejected.values()),
         accepted=accepted, rejected=dict(sorted(out.rejected.items())), shards=shard_rows,
         sources=list(sources.rows.values()), bytes_in=bytes_in(),
-        input_prefix=join_key(prefix, "input") + "/",
+        input_prefix=join_key(prefix, "input") + "/",  # the model's (incremental.py)
         rejected_key=out.rejected_key if out.rejects is not None else None,
         spec={"id_field": spec.id_field, "text_field": spec.text_field,
               "metadata_fields": list(spec.metadata_fields),
@@ -286,8 +306,10 @@ def _loop(
     shards: int,
     report: Callable[[int], None] | None,
     every_s: float,
+    before: int = 0,
 ) -> int:
-    """The hot loop: everything it touches per record is a local; returns the accepted count."""
+    """The hot loop: everything it touches per record is a local; returns the accepted count
+    (``before``: accepted by an earlier pass, for the progress figures)."""
     loads, decode_error, crc32 = orjson.loads, orjson.JSONDecodeError, zlib.crc32
     writers, counts, open_shard = out.writers, out.counts, out.open_shard
     clock = time.monotonic
@@ -296,7 +318,7 @@ def _loop(
     current = None
     for source, line, payload in items:
         if source is not current:
-            sources.switch(source, accepted, sum(out.rejected.values()))
+            sources.switch(source, before + accepted, sum(out.rejected.values()))
             current = source
         kind = payload.__class__
         if kind is bytes:
@@ -311,13 +333,13 @@ def _loop(
         if obj.__class__ is dict:
             res = check(obj)
             if res.__class__ is tuple:
-                index = crc32(res[0].encode()) % shards
+                index = (crc32(res[0].encode()) * shards) >> 32
                 writer = writers[index] or open_shard(index)
                 writer.write(res[1])
                 counts[index] += 1
                 accepted += 1
                 if report and not accepted & _TICK and clock() >= next_report:
-                    report(accepted)
+                    report(before + accepted)
                     next_report = clock() + every_s
                 continue
             obj = res
@@ -325,15 +347,36 @@ def _loop(
             obj = parse_line(payload, first_line=line == 1)
         out.reject(obj.at(source, line, payload if kind is not Rejected else None))
         if report and clock() >= next_report:
-            report(accepted)
+            report(before + accepted)
             next_report = clock() + every_s
-    sources.switch(None, accepted, sum(out.rejected.values()))
+    sources.switch(None, before + accepted, sum(out.rejected.values()))
     return accepted
 
 
-def _remove_stale(client: Any, bucket: str, prefix: str, written: set[str]) -> None:
+def _stamping(check: Callable[[dict], tuple[str, bytes] | Rejected], stamp: Callable[..., bytes],
+              version: int | None, version_of: Callable[[dict], int | None] | None):
+    """The validator, then the fingerprint block. ``version`` None: a carried record's own
+    ``batchvec`` block gives version and source."""
+    def checked(obj: dict) -> tuple[str, bytes] | Rejected:
+        res = check(obj)
+        if res.__class__ is not tuple:
+            return res
+        if version is None:
+            block = obj[FIELD]
+            return res[0], stamp(res[0], res[1], int(block["v"]), block["src"])
+        v = version if version_of is None else version_of(obj)
+        if v is None:
+            return Rejected("bad_version", "the version_field is missing, negative, or neither "
+                            "an integer nor an ISO date")
+        return res[0], stamp(res[0], res[1], v)
+
+    return checked
+
+
+def _remove_stale(client: Any, bucket: str, prefix: str, written: set[str],
+                  subdir: str = "input") -> None:
     """Objects an earlier try left (e.g. with more shards) would be read as input: drop them."""
-    stale = [k for sub in ("input/", "rejected/")
+    stale = [k for sub in (subdir + "/", "rejected/")
              for k in list_keys(client, bucket, join_key(prefix, sub)) if k not in written]
     if stale:
         delete_keys(client, bucket, stale)

@@ -41,8 +41,17 @@ def fail_for_good(message: str) -> Exception:
 
 def run_date(context: dict) -> str:
     """The day a run processes: its logical date, or for manual runs without one, when it ran."""
-    when = context.get("logical_date") or context["dag_run"].run_after
-    return when.strftime("%Y-%m-%d")
+    return _run_time(context).strftime("%Y-%m-%d")
+
+
+def _run_time(context: dict):
+    return context.get("logical_date") or context["dag_run"].run_after
+
+
+def run_version(context: dict) -> int:
+    """The external version of a run's writes: its logical date in epoch seconds, so a
+    backfill's older day never overwrites a newer day's documents (changes.py)."""
+    return int(_run_time(context).timestamp())
 
 
 def make_plan(params: dict, context: dict) -> dict:
@@ -57,6 +66,7 @@ def make_plan(params: dict, context: dict) -> dict:
             sagemaker_runtime_url=endpoint("sagemaker-runtime") or "",
             opensearch_service=target["service"],
             connector_credentials=target["connector_credentials"],
+            version=run_version(context),
         )
     except ValueError as exc:
         raise fail_for_good(str(exc)) from None
@@ -80,20 +90,42 @@ def plan_of(data: dict) -> Plan:
 
 
 def stage(plan_data: dict) -> dict:
-    """Validate and shard the input into S3; an earlier try's complete manifest is reused."""
-    from batchvec import sources, staging
+    """Find the index this run writes (index_alias), then validate and shard the input into
+    S3, keeping for the model only what changed (incremental.py); an earlier try's complete
+    manifest is reused."""
+    from batchvec import changes, incremental, index_alias, sources, staging
 
     plan = plan_of(plan_data)
     s3 = s3_client()
+    hook = OpenSearchHook(OPENSEARCH_CONN_ID)
     started = time.monotonic()
     try:
         manifest = s3io.get_json(s3, plan.bucket, plan.key(MANIFEST_KEY))
         log.info("staging already complete for this run (manifest found): %d records in %d shards",
                  manifest["records_in"], len(manifest["shards"]))
+        target = index_alias.Target.from_dict(manifest["target"])
+        if target.mode == "build" and index_alias.acquire_build(hook, target.physical,
+                                                                plan.run_key):
+            log.warning("another run now holds the build of %s", target.physical)
         _require_records(plan, manifest)  # an earlier try that found none must not pass now
         return _manifest_summary(manifest, 0.0)
     except s3.exceptions.NoSuchKey:
         pass
+    physical = index_alias.physical_index_name(plan.index_name, plan.model_identity,
+                                               plan.dimension)
+    target = index_alias.await_build(hook, plan.index_name, physical, plan.run_key,
+                                     timeout_s=plan.wait_timeout,
+                                     say=lambda msg: log.info("%s", msg))
+    index_docs = hook.count(target.physical) if hook.index_exists(target.physical) else 0
+    diffing = incremental.needs_diff(plan, index_docs)
+    log.info("writing %s (%s, %d documents; alias %s serves %s): %s", target.physical,
+             target.mode, index_docs, plan.index_name, target.previous or "nothing",
+             "sending the model only what changed" if diffing else "every record to the model")
+    carried = ()
+    if target.mode == "build" and target.previous and plan.sync_mode == "upsert":
+        log.info("model switch: %s's documents are re-embedded into %s with the input",
+                 target.previous, target.physical)
+        carried = incremental.carried_records(plan, hook, target.previous)
     spec = plan.record_spec
     try:
         source = sources.open_input(plan.input_uri, fmt=plan.input_format, s3_client=s3,
@@ -103,10 +135,29 @@ def stage(plan_data: dict) -> dict:
     total = sum(f.size for f in source.files)  # stored bytes, listed up front: gives the ETA
     log.info("staging %d input files, %.1f MB, into %d shards", len(source.files), total / 1e6,
              plan.shards)
-    manifest = staging.stage(
+    staged = staging.stage(
         source, s3_client=s3, bucket=plan.bucket, prefix=plan.run_prefix, shards=plan.shards,
-        spec=spec, progress=lambda p: log.info("staging: %s", staging.progress_line(p, total)))
-    manifest = manifest if isinstance(manifest, dict) else manifest.to_dict()
+        spec=spec, progress=lambda p: log.info("staging: %s", staging.progress_line(p, total)),
+        stamp=changes.make_stamper(plan.model_identity, plan.source_id), version=plan.version,
+        version_of=changes.version_reader(plan.version_field) if plan.version_field else None,
+        carried=carried, subdir=incremental.STAGED if diffing else "input",
+        manifest_name=incremental.STAGED_MANIFEST)
+    manifest = staged.to_dict()
+    manifest["carried"] = sum(r["records"] for r in manifest["sources"]
+                              if r["name"].startswith("opensearch:"))
+    if diffing:
+        try:
+            manifest = incremental.diff(plan, manifest, hook, s3, target.physical)
+        except incremental.DeleteRefused as exc:
+            raise fail_for_good(str(exc)) from None
+    else:
+        manifest = incremental.fill_without_diff(manifest)
+    manifest.update(target=target.to_dict(), index=target.physical, version=plan.version,
+                    source_id=plan.source_id, sync_mode=plan.sync_mode)
+    s3io.put_json(s3, plan.bucket, plan.key(MANIFEST_KEY), manifest)
+    if not manifest["embed_total"] and manifest["accepted"]:
+        log.info("nothing new or changed: no transform job will run (%d unchanged, %d "
+                 "superseded)", manifest["unchanged_total"], manifest["superseded_total"])
     _require_records(plan, manifest)
     return _manifest_summary(manifest, time.monotonic() - started)
 
@@ -114,7 +165,7 @@ def stage(plan_data: dict) -> dict:
 def _require_records(plan: Plan, manifest: dict) -> None:
     """No transform job for an input without one valid record (SageMaker refuses an empty
     input prefix anyway); the report task still writes the report from the manifest."""
-    if manifest["shards"]:
+    if manifest["accepted"]:
         return
     n = manifest["records_in"]
     if not n:
@@ -132,7 +183,11 @@ def _require_records(plan: Plan, manifest: dict) -> None:
 def _manifest_summary(manifest: dict, seconds: float) -> dict:
     return {"records_in": manifest["records_in"], "accepted": manifest["accepted"],
             "rejected": manifest["rejected"], "shards": manifest["shards"],
-            "seconds": round(seconds, 2)}
+            "seconds": round(seconds, 2), "target": manifest["target"],
+            "index": manifest["index"], "embed_total": manifest["embed_total"],
+            "unchanged_total": manifest["unchanged_total"],
+            "superseded_total": manifest["superseded_total"],
+            "deletes_total": manifest["deletes_total"]}
 
 
 def ensure_model(plan_data: dict) -> dict:
@@ -162,9 +217,11 @@ def check_outputs(plan_data: dict, manifest: dict | None, job: dict | None) -> l
     shards = []
     for shard in manifest["shards"]:
         key = plan.key("output", shard["name"] + ".out")
-        entry = {"name": shard["name"], "records": shard["records"],
-                 "output_present": key in present}
+        entry = {**shard, "output_present": key in present}
         shards.append(entry)
+        if not shard.get("embed", shard["records"]):
+            continue  # nothing of it went to the model: counts and deletes only
+
         if key not in present:
             if job is None:
                 entry.update(missing_reason="batch_job_failed",
@@ -197,28 +254,61 @@ def last_job_failure(run_key: str) -> str | None:
     return reason
 
 
-def prepare_index(plan_data: dict, shards: list[dict]) -> dict:
+def prepare_index(plan_data: dict, manifest: dict, shards: list[dict]) -> dict:
+    from batchvec.index_alias import Target
+
     plan = plan_of(plan_data)
     s3 = s3_client()
+    hook = OpenSearchHook(OPENSEARCH_CONN_ID)
+    target = Target.from_dict(manifest["target"])
     first = next((s for s in shards if s["output_present"]), None)
-    if first is None:
+    if first is not None:
+        line = indexing.first_output_line(s3, plan.bucket,
+                                          plan.key("output", first["name"] + ".out"))
+        dimension = outputs.vector_dimension(line)
+    elif hook.index_exists(target.physical):  # nothing was embedded: counts and deletes
+        dimension = indexing.existing_dimension(hook.get_mapping(target.physical),
+                                                plan.vector_field) or plan.dimension
+    else:
         raise indexing.ShardFailed("no shard has an output: nothing to index")
-    line = indexing.first_output_line(s3, plan.bucket, plan.key("output", first["name"] + ".out"))
-    dimension = outputs.vector_dimension(line)
-    return indexing.prepare_index(plan, OpenSearchHook(OPENSEARCH_CONN_ID), dimension)
+    return indexing.prepare_index(plan, hook, dimension, target)
 
 
 def index_shard(plan_data: dict, shard: dict, index: dict) -> dict:
     plan = plan_of(plan_data)
     hook = OpenSearchHook(OPENSEARCH_CONN_ID, pool_size=plan.bulk_concurrency + 2)
-    return indexing.index_shard(plan, shard, hook, s3_client(), index["dimension"])
+    return indexing.index_shard(plan, shard, hook, s3_client(), index)
 
 
-def restore_index(plan_data: dict | None) -> Any:
-    if plan_data is None:  # runs after any failure; without a plan nothing touched the index
-        log.info("no plan (the plan task failed): no index settings to restore")
+def restore_index(plan_data: dict | None, manifest: dict | None) -> Any:
+    if plan_data is None or manifest is None:  # runs after any failure
+        log.info("nothing was staged: no index settings to restore")
         return None
-    return indexing.restore_index(plan_of(plan_data), OpenSearchHook(OPENSEARCH_CONN_ID))
+    return indexing.restore_index(manifest, OpenSearchHook(OPENSEARCH_CONN_ID), plan_of(plan_data))
+
+
+def switch_alias(plan_data: dict, manifest: dict, index: dict) -> dict:
+    """A build is served only once it is complete and checked (index_alias.verify)."""
+    from batchvec import index_alias, verify
+
+    plan = plan_of(plan_data)
+    target = index_alias.Target.from_dict(manifest["target"])
+    hook = OpenSearchHook(OPENSEARCH_CONN_ID)
+    if target.mode != "build":
+        return {"moved": False, "alias": plan.index_name, "index": target.physical,
+                "why": f"{target.mode}: the alias already serves it" if target.mode ==
+                "incremental" else "legacy: index_name is a concrete index (README: migrate)"}
+    rows, sample = verify.shard_reports(plan, s3_client(), manifest, {})
+    checked = verify.check_build(hook, plan, target.physical, rows, sample, index["dimension"])
+    if not checked["ok"]:
+        raise fail_for_good(f"{target.physical} failed verification, the alias stays on "
+                            f"{target.previous or 'nothing'}: {checked['problems']}")
+    moved = index_alias.switch(hook, plan.index_name, target.physical, target.previous)
+    dropped = index_alias.drop_expired(hook, plan.index_name, plan.keep_previous_index)
+    index_alias.release_build(hook, target.physical, plan.run_key)
+    log.info("alias %s -> %s (was %s); verified: %s; retired indices dropped: %s",
+             plan.index_name, target.physical, target.previous, checked, dropped or "none")
+    return {**moved, "index": target.physical, "verified": checked, "dropped": dropped}
 
 
 def cleanup(plan_data: dict) -> int:
@@ -236,18 +326,34 @@ def cleanup(plan_data: dict) -> int:
 
 def report(plan_data: dict, manifest: dict, context: dict, asset) -> dict:
     """Assemble and publish the run report; fails the run (after writing it) when off."""
-    from batchvec import verify
-
     if plan_data is None:
         raise fail_for_good("no report: the plan task failed (its log names the bad params)")
     plan = plan_of(plan_data)
     s3 = s3_client()
-    if manifest is None:  # stage failed; it may still have staged and counted (all rejected)
-        try:
-            manifest = s3io.get_json(s3, plan.bucket, plan.key(MANIFEST_KEY))
-        except s3.exceptions.NoSuchKey:
-            raise fail_for_good(f"no report: nothing was staged from {plan.input_uri} "
-                                "(the stage task's log says why)") from None
+    hook = OpenSearchHook(OPENSEARCH_CONN_ID)
+    try:  # the whole manifest, from S3 (stage may have failed after counting: all rejected)
+        manifest = s3io.get_json(s3, plan.bucket, plan.key(MANIFEST_KEY))
+    except s3.exceptions.NoSuchKey:
+        _release_build(hook, plan)
+        raise fail_for_good(f"no report: nothing was staged from {plan.input_uri} "
+                            "(the stage task's log says why)") from None
+    try:
+        return _report(plan, s3, hook, manifest, context, asset)
+    finally:  # the run is over: whatever became of its build, another run may take it on
+        _release_build(hook, plan, manifest)
+
+
+def _release_build(hook: OpenSearchHook, plan: Plan, manifest: dict | None = None) -> None:
+    from batchvec import index_alias
+
+    physical = (manifest or {}).get("index") or index_alias.physical_index_name(
+        plan.index_name, plan.model_identity, plan.dimension)
+    index_alias.release_build(hook, physical, plan.run_key)
+
+
+def _report(plan: Plan, s3, hook: OpenSearchHook, manifest: dict, context: dict, asset) -> dict:
+    from batchvec import verify
+
     ti = context["ti"]
     model = ti.xcom_pull(task_ids="ensure_model") or {}
     job = ti.xcom_pull(task_ids="batch_predict") or {}
@@ -267,12 +373,17 @@ def report(plan_data: dict, manifest: dict, context: dict, asset) -> dict:
         "batch_predict": job.get("elapsed") or 0.0,
         "index (slowest shard)": max((r.get("seconds", 0.0) for r in shard_results), default=0.0),
     }
-    hook = OpenSearchHook(OPENSEARCH_CONN_ID)
+    switched = ti.xcom_pull(task_ids="switch_alias") or {}
     result = verify.build_report(plan, s3, hook, manifest=manifest, shards_present=present,
                                  model=model, job=job, stage_seconds=stage_seconds,
                                  missing_reason="batch_job_failed" if shards is None
                                  else "output_missing", missing_reasons=reasons)
-    if shards is None:
+    result.alias_moved = bool(switched.get("moved"))
+    result.extra["alias"] = switched or {"moved": False,
+                                         "why": "switch_alias did not run (a task failed)"}
+    if job.get("skipped"):
+        result.extra["batch_job"] = job["skipped"]
+    elif shards is None:
         result.extra["batch_job"] = "failed or not run: see the batch_predict task log"
     failed_shards = {s["name"]: s["failure"] for s in shards or [] if s.get("failure")}
     if failed_shards:  # which shards the failed job did not transform, and why
@@ -288,6 +399,8 @@ def report(plan_data: dict, manifest: dict, context: dict, asset) -> dict:
     # schedule on one index (its Asset) or on every index (the alias).
     context["outlet_events"][asset].add(
         index_asset(hook.target()["url"], plan.index_name),
-        extra={"index": plan.index_name, "run_key": plan.run_key, "created": totals.created,
-               "updated": totals.updated, "report": uri})
+        extra={"index": plan.index_name, "physical_index": result.physical_index,
+               "alias_moved": result.alias_moved, "run_key": plan.run_key,
+               "created": totals.created, "updated": totals.updated,
+               "unchanged": totals.unchanged, "deleted": totals.deleted, "report": uri})
     return {"report_uri": uri, **result.to_dict()}

@@ -51,18 +51,65 @@ def shard_reports(plan: Plan, s3, manifest: dict, present: dict[str, bool],
     return rows, sample
 
 
-def smoke_query(hook: OpenSearchHook, plan: Plan, doc_id: str) -> dict:
+def smoke_query(hook: OpenSearchHook, plan: Plan, doc_id: str, index: str | None = None) -> dict:
     """A stored document's own vector must find that document."""
-    hook.refresh(plan.index_name)
-    doc = hook.get_document(plan.index_name, doc_id)
+    index = index or plan.index_name
+    hook.refresh(index)
+    doc = hook.get_document(index, doc_id)
     if doc is None:
         return {"ok": False, "doc_id": doc_id, "error": "document not found"}
     vector = doc["_source"].get(plan.vector_field)
-    resp = hook.search(plan.index_name, {
+    resp = hook.search(index, {
         "size": 10, "_source": False,
         "query": {"knn": {plan.vector_field: {"vector": vector, "k": 10}}}})
     ids = [h["_id"] for h in resp["hits"]["hits"]]
     return {"ok": doc_id in ids, "doc_id": doc_id, "top_ids": ids[:3]}
+
+
+SAMPLE_VECTORS = 20
+
+
+def check_build(hook: OpenSearchHook, plan: Plan, manifest: dict, rows: list[ShardReport],
+                sample: str | None, dimension: int) -> dict:
+    """Before an alias may serve a new index: every record accounted for and none failed,
+    the index holds at least every distinct id of the run, a stored vector finds its own
+    document, and a sample of stored vectors has the dimension, finite and non-zero."""
+    import math
+
+    physical = manifest["index"]
+    problems = []
+    if not all(r.balanced for r in rows):
+        problems.append("accounting does not balance")
+    failed = sum(r.failed_total for r in rows)
+    if failed:
+        problems.append(f"{failed} records failed")
+    by_name = {s["name"]: s for s in manifest["shards"]}
+    expected = 0
+    for row in rows:
+        staged = by_name.get(row.shard, {})
+        expected += staged["distinct"] if "distinct" in staged else \
+            row.indexed - row.duplicates + row.unchanged + row.superseded
+    hook.refresh(physical)
+    count = hook.count(physical)
+    if count < expected:
+        problems.append(f"{physical} holds {count} documents, the run has {expected} ids")
+    smoke = smoke_query(hook, plan, sample, physical) if sample else {"ok": False,
+                                                                      "error": "no document"}
+    if not smoke.get("ok"):
+        problems.append(f"smoke query: {smoke}")
+    hits = hook.search(physical, {"size": SAMPLE_VECTORS, "_source": [plan.vector_field],
+                                  "query": {"function_score": {"random_score": {}}}})
+    bad = []
+    for hit in hits["hits"]["hits"]:
+        vector = (hit.get("_source") or {}).get(plan.vector_field)
+        if (not isinstance(vector, list) or len(vector) != dimension
+                or not all(isinstance(v, int | float) and math.isfinite(v) for v in vector)
+                or not any(vector)):
+            bad.append(hit["_id"])
+    if bad:
+        problems.append(f"stored vectors not {dimension}-d, finite and non-zero: {bad[:5]}")
+    return {"ok": not problems, "problems": problems, "count": count, "expected": expected,
+            "sampled": len(hits["hits"]["hits"])}
 
 
 def build_report(plan: Plan, s3, hook: OpenSearchHook, *, manifest: dict,
@@ -72,18 +119,27 @@ def build_report(plan: Plan, s3, hook: OpenSearchHook, *, manifest: dict,
                  missing_reasons: dict[str, str] | None = None) -> RunReport:
     rows, sample = shard_reports(plan, s3, manifest, shards_present, missing_reason,
                                  missing_reasons)
+    job_ran = bool((job or {}).get("job_name"))
     report = RunReport(
         run_key=plan.run_key, dag_id=plan.dag_id, run_id=plan.run_id, index=plan.index_name,
+        physical_index=manifest.get("index"),
+        sagemaker_records=int(manifest.get("embed_total", 0)) if job_ran else 0,
         model_name=(model or {}).get("model_name"), model_id=(model or {}).get("model_id"),
         task_id=(job or {}).get("task_id"), transform_job_name=(job or {}).get("job_name"),
         stage_seconds=stage_seconds, shards=rows,
         extra={"input_uri": plan.input_uri, "staging": plan.uri(""),
                "rejected_uri": plan.uri("rejected/"), "dlq_uri": plan.uri("dlq/"),
-               "rejected_examples": manifest.get("rejected_examples") or {}},
+               "rejected_examples": manifest.get("rejected_examples") or {},
+               "target": manifest.get("target"), "sync_mode": manifest.get("sync_mode"),
+               "source_id": manifest.get("source_id"), "version": manifest.get("version"),
+               "carried_over": manifest.get("carried", 0)},
     )
+    deletes = [s["deletes_key"] for s in manifest["shards"] if s.get("deletes_key")]
+    if deletes:  # the ids a full sync removed, listed per shard
+        report.extra["deleted_lists"] = [f"s3://{plan.bucket}/{k}" for k in deletes]
     if sample and report.totals.indexed:
         try:
-            report.extra["smoke_query"] = smoke_query(hook, plan, sample)
+            report.extra["smoke_query"] = smoke_query(hook, plan, sample, manifest.get("index"))
         except Exception as exc:
             report.extra["smoke_query"] = {"ok": False, "doc_id": sample, "error": str(exc)}
     return report
@@ -102,6 +158,8 @@ def publish(plan: Plan, s3, report: RunReport) -> str:
             f"{r.shard} in={r.records_in} accounted={r.accounted}" for r in report.unbalanced))
     if totals.failed_total:
         problems.append(f"{totals.failed_total} records failed: {totals.failed}")
+    if totals.delete_failed:
+        problems.append(f"{totals.delete_failed} deletes failed (the DLQ holds each reason)")
     if report.reject_ratio > plan.max_reject_ratio:
         examples = report.extra.get("rejected_examples") or {}
         why = "".join(f"; {reason}: {examples[reason]}" for reason in sorted(totals.rejected)
