@@ -1,9 +1,15 @@
-"""devstack.model: which embedder a SageMaker container selects, and the real MiniLM embedder
-(offline weights, 384-d, normalised, same vectors as sentence-transformers, thread-safe)."""
+"""devstack.model: which embedder a SageMaker container selects, the real MiniLM embedder
+(offline weights, 384-d, normalised, same vectors as sentence-transformers, thread-safe) and
+the hash embedder (deterministic, unit norm, never NaN)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,3 +82,82 @@ def test_minilm_thread_safe(minilm):
         results = list(pool.map(lambda chunk: minilm.embed(chunk), [texts[i::4] for i in range(4)]))
     for i, got in enumerate(results):
         assert np.allclose(got, expected[i::4], atol=1e-5)
+
+
+# --- HashEmbedder -----------------------------------------------------------------------------
+
+TEXTS = ["a cat napping in the sun", "Stock markets fell sharply.", "ünïcödé ✓ naïve café",
+         "the the the", "one two three four five six seven eight nine ten " * 20]
+
+
+@pytest.mark.parametrize("dimension", [256, 384])
+def test_hash_embedder_selected_by_hf_model_id(dimension):
+    key = f"batchvec/hash-embedder-{dimension}"
+    container = {"Image": "devstack/in-process-embedder", "Environment": {"HF_MODEL_ID": key}}
+    embedder = model.get_embedder(container)
+    assert isinstance(embedder, model.HashEmbedder)
+    assert embedder.name == key and embedder.dimension == dimension
+    assert embedder is model.get_embedder(container)
+    assert model.DEFAULT_KEY == "sentence-transformers/all-minilm-l6-v2"
+    assert isinstance(model.get_embedder(None), model.MiniLM)
+
+
+def test_hash_embedder_unit_norm_and_dimension():
+    for dimension in (256, 384, 7):
+        vectors = model.HashEmbedder(dimension).embed(TEXTS)
+        assert vectors.dtype == np.float32 and vectors.shape == (len(TEXTS), dimension)
+        assert vectors.flags.c_contiguous  # orjson serialises only C-contiguous arrays
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+    assert model.HashEmbedder(256).embed([]).shape == (0, 256)
+
+
+def test_hash_embedder_deterministic_across_instances_and_processes():
+    first, second = model.HashEmbedder(256), model.HashEmbedder(256)
+    model._token_hashes.clear()  # the second computes every hash afresh
+    assert np.array_equal(first.embed(TEXTS), second.embed(TEXTS[::-1])[::-1])
+    # Another interpreter with another str hash seed: blake2b, not hash(), picks the buckets.
+    code = ("import json, sys; from devstack import model; "
+            "print(json.dumps(model.HashEmbedder(256).embed(json.loads(sys.argv[1])).tolist()))")
+    include = str(Path(__file__).resolve().parents[1] / "include")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(TEXTS)], check=True,
+                         capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": include, "PYTHONHASHSEED": "12345"})
+    assert np.array_equal(np.array(json.loads(out.stdout), dtype=np.float32), first.embed(TEXTS))
+
+
+def test_hash_embedder_texts_differ_unless_their_tokens_match():
+    embedder = model.HashEmbedder(256)
+    a, b, same, reordered, more = embedder.embed([
+        "a cat napping in the sun", "stock markets fell", "A CAT, napping... in the SUN!",
+        "sun the in napping cat a", "a cat napping in the sun sun"])
+    assert not np.allclose(a, b) and float(a @ b) < 0.5
+    assert np.array_equal(a, same) and np.array_equal(a, reordered)
+    assert not np.array_equal(a, more)  # counts matter, not just the set of tokens
+
+
+def test_hash_embedder_text_without_tokens_is_a_fixed_unit_vector():
+    embedder = model.HashEmbedder(384)
+    vectors = embedder.embed(["", "   ", "?!", "-- ..."])
+    assert np.isfinite(vectors).all()
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
+    assert all(np.array_equal(v, vectors[0]) for v in vectors)
+    assert np.array_equal(vectors[0], model.HashEmbedder(384).embed([""])[0])
+
+
+def test_hash_embedder_tokens_that_cancel_out_are_not_nan():
+    embedder = model.HashEmbedder(1)  # every token in one bucket: a +1 and a -1 sum to zero
+    signs = {}
+    for word in (f"w{i}" for i in range(100)):
+        signs.setdefault(model._token_hash(word) >> 63, word)
+        if len(signs) == 2:
+            break
+    assert len(signs) == 2
+    vectors = embedder.embed([" ".join(signs.values()), ""])
+    assert np.isfinite(vectors).all() and np.array_equal(vectors[0], vectors[1])
+
+
+def test_hash_384_is_not_minilm(minilm):
+    texts = TEXTS[:3]
+    hashed, real = model.HashEmbedder(384).embed(texts), minilm.embed(texts)
+    assert hashed.shape == real.shape
+    assert (np.abs((hashed * real).sum(axis=1)) < 0.5).all()

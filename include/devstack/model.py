@@ -4,13 +4,19 @@ model's container says it serves, and the real all-MiniLM-L6-v2 on CPU.
 A container dict is a SageMaker ContainerDefinition (`Image`, `Environment`, ...). The model is
 picked by the registered key found in its `Environment` values (`HF_MODEL_ID=...`) or its
 image name; anything unrecognised gets MiniLM, as the devstack has no other weights offline.
-Plug another model in with `register("my-model-id", factory)`.
+`batchvec/hash-embedder-256` / `-384` select HashEmbedder: no weights, deterministic and fast,
+for tests and load runs that need exact expected vectors. Plug another model in with
+`register("my-model-id", factory)`.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import itertools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -93,6 +99,69 @@ class MiniLM:
         return np.asarray(vectors, dtype=np.float32)
 
 
+HASH_KEY_PREFIX = "batchvec/hash-embedder-"
+_TOKEN = re.compile(r"\w+")
+# token -> its 64-bit blake2b value. Shared by every dimension (the bucket is taken from it
+# vectorised); cleared when full rather than LRU'd, which would cost more per token than it saves.
+_token_hashes: dict[str, int] = {}
+_MAX_CACHED_TOKENS = 1 << 20
+
+
+def _token_hash(token: str) -> int:
+    # blake2b, not hash(): vectors must match across processes (PYTHONHASHSEED) and runs.
+    value = int.from_bytes(hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest(), "little")
+    if len(_token_hashes) >= _MAX_CACHED_TOKENS:
+        _token_hashes.clear()
+    _token_hashes[token] = value
+    return value
+
+
+class HashEmbedder:
+    """Feature hashing: each lowercased word token (regex \\w+) adds +1 or -1 to one of
+    `dimension` buckets, both picked by its blake2b hash; the sum is L2-normalised. Texts with
+    the same tokens (any case or punctuation) get the same vector. A text without tokens, or
+    whose tokens cancel out, gets the vector of the empty token (never a word): a fixed unit
+    vector, never zeros or NaN."""
+
+    chunk = 512  # texts per bincount: its float64 scratch (chunk * dimension) stays in cache
+
+    def __init__(self, dimension: int) -> None:
+        if dimension < 1:
+            raise ValueError(f"dimension must be positive, got {dimension}")
+        self.dimension = dimension
+        self.name = f"{HASH_KEY_PREFIX}{dimension}"
+        self._fallback = self._rows(np.array([_token_hash("")], dtype=np.uint64),
+                                    np.zeros(1, dtype=np.intp), 1)[0]
+
+    def _rows(self, hashes: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+        buckets = (hashes % np.uint64(self.dimension)).astype(np.intp)
+        signs = np.where(hashes >> np.uint64(63), -1.0, 1.0)  # top bit: independent of the bucket
+        sums = np.bincount(rows * self.dimension + buckets, weights=signs,
+                           minlength=n * self.dimension).reshape(n, self.dimension)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (sums / norms).astype(np.float32)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(texts), self.chunk):
+            out[start:start + self.chunk] = self._embed(texts[start:start + self.chunk])
+        return out
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        tokens = [_TOKEN.findall(text.lower()) for text in texts]
+        counts = np.fromiter(map(len, tokens), dtype=np.intp, count=len(tokens))
+        cached = _token_hashes.get
+        flat = itertools.chain.from_iterable(tokens)
+        hashes = np.fromiter((cached(t) or _token_hash(t) for t in flat), dtype=np.uint64,
+                             count=int(counts.sum()))
+        rows = np.repeat(np.arange(len(texts), dtype=np.intp), counts)
+        vectors = self._rows(hashes, rows, len(texts))
+        # No tokens (0/0) or tokens that cancel: the fixed vector rather than zeros or NaN.
+        vectors[~np.isfinite(vectors).all(axis=1)] = self._fallback
+        return vectors
+
+
 def _torch_threads() -> int:
     if os.environ.get("DEVSTACK_TORCH_THREADS"):
         return max(1, int(os.environ["DEVSTACK_TORCH_THREADS"]))
@@ -164,3 +233,6 @@ def is_loaded(container: dict | None = None) -> bool:
 register(DEFAULT_KEY, MiniLM)
 register("all-minilm-l6-v2", MiniLM)
 register("minilm", MiniLM)
+# Never the default: only a container naming one of these keys gets hash vectors.
+for _dimension in (256, 384):
+    register(f"{HASH_KEY_PREFIX}{_dimension}", functools.partial(HashEmbedder, _dimension))

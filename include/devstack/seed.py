@@ -17,6 +17,9 @@ EXECUTION_ROLE = "arn:aws:iam::000000000000:role/devstack-sagemaker-execution"
 # The role ML Commons is told to assume, in the devstack's make-believe account.
 CONNECTOR_ROLE_ARN = "arn:aws:iam::000000000000:role/batchvec-sagemaker"
 SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "documents.jsonl"
+# SageMaker model name -> (devstack.model registry key its HF_MODEL_ID names, dimension).
+HASH_MODELS = {"hash-embedder-256": ("batchvec/hash-embedder-256", 256),
+               "hash-embedder-384": ("batchvec/hash-embedder-384", 384)}
 
 
 def clients(endpoints: dict) -> tuple:
@@ -71,15 +74,27 @@ def stage_sample_partitions(endpoints: dict, days: list[str], bucket: str | None
 
 
 def ensure_in_process_model(endpoints: dict, name: str = DEFAULT_MODEL,
-                            endpoint: str = DEFAULT_ENDPOINT) -> str:
+                            endpoint: str = DEFAULT_ENDPOINT,
+                            environment: dict | None = None) -> str:
     """For docker-compose, whose SageMaker stand-in runs no model containers: the model
-    without a ModelDataUrl (the stand-in embeds in-process) and its real-time endpoint."""
+    without a ModelDataUrl (the stand-in embeds in-process) and its real-time endpoint.
+    `environment` is the container's Environment, whose HF_MODEL_ID picks the embedder
+    (devstack.model); without one the stand-in uses MiniLM."""
     sm = clients(endpoints)[1]
+    container = {"Image": "devstack/in-process-embedder"}
+    if environment:
+        container["Environment"] = dict(environment)
     try:
-        sm.describe_model(ModelName=name)
+        existing = sm.describe_model(ModelName=name)
     except sm.exceptions.ClientError:
-        sm.create_model(ModelName=name, ExecutionRoleArn=EXECUTION_ROLE,
-                        PrimaryContainer={"Image": "devstack/in-process-embedder"})
+        sm.create_model(ModelName=name, ExecutionRoleArn=EXECUTION_ROLE, PrimaryContainer=container)
+    else:
+        # A model cannot be changed in place: one left with another environment would embed
+        # with the wrong model without a word, so say so instead.
+        have = (existing.get("PrimaryContainer") or {}).get("Environment") or {}
+        if environment is not None and have != container.get("Environment", {}):
+            raise RuntimeError(f"SageMaker model {name} exists with Environment {have}, not "
+                               f"{environment}: delete it to have it recreated")
     try:
         sm.describe_endpoint(EndpointName=endpoint)
     except sm.exceptions.ClientError:
@@ -88,6 +103,15 @@ def ensure_in_process_model(endpoints: dict, name: str = DEFAULT_MODEL,
             "InstanceType": "ml.m5.large"}])
         sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=endpoint)
     return name
+
+
+def ensure_hash_model(endpoints: dict, name: str) -> tuple[str, str]:
+    """One of HASH_MODELS as an in-process model (devstack.model's HashEmbedder: exact,
+    weightless vectors) and its endpoint `devstack-<name>`; returns (model, endpoint)."""
+    key, _dimension = HASH_MODELS[name]
+    endpoint = f"devstack-{name}"
+    ensure_in_process_model(endpoints, name, endpoint, environment={"HF_MODEL_ID": key})
+    return name, endpoint
 
 
 if __name__ == "__main__":  # docker-compose's airflow-init: python -m devstack.seed
