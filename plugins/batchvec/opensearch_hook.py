@@ -268,10 +268,11 @@ class OpenSearchHook(BaseHook):
         return self.request("PUT", f"/{index}", body)[1]
 
     def get_mapping(self, index: str) -> dict:
-        return self.request("GET", f"/{index}/_mapping")[1][index]["mappings"]
+        return self._only_index(index, self.request("GET", f"/{index}/_mapping")[1])["mappings"]
 
     def get_settings(self, index: str) -> dict:
-        return self.request("GET", f"/{index}/_settings")[1][index]["settings"]["index"]
+        body = self.request("GET", f"/{index}/_settings")[1]
+        return self._only_index(index, body)["settings"]["index"]
 
     def put_settings(self, index: str, settings: dict) -> None:
         self.request("PUT", f"/{index}/_settings", {"index": settings})
@@ -373,3 +374,55 @@ class OpenSearchHook(BaseHook):
             err_type, reason = self._parse_error(resp.status_code, resp.content)
             raise OpenSearchError(resp.status_code, err_type, reason, "POST", "/_bulk")
         return orjson.loads(resp.content)
+
+    # -- aliases (batchvec.index_alias) ---------------------------------------------------------
+    @staticmethod
+    def _only_index(name: str, body: dict) -> dict:
+        """The one entry of an answer keyed by physical name (`name` may be an alias)."""
+        if len(body) != 1:
+            raise ValueError(f"{name!r} is an alias of several indices: {', '.join(sorted(body))}")
+        return next(iter(body.values()))
+
+    def get_alias(self, name: str) -> dict:
+        """index -> its properties for alias `name`, for each index behind it; {} if no alias."""
+        status, body = self.request("GET", f"/_alias/{name}", ok=(404,))
+        return {} if status == 404 else {i: v["aliases"][name] for i, v in body.items()}
+
+    def update_aliases(self, actions: list[dict]) -> None:
+        """One `_aliases` call: all its actions apply at once or none do."""
+        self.request("POST", "/_aliases", {"actions": actions})
+
+    def get_mapping_meta(self, index: str) -> dict:
+        return self.get_mapping(index).get("_meta", {})
+
+    def put_mapping_meta(self, index: str, meta: dict) -> None:
+        """Replaces the whole `_meta` (OpenSearch does not merge it): pass what is to stay."""
+        self.request("PUT", f"/{index}/_mapping", {"_meta": meta})
+
+    def indices_matching(self, pattern: str) -> list[str]:
+        """Names of the open indices matching `pattern`; hidden ones are left out."""
+        status, rows = self.request("GET", f"/_cat/indices/{pattern}", ok=(404,), params={
+            "format": "json", "h": "index", "expand_wildcards": "open"})
+        return [] if status == 404 else sorted(row["index"] for row in rows)
+
+    def delete_index(self, index: str) -> bool:
+        """True if it was deleted, False if there was no such index."""
+        return self.request("DELETE", f"/{index}", ok=(404,))[0] < 300
+
+    def reindex(self, src: str, dest: str, *, wait_s: float = 24 * 3600.0) -> dict:
+        """`_reindex` as a task, polled: one request waiting for a big copy would outlive the
+        HTTP timeout. Returns the task's response; raises on any failure."""
+        body = {"source": {"index": src}, "dest": {"index": dest}}
+        task = self.request("POST", "/_reindex", body, params={
+            "wait_for_completion": "false", "refresh": "true"})[1]["task"]
+        deadline, delay = time.monotonic() + wait_s, 0.1
+        while not (done := self.request("GET", f"/_tasks/{task}")[1]).get("completed"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reindex {src} -> {dest} (task {task}) still running")
+            time.sleep(delay)
+            delay = min(5.0, delay * 2)
+        error, response = done.get("error"), done.get("response", {})
+        if error or response.get("failures"):
+            raise OpenSearchError(0, (error or {}).get("type", "reindex_failures"),
+                                  str(error or response["failures"][:3]), "POST", "/_reindex")
+        return response
