@@ -36,7 +36,8 @@ def docs(prefix: str, n: int) -> list[dict]:
 def run(dag, logical_date: datetime, conf: dict):
     # run_after fixes the run_id, so calling twice is the same run again, not a new one. The
     # run key (staging prefix, job name) follows from it: each test needs its own dates, or it
-    # resumes another test's run (months so far: 2, 3, 8 e2e; 4 bad input; 6 faults; 7 security).
+    # resumes another test's run (months so far: 2, 3, 8 e2e; 4 bad input; 6 faults; 7 security; 5, 9, 10, 11
+    # incremental).
     return dag.test(run_after=logical_date, logical_date=logical_date, run_conf=conf)
 
 

@@ -2,8 +2,8 @@
 job, a full sync deletes exactly what left its source, versions order backfilled days, and a
 model switch builds a new index behind the alias (changes.py, incremental.py, index_alias.py).
 
-Logical dates: 2025-01 (reruns), 2025-02 (full sync), 2025-03 (backfill order),
-2025-04 (model switch).
+Logical dates (each test its own month of 2026, after the DAG's start_date): 09 reruns,
+10 full sync, 11 backfill order, 05 model switch.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def no_faults(airflow_env):
 
 
 def day(month: int, d: int) -> datetime:
-    return datetime(2025, month, d, tzinfo=UTC)
+    return datetime(2026, month, d, tzinfo=UTC)
 
 
 def served(devstack, alias: str) -> list[str]:
@@ -47,7 +47,7 @@ def served(devstack, alias: str) -> list[str]:
 def staged_lines(devstack, rep: dict) -> int:
     """Records in the run's transform input (kept with keep_staging)."""
     s3 = devstack.s3.client()
-    prefix = rep["extra"]["staging"].split("/", 3)[3] + "input/"
+    prefix = rep["extra"]["staging"].split("/", 3)[3] + "/input/"
     n = 0
     for obj in s3.list_objects_v2(Bucket=devstack.s3.bucket, Prefix=prefix).get("Contents", []):
         body = s3.get_object(Bucket=devstack.s3.bucket, Key=obj["Key"])["Body"].read()
@@ -74,13 +74,13 @@ def test_a_rerun_sends_nothing_and_a_one_percent_change_sends_exactly_those(dag,
     source = write_jsonl(tmp_path / "in.jsonl", originals)
     conf = {"input_uri": str(source), "index_name": "inc-rerun", "metadata_fields": ["topic"],
             "shards": 2, "keep_staging": True}
-    assert run(dag, day(1, 1), conf).state == "success"
+    assert run(dag, day(9, 1), conf).state == "success"
     first = reports(devstack, "inc-rerun")[-1]
     assert first["totals"]["created"] == 1000 and first["sagemaker_records"] == 1000
     assert first["alias_moved"] and served(devstack, "inc-rerun") == [first["physical_index"]]
 
     jobs = len(transform_jobs(devstack))
-    assert run(dag, day(1, 2), conf).state == "success"
+    assert run(dag, day(9, 2), conf).state == "success"
     second = reports(devstack, "inc-rerun")[-1]
     t = second["totals"]
     assert (t["unchanged"], t["created"], t["updated"], t["failed_total"]) == (1000, 0, 0, 0)
@@ -92,7 +92,7 @@ def test_a_rerun_sends_nothing_and_a_one_percent_change_sends_exactly_those(dag,
     edited = [{**d, "text": d["text"] + " and then it rained"} if d["id"] in changed else d
               for d in originals]
     write_jsonl(source, edited)
-    assert run(dag, day(1, 3), conf).state == "success"
+    assert run(dag, day(9, 3), conf).state == "success"
     third = reports(devstack, "inc-rerun")[-1]
     t = third["totals"]
     assert (t["updated"], t["unchanged"], t["created"]) == (10, 990, 0)
@@ -116,15 +116,15 @@ def test_full_sync_deletes_exactly_what_left_its_source_and_refuses_past_the_rat
     source = write_jsonl(tmp_path / "catalog.jsonl", catalog)
     full = {"input_uri": str(source), "index_name": "inc-full", "sync_mode": "full",
             "source_id": "catalog", "max_delete_ratio": 0.2, "shards": 3}
-    assert run(dag, day(2, 1), full).state == "success"
+    assert run(dag, day(10, 1), full).state == "success"
     other = write_jsonl(tmp_path / "other.jsonl", docs("other", 5))
-    assert run(dag, day(2, 2), {"input_uri": str(other), "index_name": "inc-full",
+    assert run(dag, day(10, 2), {"input_uri": str(other), "index_name": "inc-full",
                                 "source_id": "partner", "shards": 3}).state == "success"
     assert os_get(devstack, "/inc-full/_count")["count"] == 205
 
     removed = {f"fs-{i}" for i in range(30)}
     write_jsonl(source, [d for d in catalog if d["id"] not in removed])
-    assert run(dag, day(2, 3), full).state == "success"
+    assert run(dag, day(10, 3), full).state == "success"
     rep = reports(devstack, "inc-full")[-1]
     t = rep["totals"]
     assert t["deleted"] == 30 and t["unchanged"] == 170 and rep["sagemaker_records"] == 0
@@ -141,7 +141,7 @@ def test_full_sync_deletes_exactly_what_left_its_source_and_refuses_past_the_rat
 
     # Removing 70 of the 175 (40%) is refused before anything is deleted.
     write_jsonl(source, [d for d in catalog if d["id"] not in removed][70:])
-    dagrun = run(dag, day(2, 4), full)
+    dagrun = run(dag, day(10, 4), full)
     assert dagrun.state == "failed"
     stage = next(ti for ti in dagrun.get_task_instances() if ti.task_id == "stage")
     assert stage.state == "failed"
@@ -159,7 +159,7 @@ def test_a_backfill_in_reverse_order_leaves_each_document_at_its_newest_day(dag,
 
     for n in (3, 2, 1):  # newest first, as `airflow backfill create --run-backwards` does
         conf = {"input_uri": str(day_input(n)), "index_name": "inc-order", "shards": 2}
-        assert run(dag, day(3, n), conf).state == "success"
+        assert run(dag, day(11, n), conf).state == "success"
     newest, middle, oldest = reports(devstack, "inc-order")
     assert newest["totals"]["created"] == 40
     for rep in (middle, oldest):
@@ -176,7 +176,7 @@ def test_a_model_switch_builds_a_new_index_and_moves_the_alias_only_after_verifi
     hook = OpenSearchHook()
     first = write_jsonl(tmp_path / "first.jsonl", docs("ms", 60))
     base = {"index_name": "inc-switch", "shards": 2}
-    assert run(dag, day(4, 1), {**base, "input_uri": str(first)}).state == "success"
+    assert run(dag, day(5, 1), {**base, "input_uri": str(first)}).state == "success"
     (old,) = served(devstack, "inc-switch")
 
     model, endpoint = seed.ensure_hash_model(devstack.endpoints, "hash-embedder-256")
@@ -196,7 +196,7 @@ def test_a_model_switch_builds_a_new_index_and_moves_the_alias_only_after_verifi
     watcher = threading.Thread(target=sample_the_alias, daemon=True)
     watcher.start()
     try:
-        dagrun = run(dag, day(4, 2), {**base, "input_uri": str(second), "dimension": 256,
+        dagrun = run(dag, day(5, 2), {**base, "input_uri": str(second), "dimension": 256,
                                       "sagemaker_model_name": model,
                                       "sagemaker_endpoint_name": endpoint})
     finally:
@@ -218,7 +218,7 @@ def test_a_model_switch_builds_a_new_index_and_moves_the_alias_only_after_verifi
     # A build that fails (its job does) leaves the alias where it was.
     model384, endpoint384 = seed.ensure_hash_model(devstack.endpoints, "hash-embedder-384")
     faults.set_faults(devstack.state_dir, fail_job={"count": 3, "reason": "ClientError: OOM"})
-    failed = run(dag, day(4, 3), {**base, "input_uri": str(second),
+    failed = run(dag, day(5, 3), {**base, "input_uri": str(second),
                                   "sagemaker_model_name": model384,
                                   "sagemaker_endpoint_name": endpoint384})
     assert failed.state == "failed"

@@ -299,7 +299,7 @@ def switch_alias(plan_data: dict, manifest: dict, index: dict) -> dict:
                 "why": f"{target.mode}: the alias already serves it" if target.mode ==
                 "incremental" else "legacy: index_name is a concrete index (README: migrate)"}
     rows, sample = verify.shard_reports(plan, s3_client(), manifest, {})
-    checked = verify.check_build(hook, plan, target.physical, rows, sample, index["dimension"])
+    checked = verify.check_build(hook, plan, manifest, rows, sample, index["dimension"])
     if not checked["ok"]:
         raise fail_for_good(f"{target.physical} failed verification, the alias stays on "
                             f"{target.previous or 'nothing'}: {checked['problems']}")
@@ -316,7 +316,8 @@ def cleanup(plan_data: dict) -> int:
     reports stay. Outputs are kept by default so a rerun re-indexes without a second job."""
     plan = plan_of(plan_data)
     s3 = s3_client()
-    keys = [] if plan.keep_staging else s3io.list_keys(s3, plan.bucket, plan.key("input/"))
+    keys = [] if plan.keep_staging else [
+        k for sub in ("input/", "staged/") for k in s3io.list_keys(s3, plan.bucket, plan.key(sub))]
     if not plan.keep_outputs:
         keys += s3io.list_keys(s3, plan.bucket, plan.key("output/"))
     deleted = s3io.delete_keys(s3, plan.bucket, keys) if keys else 0

@@ -158,6 +158,11 @@ def publish(plan: Plan, s3, report: RunReport) -> str:
             f"{r.shard} in={r.records_in} accounted={r.accounted}" for r in report.unbalanced))
     if totals.failed_total:
         problems.append(f"{totals.failed_total} records failed: {totals.failed}")
+    target = report.extra.get("target") or {}
+    if target.get("mode") == "build" and not report.alias_moved:
+        problems.append(f"{target.get('physical')} was built but not switched live: the alias "
+                        f"{report.index} still serves {target.get('previous') or 'nothing'} "
+                        "(switch_alias's log says why)")
     if totals.delete_failed:
         problems.append(f"{totals.delete_failed} deletes failed (the DLQ holds each reason)")
     if report.reject_ratio > plan.max_reject_ratio:
