@@ -225,7 +225,20 @@ def test_a_model_switch_builds_a_new_index_and_moves_the_alias_only_after_verifi
     assert served(devstack, "inc-switch") == [new]
     assert not reports(devstack, "inc-switch")[-1]["alias_moved"]
 
+    # The same dimension, another model: a build of its own too, live once verified.
+    faults.clear(devstack.state_dir)
+    assert run(dag, day(5, 4), {**base, "input_uri": str(second),
+                                "sagemaker_model_name": model384,
+                                "sagemaker_endpoint_name": endpoint384}).state == "success"
+    rep = reports(devstack, "inc-switch")[-1]
+    (third,) = served(devstack, "inc-switch")
+    assert third not in (old, new) and rep["alias_moved"] and rep["extra"]["carried_over"] == 80
+    doc = os_get(devstack, "/inc-switch/_doc/ms-7")["_source"]
+    assert cosine(doc["embedding"], HashEmbedder(384).embed([doc["text"]])[0]) >= 0.9999
+    assert os_get(devstack, "/inc-switch/_count")["count"] == 80
+
     # The rollback is one call: the alias goes back to the index the switch replaced.
     index_alias.rollback(hook, "inc-switch")
-    assert served(devstack, "inc-switch") == [old]
-    assert os_get(devstack, "/inc-switch/_count")["count"] == 60
+    assert served(devstack, "inc-switch") == [new]
+    assert os_get(devstack, "/inc-switch/_count")["count"] == 80
+    assert len(os_get(devstack, "/inc-switch/_doc/ms-7")["_source"]["embedding"]) == 256

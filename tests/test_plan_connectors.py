@@ -372,3 +372,35 @@ def test_the_credential_mode_follows_where_opensearch_runs(monkeypatch):
                           port=443, schema="https", login="u", password="p", extra=json.dumps(extra))
         monkeypatch.setenv("AIRFLOW_CONN_OS_MODE", conn.as_json())
         assert OpenSearchHook("os_mode").target()["connector_credentials"] == mode, extra
+
+
+def test_incremental_params_are_checked_and_documented(tmp_path):
+    from pathlib import Path
+
+    p = resolve(tmp_path)
+    assert (p.reembed, p.sync_mode, p.max_delete_ratio, p.keep_previous_index) == \
+        ("changed", "upsert", 0.05, 7.0)
+    assert p.source_id == p.input_uri  # a literal input_uri is its own source
+    templated = plan.resolve_plan({**REQUIRED, "input_uri": "s3://bkt/in/ds={{ ds }}/"},
+                                  dag_id="d", run_id="r", ds="2026-02-01", region="eu-west-1")
+    assert templated.source_id == "s3://bkt/in/ds={{ ds }}/"  # every day one source
+    assert templated.input_uri == "s3://bkt/in/ds=2026-02-01/"
+    with pytest.raises(ValueError) as exc:
+        resolve(tmp_path, reembed="some", sync_mode="mirror", max_delete_ratio=2,
+                keep_previous_index=-1, version_field="id", metadata_fields=["batchvec"])
+    message = str(exc.value)
+    for name in ("reembed", "sync_mode", "max_delete_ratio", "keep_previous_index",
+                 "version_field", "metadata_fields"):
+        assert f"{name}:" in message, (name, message)
+    # A model's identity names its physical index: another model or dimension, another index.
+    same = resolve(tmp_path)
+    other = resolve(tmp_path, sagemaker_model_name="other-embedder")
+    wider = resolve(tmp_path, dimension=256)
+    assert same.model_identity == p.model_identity
+    assert len({p.model_identity, other.model_identity, wider.model_identity}) == 3
+    assert resolve(tmp_path, sagemaker_endpoint_name="new-rt").model_identity == p.model_identity
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith("| `max_delete_ratio`")]
+    assert plan.DELETE_RATIO_MEANING in row
+    for name in ("reembed", "sync_mode", "source_id", "version_field", "keep_previous_index"):
+        assert f"| `{name}`" in readme, name

@@ -102,7 +102,7 @@ def classify_item(item: dict) -> tuple[str, str | None]:
     failed), ``retry`` (overload: 429, 5xx, rejected execution, circuit breaker) or
     ``failed`` (the document itself is refused).
     """
-    result = next(iter(item.values()), None) if isinstance(item, dict) else None
+    op, result = next(iter(item.items()), (None, None)) if isinstance(item, dict) else (None, None)
     if not isinstance(result, dict):
         return "failed", f"malformed_item: {str(item)[:200]}"
     status = result.get("status")
@@ -114,7 +114,9 @@ def classify_item(item: dict) -> tuple[str, str | None]:
     if error is None and status == 404 and result.get("result") == "not_found":
         return "updated", None  # a delete's document is already gone (an earlier try)
     etype, reason = error_reason(error) if error is not None else ("", f"http_{status}")
-    if status == 409 and etype == "version_conflict_engine_exception":
+    # Only a versioned write or delete can be outrun by a newer version; a `create` of an
+    # existing id conflicts for another reason (the document exists) and fails.
+    if status == 409 and etype == "version_conflict_engine_exception" and op in ("index", "delete"):
         return "stale", reason
     if status == 429 or (isinstance(status, int) and status >= 500) or etype in RETRYABLE_TYPES:
         return "retry", reason

@@ -50,7 +50,8 @@ def carried_records(plan: Plan, hook: OpenSearchHook, previous: str) -> Iterator
         record[plan.id_field] = hit["_id"]
         record[plan.text_field] = src.get("text")
         block = src.get(changes.FIELD) or {}
-        record[changes.FIELD] = {"v": int(block.get("v", 0)),
+        # A document without a version (written before fingerprints) gets the lowest one.
+        record[changes.FIELD] = {"v": max(1, int(block.get("v", 1))),
                                  "src": block.get("src") or f"index:{previous}"}
         yield f"opensearch:{previous}", n, record
 

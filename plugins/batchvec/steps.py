@@ -153,7 +153,8 @@ def stage(plan_data: dict) -> dict:
     else:
         manifest = incremental.fill_without_diff(manifest)
     manifest.update(target=target.to_dict(), index=target.physical, version=plan.version,
-                    source_id=plan.source_id, sync_mode=plan.sync_mode)
+                    source_id=plan.source_id, sync_mode=plan.sync_mode,
+                    seconds=round(time.monotonic() - started, 2))
     s3io.put_json(s3, plan.bucket, plan.key(MANIFEST_KEY), manifest)
     if not manifest["embed_total"] and manifest["accepted"]:
         log.info("nothing new or changed: no transform job will run (%d unchanged, %d "
@@ -165,7 +166,7 @@ def stage(plan_data: dict) -> dict:
 def _require_records(plan: Plan, manifest: dict) -> None:
     """No transform job for an input without one valid record (SageMaker refuses an empty
     input prefix anyway); the report task still writes the report from the manifest."""
-    if manifest["accepted"]:
+    if manifest.get("accepted", manifest["records_in"] - sum(manifest["rejected"].values())):
         return
     n = manifest["records_in"]
     if not n:
@@ -379,7 +380,12 @@ def _report(plan: Plan, s3, hook: OpenSearchHook, manifest: dict, context: dict,
                                  model=model, job=job, stage_seconds=stage_seconds,
                                  missing_reason="batch_job_failed" if shards is None
                                  else "output_missing", missing_reasons=reasons)
+    from batchvec import index_alias
+
     result.alias_moved = bool(switched.get("moved"))
+    # Whether the alias serves what this run wrote (true after a retried switch as well).
+    result.extra["alias_serves_it"] = index_alias.resolve(
+        hook, plan.index_name, manifest["index"]).mode != "build"
     result.extra["alias"] = switched or {"moved": False,
                                          "why": "switch_alias did not run (a task failed)"}
     if job.get("skipped"):

@@ -159,7 +159,7 @@ def publish(plan: Plan, s3, report: RunReport) -> str:
     if totals.failed_total:
         problems.append(f"{totals.failed_total} records failed: {totals.failed}")
     target = report.extra.get("target") or {}
-    if target.get("mode") == "build" and not report.alias_moved:
+    if target.get("mode") == "build" and not report.extra.get("alias_serves_it"):
         problems.append(f"{target.get('physical')} was built but not switched live: the alias "
                         f"{report.index} still serves {target.get('previous') or 'nothing'} "
                         "(switch_alias's log says why)")
