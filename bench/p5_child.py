@@ -42,16 +42,27 @@ def model(path: str) -> dict:
     return {"seconds": time.perf_counter() - started, "texts": len(texts)}
 
 
-def dag(path: str, index: str) -> dict:
+def load_dag():
+    """The batch_embeddings DAG, parsed afresh (dag.test() leaves a run's conf in its params)."""
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+    return bag.dags["batch_embeddings"]
+
+
+def dag(path: str, index: str) -> dict:
     when = datetime.now(UTC).replace(microsecond=0)
     conf = {"input_uri": path, "index_name": index, "metadata_fields": ["lang"]}
+    return timed_run(load_dag(), when, conf)
+
+
+def timed_run(the_dag, when: datetime, conf: dict) -> dict:
+    """One dag.test() run at logical date ``when``: wall seconds, state, per-task durations
+    (a failed or retried task is named with its state and try) and the timeline."""
     started = time.perf_counter()
-    run = bag.dags["batch_embeddings"].test(run_after=when, logical_date=when, run_conf=conf)
+    run = the_dag.test(run_after=when, logical_date=when, run_conf=conf)
     wall = time.perf_counter() - started
     tasks, timeline = {}, []
     for ti in run.get_task_instances():
@@ -63,7 +74,7 @@ def dag(path: str, index: str) -> dict:
                 key += f" ({ti.state}, try {ti.try_number})"
             timeline.append((round((ti.start_date - run.start_date).total_seconds(), 1),
                              tasks[key], key))
-    return {"seconds": wall, "state": str(run.state), "tasks": tasks,
+    return {"seconds": wall, "state": str(run.state), "run_id": run.run_id, "tasks": tasks,
             "timeline": sorted(timeline)}
 
 

@@ -68,3 +68,23 @@ def test_p3n_is_a_row_and_both_clients_write_the_same_documents_to_the_given_ind
     head, source = (json.loads(part) for part in action.splitlines())
     assert head == {"index": {"_index": "bench-p3n-ours", "_id": doc_id}} and first["_id"] == doc_id
     assert first["_index"] == "bench-p3n-ours" and source == first["_source"]
+
+
+def test_p8_is_a_row_and_a_rerun_that_sends_anything_to_the_model_is_an_error():
+    from bench.p8_incremental import check
+
+    assert run.parse_args(["--quick", "--only", "p8"]).only == ["P8"]
+    assert run.parse_args(["--quick"]).p8_docs == 5_000
+    assert run.parse_args(["--only", "P8"]).p8_docs == 100_000
+
+    def result(sent: int, created: int, unchanged: int) -> dict:
+        return {"state": "success", "tasks": {}, "report": {
+            "sagemaker_records": sent, "totals": {"created": created, "unchanged": unchanged}}}
+
+    check(10, {"full": result(10, 10, 0), "rerun": result(0, 0, 10)})
+    with pytest.raises(RuntimeError, match="sent 3 records to the model, not 0"):
+        check(10, {"full": result(10, 10, 0), "rerun": result(3, 0, 7)})
+    with pytest.raises(RuntimeError, match="the rerun run ended not run"):
+        check(10, {"full": result(10, 10, 0)})
+    with pytest.raises(RuntimeError, match="created 9, not 10"):
+        check(10, {"full": result(10, 9, 0), "rerun": result(0, 0, 10)})
