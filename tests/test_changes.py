@@ -154,3 +154,13 @@ def test_the_writer_counts_stale_writes_apart_from_failures(stale_ids):
     assert counts.stale == len(stale_ids) and seen == stale_ids
     assert counts.created == 3 - len(stale_ids) and counts.failed == 0
     assert counts.sent == counts.created + counts.updated + counts.stale + counts.failed
+
+
+def test_reembed_all_sends_every_line_and_still_marks_what_the_input_has():
+    stamp = changes.make_stamper("m", "s")
+    indexed = [staged({"id": f"d{i}", "text": "t"}, stamp) for i in range(5)]
+    state = changes.load_state(hits_of(indexed))
+    sent: list[bytes] = []
+    diff = changes.diff_lines(indexed[:3], state, sent.append, everything=True)
+    assert (diff.embed, diff.unchanged, len(sent)) == (3, 0, 3)
+    assert list(changes.absent_ids(hits_of(indexed), state, diff.seen)) == ["d3", "d4"]

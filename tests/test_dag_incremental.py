@@ -186,8 +186,11 @@ def test_a_model_switch_builds_a_new_index_and_moves_the_alias_only_after_verifi
 
     def sample_the_alias():  # what a query sees all through the build
         while not stop.is_set():
-            (now,) = served(devstack, "inc-switch")
-            samples.append((now, os_get(devstack, "/inc-switch/_count")["count"]))
+            # One search answers both: which index served it and how many documents it holds.
+            found = os_get(devstack, "/inc-switch/_search",
+                           {"size": 1, "track_total_hits": True, "_source": False})["hits"]
+            now = found["hits"][0]["_index"]
+            samples.append((now, found["total"]["value"]))
             if now == old and any(j["TransformJobStatus"] == "InProgress"
                                   for j in transform_jobs(devstack)):
                 faults.unset(devstack.state_dir, "hold_job")  # sampled mid-build: go on
@@ -218,7 +221,8 @@ def test_a_model_switch_builds_a_new_index_and_moves_the_alias_only_after_verifi
     # A build that fails (its job does) leaves the alias where it was.
     model384, endpoint384 = seed.ensure_hash_model(devstack.endpoints, "hash-embedder-384")
     faults.set_faults(devstack.state_dir, fail_job={"count": 3, "reason": "ClientError: OOM"})
-    failed = run(dag, day(5, 3), {**base, "input_uri": str(second),
+    # (dimension given again: dag.test() keeps the last run's conf in the DAG's params)
+    failed = run(dag, day(5, 3), {**base, "input_uri": str(second), "dimension": 384,
                                   "sagemaker_model_name": model384,
                                   "sagemaker_endpoint_name": endpoint384})
     assert failed.state == "failed"
@@ -227,7 +231,7 @@ def test_a_model_switch_builds_a_new_index_and_moves_the_alias_only_after_verifi
 
     # The same dimension, another model: a build of its own too, live once verified.
     faults.clear(devstack.state_dir)
-    assert run(dag, day(5, 4), {**base, "input_uri": str(second),
+    assert run(dag, day(5, 4), {**base, "input_uri": str(second), "dimension": 384,
                                 "sagemaker_model_name": model384,
                                 "sagemaker_endpoint_name": endpoint384}).state == "success"
     rep = reports(devstack, "inc-switch")[-1]

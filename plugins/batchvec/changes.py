@@ -121,8 +121,9 @@ class ShardDiff:
 
 
 def diff_lines(lines: Iterable[bytes], state: ShardState,
-               write: Callable[[bytes], None]) -> ShardDiff:
+               write: Callable[[bytes], None], everything: bool = False) -> ShardDiff:
     """Stream one staged shard: lines to embed go to ``write``; the rest are counted.
+    ``everything`` (``reembed: all``): every line is embedded, the state only serves deletes.
 
     Duplicate ids in one run compare against the index, not each other: each copy that
     differs from the index is embedded, and the last in input order wins as before.
@@ -140,8 +141,8 @@ def diff_lines(lines: Iterable[bytes], state: ShardState,
         diff.seen[pos[found]] = True
         have_v = np.where(found, state.versions[np.maximum(pos, 0)] if len(state) else 0, 0)
         have_fp = np.where(found, state.fps[np.maximum(pos, 0)] if len(state) else 0, 0)
-        older = found & (vs < have_v)
-        same = found & ~older & (fps == have_fp)
+        older = found & (vs < have_v) & (not everything)
+        same = found & ~older & (fps == have_fp) & (not everything)
         diff.records += len(recs)
         diff.superseded += int(older.sum())
         diff.unchanged += int(same.sum())

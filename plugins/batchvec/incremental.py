@@ -111,7 +111,8 @@ def _diff_shard(plan: Plan, hook, s3, index: str, shard: dict, number: int, full
         if shard["records"]:
             staged = plan.key(STAGED, name)
             lines = outputs.iter_lines(s3io.iter_object_chunks(s3, plan.bucket, staged))
-            result = changes.diff_lines(lines, state, writer.write)
+            result = changes.diff_lines(lines, state, writer.write,
+                                        everything=plan.reembed == "all")
         else:
             result = changes.ShardDiff(seen=None)
     except BaseException:
