@@ -73,7 +73,8 @@ def test_physical_names_carry_the_model_and_stay_valid_when_the_alias_is_long():
     assert len(stems) == 1 and all(validate_index_name(n) for n in names)  # one alias part
     assert stems != {index_alias.physical_index_name("a" * 251, IDENT, 3).rsplit("--", 1)[0]}
     assert validate_index_name(index_alias.legacy_index_name(long)).endswith("--legacy")
-    for bad in (("Docs", IDENT, 3), ("docs", "", 3), ("docs", IDENT, 0), ("docs", IDENT, True)):
+    assert index_alias.physical_index_name("docs", IDENT, 0) == "docs--0123456789ab-0d"  # "any"
+    for bad in (("Docs", IDENT, 3), ("docs", "", 3), ("docs", IDENT, -1), ("docs", IDENT, True)):
         with pytest.raises(ValueError):
             index_alias.physical_index_name(*bad)
     own = index_alias._own_name("docs")

@@ -100,12 +100,13 @@ def _own_name(alias: str) -> re.Pattern:
 
 def physical_index_name(alias: str, model_identity: str, dimension: int) -> str:
     """``<alias>--<identity[:12]>-<dimension>d``; an identity that is not lowercase letters and
-    digits is hashed instead (an index name allows neither capitals nor most punctuation)."""
+    digits is hashed instead (an index name allows neither capitals nor most punctuation).
+    Dimension 0: a run that does not fix it (the `dimension` param's "any")."""
     if not isinstance(model_identity, str) or not model_identity:
         raise ValueError(f"model identity must be a non-empty string, got {model_identity!r}")
-    if (isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1
+    if (isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 0
             or len(str(dimension)) > _MAX_DIM_DIGITS):
-        raise ValueError(f"dimension must be a positive integer, got {dimension!r}")
+        raise ValueError(f"dimension must be an integer >= 0, got {dimension!r}")
     ident = model_identity[:_IDENTITY_LEN]
     if not re.fullmatch(r"[a-z0-9]+", ident):
         ident = hashlib.sha1(model_identity.encode()).hexdigest()[:_IDENTITY_LEN]
