@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import zlib
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -99,15 +100,16 @@ def range_query(index: int, shards: int, source_id: str | None = None) -> dict:
 def load_state(hits: Iterable[dict]) -> ShardState:
     """From scanned hits (``_id`` and ``_source.batchvec.{fp,v}``): documents written
     before fingerprints (no block) have none, so they count as changed."""
-    ids, fps, vs = [], [], []
+    ids, fps, vs = array("q"), array("q"), array("q")  # 8 bytes each, not a Python int's 28+
     for hit in hits:
         block = (hit.get("_source") or {}).get(FIELD) or {}
         ids.append(hash(hit["_id"]))
         fps.append(int(block.get("fp", 0)))
         vs.append(int(block.get("v", 0)))
-    order = np.argsort(np.asarray(ids, np.int64), kind="stable")
-    return ShardState(np.asarray(ids, np.int64)[order], np.asarray(fps, np.int64)[order],
-                      np.asarray(vs, np.int64)[order])
+    id_arr = np.frombuffer(ids, np.int64)
+    order = np.argsort(id_arr, kind="stable")
+    return ShardState(id_arr[order], np.frombuffer(fps, np.int64)[order],
+                      np.frombuffer(vs, np.int64)[order])
 
 
 @dataclass
