@@ -126,14 +126,19 @@ def main() -> int:
         totals = report["totals"]
         print("\n== run report (.devstack/last-report.json)")
         print(render_table(RunReport.from_dict(report)))
-        if report.get("model_id") and totals.get("created", 0) + totals.get("updated", 0):
+        written = totals.get("created", 0) + totals.get("updated", 0)
+        if report.get("model_id") and written + totals.get("unchanged", 0):
             show_queries(endpoints, report)
         smoke = report.get("extra", {}).get("smoke_query") or {}
-        ok = rc == 0 and report.get("balanced") and smoke.get("ok")
+        # A rerun of unchanged input writes nothing (and sends nothing to SageMaker): no smoke
+        # query to run, and nothing wrong.
+        ok = rc == 0 and report.get("balanced") and (smoke.get("ok") or not written)
         print(f"\ndemo: {'OK' if ok else 'FAILED'}: records_in={totals['records_in']} "
-              f"indexed={totals['created'] + totals['updated']} rejected={totals['rejected_total']} "
-              f"failed={totals['failed_total']} balanced={report.get('balanced')} "
-              f"smoke_query={'ok' if smoke.get('ok') else 'FAILED'}")
+              f"indexed={written} unchanged={totals.get('unchanged', 0)} "
+              f"rejected={totals['rejected_total']} failed={totals['failed_total']} "
+              f"sent_to_sagemaker={report.get('sagemaker_records', 0)} "
+              f"balanced={report.get('balanced')} "
+              f"smoke_query={'ok' if smoke.get('ok') else ('not needed' if not written else 'FAILED')}")
         return 0 if ok else 1
     finally:
         if not already:
