@@ -23,6 +23,7 @@ import orjson
 from batchvec import changes, outputs, s3io
 from batchvec.opensearch_hook import OpenSearchHook
 from batchvec.plan import Plan
+from batchvec.staging import shard_name
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,11 @@ def diff(plan: Plan, manifest: dict, hook: OpenSearchHook, s3, index: str) -> di
     started = time.monotonic()
     index_docs = hook.count(index)
     full = plan.sync_mode == "full"
+    numbers = {shard_name(i): i for i in range(plan.shards)}
     shards = []
     deletes_total = 0
     for shard in manifest["shards"]:
-        number = int(shard["name"].split("-")[1].split(".")[0])
-        entry = _diff_shard(plan, hook, s3, index, shard, number, full)
+        entry = _diff_shard(plan, hook, s3, index, shard, numbers[shard["name"]], full)
         deletes_total += entry["deletes"]
         shards.append(entry)
         log.info("shard %s: %d records, %d to embed, %d unchanged, %d superseded%s",
@@ -80,9 +81,9 @@ def diff(plan: Plan, manifest: dict, hook: OpenSearchHook, s3, index: str) -> di
                  entry["superseded"], f", {entry['deletes']} to delete" if full else "")
     # A full sync needs every shard's deletes for the ratio; the input itself may be empty.
     if full:
-        for number in range(plan.shards):
-            name = f"part-{number:05d}.jsonl"
-            if not any(s["name"] == name for s in shards):
+        staged = {s["name"] for s in shards}
+        for name, number in numbers.items():
+            if name not in staged:
                 entry = _diff_shard(plan, hook, s3, index, {"name": name, "records": 0},
                                     number, full)
                 if entry["deletes"]:
@@ -127,12 +128,11 @@ def _diff_shard(plan: Plan, hook, s3, index: str, shard: dict, number: int, full
     entry.update(embed=result.embed, unchanged=result.unchanged,
                  superseded=result.superseded, distinct=result.distinct, deletes=0)
     deletes_key = plan.key("deletes", name)
-    if full:
-        seen = result.seen if result.seen is not None else None
+    if full:  # this source's documents the shard no longer has (all of them if it is empty)
         own = hook.scan(index, changes.range_query(number, plan.shards, plan.source_id),
                         includes=[])
-        gone = (hit["_id"] for hit in own) if seen is None else \
-            changes.absent_ids(own, state, seen)
+        gone = (hit["_id"] for hit in own) if result.seen is None else \
+            changes.absent_ids(own, state, result.seen)
         with s3io.S3LineWriter(s3, plan.bucket, deletes_key) as out:
             for doc_id in gone:
                 out.write(orjson.dumps({"_id": doc_id}) + b"\n")
