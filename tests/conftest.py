@@ -123,6 +123,24 @@ def airflow_env(devstack):
     return devstack
 
 
+@pytest.fixture
+def dag(airflow_env):
+    """The batch_embeddings DAG, parsed afresh (dag.test() leaves a run's conf in its params)."""
+    from tests.dag_helpers import load_dag
+
+    return load_dag()
+
+
+@pytest.fixture
+def no_faults(airflow_env):
+    """No devstack fault switch set before or after the test (use with usefixtures)."""
+    from devstack import faults
+
+    faults.clear(airflow_env.state_dir)
+    yield
+    faults.clear(airflow_env.state_dir)
+
+
 # docker-compose.yaml, parsed once for the static compose tests.
 
 

@@ -21,7 +21,8 @@ from devstack import faults
 from tests import batch_task_limit
 from tests.contract_helpers import devstack_spec
 
-pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
+pytestmark = [pytest.mark.devstack, pytest.mark.airflow,
+              pytest.mark.usefixtures("no_faults")]
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +30,6 @@ def model_id(airflow_env):
     spec = devstack_spec(airflow_env.endpoints)
     return connectors.ensure_model(OpenSearchHook(), spec,
                                    connectors.aws_connection_keys("aws_default"))["model_id"]
-
-
-@pytest.fixture(autouse=True)
-def no_faults(airflow_env):
-    faults.clear(airflow_env.state_dir)
-    yield
-    faults.clear(airflow_env.state_dir)
 
 
 def operator(devstack, run_key: str, model_id: str, **kwargs) -> BatchPredictOperator:

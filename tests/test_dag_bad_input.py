@@ -25,11 +25,6 @@ BLANK = "blank"  # not a record at all
 
 
 @pytest.fixture
-def dag(airflow_env):
-    return load_dag()
-
-
-@pytest.fixture
 def task_errors(monkeypatch):
     """task_id -> the exception of each failed try (dag.test only logs them)."""
     from airflow.sdk.execution_time import supervisor

@@ -30,11 +30,6 @@ TEXTS = ["a kitten naps in the sun", "stock markets fell on rate fears",
          "bake bread with flour and yeast"]
 
 
-@pytest.fixture
-def dag(airflow_env):
-    return load_dag()
-
-
 def test_manual_run_on_local_file_balances_and_stores_the_models_vectors(dag, airflow_env, tmp_path):
     devstack = airflow_env
     source = write_jsonl(tmp_path / "in.jsonl", docs("loc", 40),

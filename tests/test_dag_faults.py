@@ -19,21 +19,10 @@ from devstack import faults, launcher
 from tests import batch_task_limit
 from tests.dag_helpers import docs, load_dag, os_get, reports, run, transform_jobs, write_jsonl
 
-pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
+pytestmark = [pytest.mark.devstack, pytest.mark.airflow,
+              pytest.mark.usefixtures("no_faults")]
 
 LIVE_JOB_STATES = {"InProgress", "Stopping"}
-
-
-@pytest.fixture
-def dag(airflow_env):
-    return load_dag()
-
-
-@pytest.fixture(autouse=True)
-def no_faults(airflow_env):
-    faults.clear(airflow_env.state_dir)
-    yield
-    faults.clear(airflow_env.state_dir)
 
 
 def jobs_for_run_key(devstack, run_key: str) -> dict[str, str]:

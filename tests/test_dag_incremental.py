@@ -19,21 +19,10 @@ from batchvec import index_alias
 from batchvec.opensearch_hook import OpenSearchHook
 from devstack import faults, seed
 from devstack.model import HashEmbedder
-from tests.dag_helpers import docs, load_dag, os_get, reports, run, transform_jobs, write_jsonl
+from tests.dag_helpers import docs, os_get, reports, run, transform_jobs, write_jsonl
 
-pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
-
-
-@pytest.fixture
-def dag(airflow_env):
-    return load_dag()
-
-
-@pytest.fixture(autouse=True)
-def no_faults(airflow_env):
-    faults.clear(airflow_env.state_dir)
-    yield
-    faults.clear(airflow_env.state_dir)
+pytestmark = [pytest.mark.devstack, pytest.mark.airflow,
+              pytest.mark.usefixtures("no_faults")]
 
 
 def day(month: int, d: int) -> datetime:

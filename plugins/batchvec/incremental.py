@@ -64,10 +64,11 @@ def fill_without_diff(manifest: dict) -> dict:
     return _totals(manifest)
 
 
-def diff(plan: Plan, manifest: dict, hook: OpenSearchHook, s3, index: str) -> dict:
-    """Pass two over every staged shard; returns the final manifest (not yet written)."""
+def diff(plan: Plan, manifest: dict, hook: OpenSearchHook, s3, index: str,
+         index_docs: int) -> dict:
+    """Pass two over every staged shard (``index_docs``: the index's count, for the delete
+    ratio); returns the final manifest (not yet written)."""
     started = time.monotonic()
-    index_docs = hook.count(index)
     full = plan.sync_mode == "full"
     numbers = {shard_name(i): i for i in range(plan.shards)}
     shards = []
@@ -101,9 +102,10 @@ def diff(plan: Plan, manifest: dict, hook: OpenSearchHook, s3, index: str) -> di
 
 
 def _diff_shard(plan: Plan, hook, s3, index: str, shard: dict, number: int, full: bool) -> dict:
-    query = changes.range_query(number, plan.shards)
-    state = changes.load_state(hook.scan(index, query, includes=[f"{changes.FIELD}.fp",
-                                                                 f"{changes.FIELD}.v"]))
+    # A shard the input left empty needs no state: all its own documents go (full sync).
+    state = changes.load_state(hook.scan(
+        index, changes.range_query(number, plan.shards),
+        includes=[f"{changes.FIELD}.fp", f"{changes.FIELD}.v"])) if shard["records"] else None
     name = shard["name"]
     key = plan.key("input", name)
     writer = s3io.S3LineWriter(s3, plan.bucket, key)

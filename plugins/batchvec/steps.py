@@ -147,7 +147,7 @@ def stage(plan_data: dict) -> dict:
                               if r["name"].startswith("opensearch:"))
     if diffing:
         try:
-            manifest = incremental.diff(plan, manifest, hook, s3, target.physical)
+            manifest = incremental.diff(plan, manifest, hook, s3, target.physical, index_docs)
         except incremental.DeleteRefused as exc:
             raise fail_for_good(str(exc)) from None
     else:
