@@ -105,11 +105,13 @@ def restore_index(manifest: dict, hook: OpenSearchHook, plan: Plan) -> dict | No
     from batchvec.index_alias import Target
 
     target = Target.from_dict(manifest["target"])
-    if target.serving:
-        log.info("%s may be serving queries: its settings were never changed", target.physical)
-        return None
     if not hook.index_exists(target.physical):
         log.info("index %s does not exist: the load never started", target.physical)
+        return None
+    if target.serving:  # its refresh interval may be long: make this run's writes searchable
+        hook.refresh(target.physical)
+        log.info("%s may be serving queries: its settings were never changed; refreshed",
+                 target.physical)
         return None
     return bulk_load.leave(hook, target.physical, plan.run_key)
 
