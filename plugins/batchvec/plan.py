@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jinja2.sandbox import SandboxedEnvironment
 
-from batchvec import naming, transform_settings
+from batchvec import estimates, naming, transform_settings
 from batchvec.connectors import ModelSpec
 from batchvec.records import RESERVED_FIELDS, RecordSpec
 from batchvec.redact import scrub
@@ -118,6 +118,7 @@ def param_schema() -> dict[str, dict]:
                                 "description": "days the index a model switch replaced is kept "
                                 "for a rollback (python -m batchvec.index_alias rollback)"},
         **transform_settings.schema(),
+        **estimates.schema(),  # dry_run and the preview's rates
     }
 
 
@@ -156,6 +157,10 @@ class Plan:
     keep_previous_index: float = 7.0
     version: int = 0  # external version of this run's writes (its logical date, epoch s)
     model_identity: str = ""  # what the vectors depend on; names the physical index
+    dry_run: bool = False  # plan task previews the run and stops it (batchvec.preview)
+    embed_docs_per_s_per_instance: float = 0.0  # the preview's rates (batchvec.estimates)
+    index_docs_per_s: float = estimates.INDEX_DOCS_PER_S
+    stage_mb_per_s: float = estimates.STAGE_MB_PER_S
 
     def key(self, *parts: str) -> str:
         return naming.join_key(self.run_prefix, *parts)
@@ -285,6 +290,8 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
                       f"{_REQUIRED[name]} for the workers")
     transform, problems = transform_settings.resolve(p)
     errors.extend(problems)
+    rates, problems = estimates.resolve(p)
+    errors.extend(problems)
     spec = ModelSpec(role_arn=p["connector_role_arn"], region=region,
                      model_name=p["sagemaker_model_name"], endpoint_name=p["sagemaker_endpoint_name"],
                      instance_type=p["instance_type"], instance_count=p["instance_count"],
@@ -315,6 +322,7 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         source_id=source_id, max_delete_ratio=float(p["max_delete_ratio"]),
         version_field=p["version_field"], keep_previous_index=float(p["keep_previous_index"]),
         version=int(version), model_identity=model_identity(spec, transform),
+        dry_run=bool(p["dry_run"]), **rates,
     )
 
 
