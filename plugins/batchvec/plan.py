@@ -316,13 +316,13 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         run_prefix=naming.join_key(p["staging_prefix"], key), shards=shards,
         wait_timeout=p["wait_timeout"], max_reject_ratio=float(p["max_reject_ratio"]),
         keep_staging=bool(p["keep_staging"]), keep_outputs=bool(p["keep_outputs"]),
+        dry_run=bool(p["dry_run"]), **rates,
         bulk_concurrency=p["bulk_concurrency"], content_type=transform["content_type"],
         accept=transform["accept"], dimension=transform["dimension"],
         model=asdict(spec), reembed=p["reembed"], sync_mode=p["sync_mode"],
         source_id=source_id, max_delete_ratio=float(p["max_delete_ratio"]),
         version_field=p["version_field"], keep_previous_index=float(p["keep_previous_index"]),
         version=int(version), model_identity=model_identity(spec, transform),
-        dry_run=bool(p["dry_run"]), **rates,
     )
 
 
