@@ -189,7 +189,7 @@ def _check(found: dict, bodies: dict, bucket: str) -> None:
 def test_preview_against_real_s3_lists_exactly_and_estimates_within_tolerance(s3_stack, fresh_bucket):
     bodies = _upload(s3_stack, fresh_bucket)
     s3 = s3_stack.client()
-    settings = {**preview.STAGING_DEFAULTS, "staging_group_mb": 2, "shards": 4,
+    settings = {**preview.staging_defaults(), "staging_group_mb": 2, "shards": 4,
                 "instance_type": "ml.m5.xlarge", "instance_count": 2,
                 **estimates.resolve({})[0]}
     found = preview.preview(f"s3://{fresh_bucket}/in/", "auto", s3, settings)
@@ -218,6 +218,25 @@ def test_cli_prints_json_and_a_table(s3_stack, fresh_bucket):
     table = subprocess.run(base, env=env, capture_output=True, text=True, timeout=120)
     assert table.returncode == 0 and "transform jobs" in table.stdout
     assert "instance-hours" in table.stdout and "4,321 records" in table.stdout
+    # on a worker: the Airflow connection (here the devstack S3's, as make airflow sets it)
+    conn = {"conn_type": "aws", "login": s3_stack.access_key, "password": s3_stack.secret_key,
+            "extra": {"region_name": s3_stack.region,
+                      "service_config": {"s3": {"endpoint_url": s3_stack.endpoint}}}}
+    worker = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    worker["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(conn)
+    out = subprocess.run([*base[:5], "--json"], env=worker, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["input"] == found["input"]
     missing = subprocess.run([*base[:4], f"s3://{fresh_bucket}/nothing/", *base[5:]], env=env,
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no input objects" in missing.stderr
+
+
+@pytest.mark.parametrize("flags", [["--max-staging-tasks", "0"], ["--staging-group-mb", "0"],
+                                   ["--index-docs-per-s", "0"], ["--instance-count", "0"]])
+def test_cli_refuses_settings_that_make_no_sense(tmp_path, flags, capsys):
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "text": "x"}\n')
+    with pytest.raises(SystemExit) as exc:
+        preview.main(["--input", str(tmp_path), *flags])
+    assert exc.value.code == 2 and "must be" in capsys.readouterr().err

@@ -79,7 +79,8 @@ def embed_rate(instance_type: str, override: float = 0.0) -> tuple[float, str]:
     basis = f"measured CPU rate x {cores} vCPUs ({SOURCES['embed_docs_per_s_per_instance']})"
     if vcpus(instance_type) is None:
         basis += f"; {instance_type}'s vCPUs unknown: 4 assumed"
-    if instance_type.split(".")[1:2] and instance_type.split(".")[1].startswith(_GPU_FAMILIES):
+    family = instance_type.split(".")[1] if instance_type.count(".") >= 2 else ""
+    if family.startswith(_GPU_FAMILIES):
         basis += "; a GPU instance is faster than this: set embed_docs_per_s_per_instance"
     return EMBED_DOCS_PER_S_PER_VCPU * cores, basis
 

@@ -32,9 +32,18 @@ MAX_FOOTERS = 200  # Parquet files whose footer is read; past that, estimated fr
 _INFLATE_CAP = 64 << 20  # a gzip bomb in the sample stays bounded
 LARGEST = 5
 MAX_GROUP_ROWS = 50
-# Until the parallel-staging params are in every plan (issue 14); the same defaults.
-STAGING_DEFAULTS = {"staging_group_mb": 1024.0, "max_staging_tasks": 32,
-                    "staging_commit_mb": 64.0}
+
+_STAGING = (("staging_group_mb", float, 1024.0), ("max_staging_tasks", int, 32),
+            ("staging_commit_mb", float, 64.0))
+
+
+def staging_defaults() -> dict:
+    """The parallel-staging params' defaults from the plan's schema (their one home); the
+    fallbacks only for a plan from before them. Not at import: plan imports Airflow."""
+    from batchvec.plan import param_schema
+
+    schema = param_schema()
+    return {k: kind(schema.get(k, {}).get("default", d)) for k, kind, d in _STAGING}
 
 
 def format_key(f: SourceFile) -> str:
@@ -181,7 +190,7 @@ def preview(input_uri: str, fmt: str, s3: Any, settings: dict) -> dict:
 
 
 def for_plan(plan: dict, s3: Any) -> dict:
-    settings = {k: plan.get(k, d) for k, d in STAGING_DEFAULTS.items()}
+    settings = {k: plan.get(k, d) for k, d in staging_defaults().items()}
     settings.update({k: plan[k] for k in estimates.RATE_PARAMS})
     settings.update(shards=plan["shards"], instance_type=plan["model"]["instance_type"],
                     instance_count=plan["model"]["instance_count"])
@@ -270,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=0, help="0 = 2 x instance count (at least 2)")
     ap.add_argument("--instance-type", default="ml.m5.xlarge")
     ap.add_argument("--instance-count", type=int, default=1)
-    for name, d in STAGING_DEFAULTS.items():
-        ap.add_argument("--" + name.replace("_", "-"), type=type(d), default=d)
+    for name, kind, _ in _STAGING:
+        ap.add_argument("--" + name.replace("_", "-"), type=kind, help="default: the param's")
     for name in estimates.RATE_PARAMS:
         ap.add_argument("--" + name.replace("_", "-"), type=float,
                         default=estimates.schema()[name]["default"], help=estimates.SOURCES[name])
@@ -283,16 +292,30 @@ def main(argv: list[str] | None = None) -> int:
     rates, problems = estimates.resolve(vars(args))
     if args.instance_count < 1 or args.shards < 0:
         problems.append("--instance-count must be >= 1 and --shards >= 0")
+    given = {k: getattr(args, k) for k, _, _ in _STAGING if getattr(args, k) is not None}
+    if given.get("max_staging_tasks", 1) < 1 or given.get("staging_group_mb", 1) <= 0 \
+            or given.get("staging_commit_mb", 0) < 0:
+        problems.append("--max-staging-tasks must be >= 1, --staging-group-mb > 0, "
+                        "--staging-commit-mb >= 0")
     if problems:
         ap.error("; ".join(problems))
-    settings = {**{k: getattr(args, k) for k in STAGING_DEFAULTS}, **rates,
-                "shards": args.shards or max(2, 2 * args.instance_count),
-                "instance_type": args.instance_type, "instance_count": args.instance_count}
+    # stdout carries the preview alone: Airflow logs to fd 1 (at import too), so fd 1 goes
+    # to stderr meanwhile and the preview to a copy of the real stdout.
+    sys.stdout.flush()
+    real_stdout = os.dup(1)
+    os.dup2(2, 1)
     try:
+        settings = {**staging_defaults(), **given, **rates,
+                    "shards": args.shards or max(2, 2 * args.instance_count),
+                    "instance_type": args.instance_type, "instance_count": args.instance_count}
         found = preview(args.input, args.format, _s3_client(args), settings)
     except InputError as exc:
         print(f"cannot read --input: {exc}", file=sys.stderr)
         return 2
+    finally:
+        sys.stdout.flush()
+        os.dup2(real_stdout, 1)
+        os.close(real_stdout)
     print(json.dumps(found, indent=2) if args.json else render(found))
     return 0
 
