@@ -164,6 +164,7 @@ def _upload(s3_stack, bucket: str) -> dict:
     bodies["in/small.jsonl"] = jsonl(records(20, 77, "s"))
     bodies["in/more.jsonl.gz"] = gzip.compress(jsonl(records(30, 15_000, "g")))
     bodies["in/table.parquet"] = parquet(records(40, 4321, "q"))
+    bodies["in/empty.jsonl"] = b""  # counted, read as no records
     bodies["in/_SUCCESS"] = b""
     for key, body in bodies.items():
         s3.put_object(Bucket=bucket, Key=key, Body=body)
@@ -172,14 +173,14 @@ def _upload(s3_stack, bucket: str) -> dict:
 
 
 def _check(found: dict, bodies: dict, bucket: str) -> None:
-    assert found["input"]["files"] == len(bodies) == 7
+    assert found["input"]["files"] == len(bodies) == 8
     assert found["input"]["bytes"] == sum(len(b) for b in bodies.values())
     largest = max(bodies, key=lambda k: len(bodies[k]))
     assert found["input"]["largest"][0] == {"name": f"s3://{bucket}/{largest}",
                                             "bytes": len(bodies[largest])}
     formats = found["records"]["formats"]
     assert formats["parquet"]["records"] == 4321 and formats["parquet"]["exact"]
-    assert formats["jsonl"]["files"] == 5 and formats["jsonl"]["sampled_files"] == 3
+    assert formats["jsonl"]["files"] == 6 and formats["jsonl"]["sampled_files"] == 3
     assert abs(formats["jsonl"]["records"] - 24_077) <= TOLERANCE * 24_077
     assert abs(formats["jsonl.gz"]["records"] - 15_000) <= TOLERANCE * 15_000
     assert not found["records"]["exact"]

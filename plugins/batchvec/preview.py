@@ -51,6 +51,8 @@ def format_key(f: SourceFile) -> str:
 
 
 def _head(s3: Any, f: SourceFile, n: int) -> bytes:
+    if f.size == 0:  # S3 answers a range of an empty object with 416
+        return b""
     if f.name.startswith("s3://"):
         bucket, key = parse_s3_uri(f.name)
         return s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{n - 1}")["Body"].read()
@@ -65,7 +67,7 @@ def _inflate(data: bytes) -> tuple[bytes, int, bool]:
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             out.append(d.decompress(rest, _INFLATE_CAP))
-        except zlib.error:
+        except zlib.error:  # damaged: staging stops there too (corrupt_gzip)
             break
         used += len(rest) - len(d.unused_data) - len(d.unconsumed_tail)
         if not d.eof:
