@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.dag_helpers import os_session, reports, run, transform_jobs
+from tests.dag_helpers import asset_events, os_session, reports, run, transform_jobs
 from tests.test_preview import jsonl, parquet, records
 
 pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
@@ -85,6 +85,7 @@ def test_a_dry_run_previews_and_stops_without_writing_or_creating(dag, airflow_e
     assert _keys(s3, bucket, plan["run_prefix"]) == []
     assert set(_keys(s3, bucket, "runs/")) == runs_before
     assert reports(devstack, "preview-dry") == []
+    assert asset_events(dagrun.run_id) == []  # report skipped: no event for an index
     # nothing created: no transform job, no ML Commons model or task, no index
     assert [j["TransformJobName"] for j in transform_jobs(devstack)] == jobs_before
     assert (_ml_count(devstack, "models"), _ml_count(devstack, "tasks")) == (models_before,

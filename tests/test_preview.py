@@ -105,6 +105,9 @@ def test_build_groups_files_as_staging_would():
     assert p["transform"]["wall_s"] == 1000.0 and p["indexing"]["wall_s"] == 200.0
     text = preview.render(p)
     assert "~200,000 (estimated)" in text and "2 x ml.m5.xlarge" in text
+    many = preview.build(files * 4, {"jsonl": {**samples["jsonl"], "indexes": list(range(20))}},
+                         {**settings, "staging_group_mb": 40})
+    assert many["staging"]["groups"] == 20 and "12 more groups" in preview.render(many)
 
 
 def test_plan_takes_dry_run_and_the_rates(tmp_path):

@@ -215,7 +215,7 @@ def render(p: dict) -> str:
                  f"{st['commit_mb']:g} MB"))
     rows += [(f"  group {g['group']}", f"{g['files']:,} files, {g['bytes'] / 1e6:,.1f} MB, "
               f"{g['segments']} segments") for g in st["rows"][:8]]
-    if len(st["rows"]) > 8 or st["more_rows"]:
+    if st["groups"] > 8:
         rows.append(("  ...", f"{st['groups'] - 8} more groups"))
     rows.append(("staging time", f"{estimates.hms(st['parallel_s'])} (a worker per group), "
                  f"{estimates.hms(st['serial_s'])} on one"))
