@@ -42,6 +42,7 @@ with DAG(
     doc_md=__doc__,
 ):
 
+    # dry_run: plan logs the preview, keeps it in its XCom, and skips every other task.
     @task(multiple_outputs=True)
     def plan(params=None):
         return steps.make_plan(params, get_current_context())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jinja2.sandbox import SandboxedEnvironment
 
-from batchvec import naming, transform_settings
+from batchvec import estimates, naming, transform_settings
 from batchvec.connectors import ModelSpec
 from batchvec.records import RESERVED_FIELDS, RecordSpec
 from batchvec.redact import scrub
@@ -131,6 +131,7 @@ def param_schema() -> dict[str, dict]:
                                 "description": "days the index a model switch replaced is kept "
                                 "for a rollback (python -m batchvec.index_alias rollback)"},
         **transform_settings.schema(),
+        **estimates.schema(),  # dry_run and the preview's rates
     }
 
 
@@ -172,6 +173,10 @@ class Plan:
     staging_commit_mb: float = 64.0
     version: int = 0  # external version of this run's writes (its logical date, epoch s)
     model_identity: str = ""  # what the vectors depend on; names the physical index
+    dry_run: bool = False  # plan task previews the run and stops it (batchvec.preview)
+    embed_docs_per_s_per_instance: float = 0.0  # the preview's rates (batchvec.estimates)
+    index_docs_per_s: float = estimates.INDEX_DOCS_PER_S
+    stage_mb_per_s: float = estimates.STAGE_MB_PER_S
 
     def key(self, *parts: str) -> str:
         return naming.join_key(self.run_prefix, *parts)
@@ -307,6 +312,8 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
                       f"{_REQUIRED[name]} for the workers")
     transform, problems = transform_settings.resolve(p)
     errors.extend(problems)
+    rates, problems = estimates.resolve(p)
+    errors.extend(problems)
     spec = ModelSpec(role_arn=p["connector_role_arn"], region=region,
                      model_name=p["sagemaker_model_name"], endpoint_name=p["sagemaker_endpoint_name"],
                      instance_type=p["instance_type"], instance_count=p["instance_count"],
@@ -331,6 +338,7 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         run_prefix=naming.join_key(p["staging_prefix"], key), shards=shards,
         wait_timeout=p["wait_timeout"], max_reject_ratio=float(p["max_reject_ratio"]),
         keep_staging=bool(p["keep_staging"]), keep_outputs=bool(p["keep_outputs"]),
+        dry_run=bool(p["dry_run"]), **rates,
         bulk_concurrency=p["bulk_concurrency"], content_type=transform["content_type"],
         accept=transform["accept"], dimension=transform["dimension"],
         model=asdict(spec), reembed=p["reembed"], sync_mode=p["sync_mode"],

@@ -72,8 +72,13 @@ def make_plan(params: dict, context: dict) -> dict:
         raise fail_for_good(str(exc)) from None
     log.info("run %s -> key %s, input %s, staging s3://%s/%s, index %s", plan.run_id,
              plan.run_key, plan.input_uri, plan.bucket, plan.run_prefix, plan.index_name)
-    return {**plan.to_dict(), "staged_input_uri": plan.uri("input/"),
+    data = {**plan.to_dict(), "staged_input_uri": plan.uri("input/"),
             "output_uri": plan.uri("output/")}
+    if plan.dry_run:  # logs the preview, puts it in XCom, skips everything downstream
+        from batchvec import preview
+
+        preview.stop_run(data, s3_client(), context)
+    return data
 
 
 def index_asset(base_url: str, index: str):

@@ -1,0 +1,246 @@
+"""Plan preview: the estimate math (pure), sampling real files, the preview against the
+devstack's real S3, and the CLI (python -m batchvec.preview --json)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from batchvec import estimates, plan, preview
+from batchvec.estimates import Sample
+from batchvec.sources import SourceFile
+
+REPO = Path(__file__).resolve().parents[1]
+# The estimate from ~1 MiB of a few files, on records of varying length: within 5%.
+TOLERANCE = 0.05
+
+
+def records(seed: int, n: int, prefix: str = "d") -> list[dict]:
+    rng = random.Random(seed)  # hex text: gzip cannot shrink it much, so a .gz passes 1 MiB
+    return [{"id": f"{prefix}-{i}", "text": rng.randbytes(rng.randint(40, 160)).hex()}
+            for i in range(n)]
+
+
+def jsonl(docs: list[dict], blank_lines: int = 0) -> bytes:
+    return ("\n".join(json.dumps(d) for d in docs) + "\n" + "\n" * blank_lines).encode()
+
+
+def parquet(docs: list[dict]) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(docs), buf, row_group_size=1000)
+    return buf.getvalue()
+
+
+# --- the math -------------------------------------------------------------------------------
+
+def test_vcpus_and_the_embed_rate_follow_the_instance_size():
+    assert [estimates.vcpus(t) for t in ("ml.m5.large", "ml.m5.xlarge", "ml.c5.4xlarge",
+                                          "ml.t2.medium", "ml.m5.metal")] == [2, 4, 16, 1, None]
+    rate, basis = estimates.embed_rate("ml.m5.2xlarge")
+    assert rate == pytest.approx(75.6 / 2 * 8) and "P6" in basis
+    assert estimates.embed_rate("ml.m5.xlarge", 500.0) == (500.0, "given")
+    assert "GPU" in estimates.embed_rate("ml.g5.xlarge")[1]
+
+
+def test_records_exact_for_whole_files_and_scaled_for_the_rest():
+    sizes = [1000, 10_000, 20_000]
+    samples = {0: Sample(1000, 1000, 10, True), 1: Sample(10_000, 5000, 50, False)}
+    est = estimates.estimate_records(sizes, samples)
+    # 10 exact + (10,000 + 20,000) bytes at 6,000 / 60 = 100 bytes a record
+    assert est["records"] == 10 + 300 and not est["exact"] and est["bytes_per_record"] == 100
+    whole = estimates.estimate_records([1000], {0: Sample(1000, 1000, 10, True)})
+    assert whole["exact"] and whole["records"] == 10
+
+
+def test_a_csv_header_is_not_a_record():
+    # header of 8 bytes per file; rows of 10 bytes
+    samples = {0: Sample(108, 108, 10, True, overhead=8)}
+    assert estimates.estimate_records([108, 1008], samples)["records"] == 10 + 100
+
+
+def test_transform_hours_follow_shards_per_instance():
+    # 4 shards of 2,500 on 2 instances at 100 docs/s: each instance does 2 shards = 50 s
+    t = estimates.transform_estimate(10_000, 4, 2, 100.0)
+    assert (t["jobs"], t["wall_s"], t["instance_hours"]) == (1, 50.0, round(100 / 3600, 3))
+    # more instances than shards: the idle ones are billed for the whole job
+    idle = estimates.transform_estimate(10_000, 2, 4, 100.0)
+    assert idle["busy_instances"] == 2 and idle["wall_s"] == 50.0
+    assert idle["instance_hours"] == round(200 / 3600, 3)
+    assert estimates.transform_estimate(0, 2, 1, 100.0)["wall_s"] == 0
+
+
+def test_staging_and_indexing_time():
+    st = estimates.staging_estimate([200e6, 100e6], 50.0)
+    assert (st["parallel_s"], st["serial_s"]) == (4.0, 6.0)
+    assert estimates.index_estimate(6504, estimates.INDEX_DOCS_PER_S)["wall_s"] == 2.0
+    assert (estimates.hms(12.5), estimates.hms(200), estimates.hms(3720)) == ("12.5s", "3m 20s",
+                                                                               "1h 02m")
+
+
+def test_build_groups_files_as_staging_would():
+    files = [SourceFile(f"/in/{i}.jsonl", 40 * 10**6, "jsonl", False) for i in range(5)]
+    samples = {"jsonl": {"indexes": list(range(5)),
+                         "samples": {0: Sample(40 * 10**6, 10**6, 1000, False)}}}
+    settings = {"staging_group_mb": 100, "max_staging_tasks": 32, "staging_commit_mb": 50,
+                "shards": 4, "instance_type": "ml.m5.xlarge", "instance_count": 2,
+                "embed_docs_per_s_per_instance": 100.0, "index_docs_per_s": 1000.0,
+                "stage_mb_per_s": 10.0}
+    p = preview.build(files, samples, settings)
+    assert p["records"]["total"] == 200_000 and p["input"]["bytes"] == 200 * 10**6
+    assert [(g["files"], g["segments"]) for g in p["staging"]["rows"]] == [(3, 2), (2, 1)]
+    assert (p["staging"]["parallel_s"], p["staging"]["serial_s"]) == (12.0, 20.0)
+    assert p["shards"] == {"count": 4, "records_per_shard": 50_000}
+    assert p["transform"]["wall_s"] == 1000.0 and p["indexing"]["wall_s"] == 200.0
+    text = preview.render(p)
+    assert "~200,000 (estimated)" in text and "2 x ml.m5.xlarge" in text
+    many = preview.build(files * 4, {"jsonl": {**samples["jsonl"], "indexes": list(range(20))}},
+                         {**settings, "staging_group_mb": 40})
+    assert many["staging"]["groups"] == 20 and "12 more groups" in preview.render(many)
+
+
+def test_plan_takes_dry_run_and_the_rates(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": 1, "text": "x"}\n')
+    base = {"input_uri": str(source), "sagemaker_model_name": "m", "sagemaker_endpoint_name": "e"}
+    kw = {"dag_id": "d", "run_id": "manual__x", "ds": "2026-04-20", "region": "us-east-1"}
+    p = plan.resolve_plan(base, **kw)
+    assert not p.dry_run and p.index_docs_per_s == estimates.INDEX_DOCS_PER_S
+    p = plan.resolve_plan({**base, "dry_run": True, "embed_docs_per_s_per_instance": 900}, **kw)
+    assert p.dry_run and p.embed_docs_per_s_per_instance == 900.0
+    with pytest.raises(ValueError) as err:
+        plan.resolve_plan({**base, "dry_run": "yes", "index_docs_per_s": 0,
+                           "stage_mb_per_s": float("inf")}, **kw)
+    text = str(err.value)
+    assert "dry_run: must be a boolean" in text and "index_docs_per_s: must be a number > 0" \
+        in text and "stage_mb_per_s" in text
+
+
+def test_readme_lists_the_preview_params_and_sources():
+    readme = (REPO / "README.md").read_text()
+    for name in ("dry_run", *estimates.RATE_PARAMS):
+        assert f"| `{name}`" in readme, name
+    assert "## Preview a run" in readme and "P6" in readme and "P3n" in readme
+
+
+# --- sampling real files --------------------------------------------------------------------
+
+def test_sampling_local_files_jsonl_gzip_csv(tmp_path):
+    big = records(1, 12_000)
+    (tmp_path / "big.jsonl").write_bytes(jsonl(big))
+    (tmp_path / "small.jsonl").write_bytes(jsonl(big[:50], blank_lines=3))
+    (tmp_path / "big.jsonl.gz").write_bytes(gzip.compress(jsonl(big)))
+    rows = "id,text\n" + "".join(f"{d['id']},{d['text']}\n" for d in big)
+    (tmp_path / "rows.csv").write_text(rows)
+    got = {}
+    for name in ("big.jsonl", "small.jsonl", "big.jsonl.gz", "rows.csv"):
+        path = tmp_path / name
+        fmt = "csv" if name.endswith(".csv") else "jsonl"
+        got[name] = preview.sample_lines(None, SourceFile(str(path), path.stat().st_size, fmt,
+                                                          name.endswith(".gz")))
+    assert got["small.jsonl"].exact and got["small.jsonl"].records == 50
+    for name in ("big.jsonl", "big.jsonl.gz", "rows.csv"):
+        s = got[name]
+        assert not s.exact and s.stored <= preview.SAMPLE_BYTES
+        guess = (s.size - s.overhead) * s.records / (s.stored - s.overhead)
+        assert abs(guess - 12_000) <= TOLERANCE * 12_000, (name, guess)
+    assert got["big.jsonl.gz"].inflated > got["big.jsonl.gz"].stored
+
+
+# --- against the devstack's S3 --------------------------------------------------------------
+
+def _upload(s3_stack, bucket: str) -> dict:
+    """Four large JSONL files, a small one, a .gz over 1 MiB and a Parquet file."""
+    s3 = s3_stack.client()
+    bodies = {f"in/part-{i}.jsonl": jsonl(records(10 + i, 6000, f"p{i}")) for i in range(4)}
+    bodies["in/small.jsonl"] = jsonl(records(20, 77, "s"))
+    bodies["in/more.jsonl.gz"] = gzip.compress(jsonl(records(30, 15_000, "g")))
+    bodies["in/table.parquet"] = parquet(records(40, 4321, "q"))
+    bodies["in/empty.jsonl"] = b""  # counted, read as no records
+    bodies["in/_SUCCESS"] = b""
+    for key, body in bodies.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    del bodies["in/_SUCCESS"]  # writer metadata: not input
+    return bodies
+
+
+def _check(found: dict, bodies: dict, bucket: str) -> None:
+    assert found["input"]["files"] == len(bodies) == 8
+    assert found["input"]["bytes"] == sum(len(b) for b in bodies.values())
+    largest = max(bodies, key=lambda k: len(bodies[k]))
+    assert found["input"]["largest"][0] == {"name": f"s3://{bucket}/{largest}",
+                                            "bytes": len(bodies[largest])}
+    formats = found["records"]["formats"]
+    assert formats["parquet"]["records"] == 4321 and formats["parquet"]["exact"]
+    assert formats["jsonl"]["files"] == 6 and formats["jsonl"]["sampled_files"] == 3
+    assert abs(formats["jsonl"]["records"] - 24_077) <= TOLERANCE * 24_077
+    assert abs(formats["jsonl.gz"]["records"] - 15_000) <= TOLERANCE * 15_000
+    assert not found["records"]["exact"]
+    assert found["transform"]["jobs"] == 1
+
+
+def test_preview_against_real_s3_lists_exactly_and_estimates_within_tolerance(s3_stack, fresh_bucket):
+    bodies = _upload(s3_stack, fresh_bucket)
+    s3 = s3_stack.client()
+    settings = {**preview.staging_defaults(), "staging_group_mb": 2, "shards": 4,
+                "instance_type": "ml.m5.xlarge", "instance_count": 2,
+                **estimates.resolve({})[0]}
+    found = preview.preview(f"s3://{fresh_bucket}/in/", "auto", s3, settings)
+    _check(found, bodies, fresh_bucket)
+    assert found["staging"]["groups"] > 1  # 2 MB groups over ~8 MB
+    assert sum(g["bytes"] for g in found["staging"]["rows"]) == found["input"]["bytes"]
+    # read-only: the bucket holds what was uploaded, nothing more
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=fresh_bucket)["Contents"]}
+    assert keys == {*bodies, "in/_SUCCESS"}
+
+
+def test_cli_prints_json_and_a_table(s3_stack, fresh_bucket):
+    bodies = _upload(s3_stack, fresh_bucket)
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'plugins'}:{REPO / 'include'}",
+           "AWS_ACCESS_KEY_ID": s3_stack.access_key, "AWS_SECRET_ACCESS_KEY": s3_stack.secret_key}
+    env.pop("AIRFLOW_CONN_AWS_DEFAULT", None)
+    base = [sys.executable, "-m", "batchvec.preview", "--input", f"s3://{fresh_bucket}/in/",
+            "--endpoint-url", s3_stack.endpoint, "--region", s3_stack.region,
+            "--instance-count", "3", "--index-docs-per-s", "1000"]
+    out = subprocess.run([*base, "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    _check(found, bodies, fresh_bucket)
+    assert found["shards"]["count"] == 6 and found["transform"]["instances"] == 3
+    assert found["indexing"]["wall_s"] == round(found["records"]["total"] / 1000, 1)
+    table = subprocess.run(base, env=env, capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and "transform jobs" in table.stdout
+    assert "instance-hours" in table.stdout and "4,321 records" in table.stdout
+    # on a worker: the Airflow connection (here the devstack S3's, as make airflow sets it)
+    conn = {"conn_type": "aws", "login": s3_stack.access_key, "password": s3_stack.secret_key,
+            "extra": {"region_name": s3_stack.region,
+                      "service_config": {"s3": {"endpoint_url": s3_stack.endpoint}}}}
+    worker = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    worker["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(conn)
+    out = subprocess.run([*base[:5], "--json"], env=worker, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["input"] == found["input"]
+    missing = subprocess.run([*base[:4], f"s3://{fresh_bucket}/nothing/", *base[5:]], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no input objects" in missing.stderr
+
+
+@pytest.mark.parametrize("flags", [["--max-staging-tasks", "0"], ["--staging-group-mb", "0"],
+                                   ["--index-docs-per-s", "0"], ["--instance-count", "0"]])
+def test_cli_refuses_settings_that_make_no_sense(tmp_path, flags, capsys):
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "text": "x"}\n')
+    with pytest.raises(SystemExit) as exc:
+        preview.main(["--input", str(tmp_path), *flags])
+    assert exc.value.code == 2 and "must be" in capsys.readouterr().err
