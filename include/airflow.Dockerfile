@@ -1,5 +1,7 @@
 # Airflow for docker-compose.yaml: the official image plus the project's requirements.txt.
-# Build context: the repository root (dags/, plugins/ and include/ are mounted, not copied).
+# Build context: the repository root. dags/, plugins/ and include/ are copied in: a
+# KubernetesExecutor pod (include/k8s/pod_template.yaml) or a Celery worker on another host
+# runs the image alone; docker-compose mounts the working tree over them for development.
 # The -python3.11 variant matches the interpreter the project is developed and tested on.
 ARG AIRFLOW_BASE_IMAGE=apache/airflow:3.3.2-python3.11
 FROM ${AIRFLOW_BASE_IMAGE}
@@ -9,3 +11,8 @@ FROM ${AIRFLOW_BASE_IMAGE}
 # Airflow while resolving the requirements, as the Airflow docker-stack docs recommend.
 COPY requirements.txt /tmp/batchvec-requirements.txt
 RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /tmp/batchvec-requirements.txt
+
+COPY --chown=airflow:0 dags/ /opt/airflow/dags/
+COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
+# include/: the ML Commons blueprints (plugins/batchvec/connectors.py finds them beside plugins/).
+COPY --chown=airflow:0 include/ /opt/airflow/include/

@@ -11,6 +11,17 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
   echo "bootstrap: Python 3.11 is required (found: $("$PYTHON" --version 2>&1)); set PYTHON=..." >&2
   exit 1
 fi
+# redis-server: the Celery broker of the CeleryExecutor test and `make chaos --executor
+# celery`, started privately by include/chaos/celery_stack.py, never as the system service.
+if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing redis-server (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  else
+    echo "bootstrap: redis-server missing (apt-get install redis-server); the Celery tests need it" >&2
+  fi
+fi
 want=$( (cat requirements.txt requirements-dev.txt include/devstack/requirements.txt 2>/dev/null; "$PYTHON" --version) | sha256sum | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   exit 0

@@ -255,3 +255,52 @@ def test_triggerer_kill_while_deferred(clock):
     deferred = {"a": ti("a", "batch_predict", "deferred")}
     rec = w.tick(deferred, {}, bulk_started=0, submit_in_flight=False)
     assert killed == ["triggerer"] and rec.target == "triggerer" and rec.try_number is None
+
+
+# -- the CeleryExecutor's kill mode --------------------------------------------------------------
+
+def test_the_worker_mode_is_drawn_only_under_celery():
+    rng = random.Random(5)
+    assert {kills.choose(rng, executor="celery").mode for _ in range(300)} == {
+        *kills.MODES, *kills.CELERY_MODES}
+    plan = kills.choose(rng, ["worker"], 1, "celery")
+    assert (plan.mode, plan.task) == ("worker", "index_shard")
+
+
+def test_worker_kill_takes_the_whole_worker_of_a_shard_mid_bulk(clock):
+    killed: list = []
+    w = watcher(kills.KillPlan("worker", "index_shard", 0.0), killed)
+    w.kill_worker = lambda p: killed.append(("worker-of", p.pid)) or "worker-a (6 processes)"
+    tis = {"a": ti("a", "index_shard", map_index=2)}
+    assert w.tick(tis, {"a": FakeProc(4)}, bulk_started=0, submit_in_flight=False) is None
+    assert w.tick(tis, {"a": FakeProc(4)}, bulk_started=2, submit_in_flight=False) is None
+    rec = w.tick(tis, {"a": FakeProc(4)}, bulk_started=3, submit_in_flight=False)
+    assert killed == [("worker-of", 4)] and rec.target == "index_shard[2]"
+    assert "SIGKILL of worker-a (6 processes) mid-bulk" in rec.detail
+
+
+def test_the_worker_mode_needs_the_celery_executor(capsys):
+    from chaos import cli
+
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--modes", "worker"])
+    assert "--executor celery" in capsys.readouterr().err
+    opts, _ = cli.parse_args(["--modes", "worker", "--executor", "celery"])
+    assert (opts.modes, opts.executor) == (["worker"], "celery")
+
+
+def test_processes_in_a_dir_inside_the_stack_are_ours(tmp_path):
+    class P:
+        def __init__(self, cwd):
+            self._cwd = cwd
+
+        def cwd(self):
+            return self._cwd
+
+        def environ(self):
+            return {}
+
+    root = str(tmp_path / "stack")
+    assert procs.ours(P(root), "x", root)
+    assert procs.ours(P(f"{root}/workers/worker-a"), "x", root)
+    assert not procs.ours(P(f"{root}-other"), "x", root)

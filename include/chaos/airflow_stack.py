@@ -75,6 +75,21 @@ def airflow_env(home: Path, api_port: int, devstack_env: dict[str, str], stack_i
     return env
 
 
+def kill_tree(proc: subprocess.Popen) -> int:
+    """SIGKILL a process and every process under it (listed first: orphans are reparented);
+    returns how many were killed."""
+    import psutil
+
+    try:
+        root = psutil.Process(proc.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    killed = sum(procs.sigkill(p) for p in tree)
+    proc.wait(10)
+    return killed
+
+
 class AirflowStack:
     def __init__(self, root: Path, devstack_env: dict[str, str], retries: int = 3,
                  extra_env: dict[str, str] | None = None):
@@ -115,16 +130,7 @@ class AirflowStack:
 
     def kill_component(self, name: str) -> None:
         """SIGKILL a component and every process under it (a triggerer crash)."""
-        import psutil
-
-        proc = self.components.pop(name)
-        try:
-            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            tree = []
-        for p in tree:
-            procs.sigkill(p)
-        proc.wait(10)
+        kill_tree(self.components.pop(name))
 
     def tail(self, name: str, chars: int = 3000) -> str:
         path = self.logs / f"{name}.log"
@@ -187,9 +193,9 @@ class AirflowStack:
             return resp.json()
         raise AssertionError("unreachable")
 
-    def trigger(self, run_id: str, conf: dict) -> dict:
+    def trigger(self, run_id: str, conf: dict, logical_date: str | None = None) -> dict:
         return self._json("POST", f"/dags/{DAG_ID}/dagRuns",
-                          json={"dag_run_id": run_id, "logical_date": None, "conf": conf})
+                          json={"dag_run_id": run_id, "logical_date": logical_date, "conf": conf})
 
     def dag_run(self, run_id: str) -> dict:
         return self._json("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from chaos import checks, kills, procs
 from chaos.airflow_stack import REPO, AirflowStack
+from chaos.celery_stack import CeleryStack
 from chaos.runner import Options, Session, summary
 
 
@@ -29,7 +30,11 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--shards", type=int, default=2, help="input shards = index_shard tasks (2)")
     p.add_argument("--retries", type=int, default=3, help="task retries (BATCHVEC_RETRIES, 3)")
     p.add_argument("--modes", default="", help="comma-separated kill modes used in turn instead "
-                   f"of a weighted draw: {', '.join(kills.MODES)} or task:<task_id>")
+                   f"of a weighted draw: {', '.join([*kills.MODES, *kills.CELERY_MODES])} or "
+                   "task:<task_id>")
+    p.add_argument("--executor", choices=("local", "celery"), default="local",
+                   help="LocalExecutor (default) or CeleryExecutor: redis + two Celery workers, "
+                   "and the kill mode `worker` (a whole worker SIGKILLed)")
     p.add_argument("--keep", action="store_true",
                    help="leave Airflow and the devstack running afterwards (for debugging)")
     p.add_argument("--stop", type=Path, metavar="DIR",
@@ -40,12 +45,14 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         p.error("--runs >= 1, --records 10..9000 and --shards >= 1")
     modes = [m for m in a.modes.split(",") if m]
     for m in modes:
-        if m not in kills.MODES and not m.startswith("task:"):
+        if m not in kills.MODES and m not in kills.CELERY_MODES and not m.startswith("task:"):
             p.error(f"unknown kill mode {m!r}")
+        if m in kills.CELERY_MODES and a.executor != "celery":
+            p.error(f"kill mode {m!r} needs --executor celery")
     if a.seed is None:
         a.seed = int(time.time()) % 100000
     return Options(runs=a.runs, seed=a.seed, records=a.records, shards=a.shards,
-                   retries=a.retries, modes=modes, keep=a.keep), a
+                   retries=a.retries, modes=modes, keep=a.keep, executor=a.executor), a
 
 
 def stop_dir(root: Path) -> int:
@@ -76,14 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     state = root / "devstack"
     print(f"chaos: {opts.runs} runs, seed {opts.seed}, {opts.records} records + 2 bad lines, "
-          f"{opts.shards} shards, retries {opts.retries}; work dir {root}", flush=True)
+          f"{opts.shards} shards, retries {opts.retries}, {opts.executor} executor; work dir {root}",
+          flush=True)
     started = time.monotonic()
     stack, ok = None, False
     try:
         endpoints = launcher.up(state, ports=launcher.random_ports())
         seed.ensure_sagemaker_model(endpoints)
-        stack = AirflowStack(root, devstack_airflow_env(endpoints), retries=opts.retries,
-                             extra_env={"BATCHVEC_BULK_MAX_ACTIONS": str(opts.bulk_max_actions)})
+        kind = CeleryStack if opts.executor == "celery" else AirflowStack
+        stack = kind(root, devstack_airflow_env(endpoints), retries=opts.retries,
+                     extra_env={"BATCHVEC_BULK_MAX_ACTIONS": str(opts.bulk_max_actions)})
         (root / "chaos-stack.json").write_text(json.dumps(
             {"stack_id": stack.stack_id, "api": stack.api, "airflow_home": str(stack.home)}))
         stack.start()

@@ -17,6 +17,10 @@ window. The watcher is fed the run's task instances (REST) and the stack's task 
                         switch_alias, report, cleanup) at a random point of its process's life
   triggerer             the whole triggerer (SIGKILL) while batch_predict is deferred; a new
                         triggerer takes the trigger over (no task retry: the wait resumes)
+  worker                (--executor celery only) the whole Celery worker running an
+                        index_shard, mid-bulk: its main process, pool, supervisors and runners
+                        at once, so no one reports the tries failed; the scheduler finds them
+                        by their missing heartbeats and they are retried on the other worker
 
 If the target ends before the moment comes, the next task process that starts is killed
 instead, so nearly every run has its kill (not when the target was the last task, cleanup).
@@ -36,8 +40,11 @@ MODES: dict[str, int] = {  # weights
     "task": 6,
     "triggerer": 1,
 }
-OTHER_TASKS = ("plan", "list_input", "stage_group", "stage_shard", "stage", "ensure_model", "check_outputs", "prepare_index",
-               "restore_index", "switch_alias", "report", "cleanup")
+# Drawn only under the CeleryExecutor (weighted with MODES).
+CELERY_MODES: dict[str, int] = {"worker": 4}
+OTHER_TASKS = ("plan", "list_input", "stage_group", "stage_shard", "stage", "ensure_model",
+               "check_outputs", "prepare_index", "restore_index", "switch_alias", "report",
+               "cleanup")
 # Seconds a task runner process lives (its title is set after the fork, so this is parse +
 # execute), measured here; each session updates them from what it sees.
 PRIOR_SECONDS = {"plan": 1.7, "list_input": 1.2, "stage_group": 2.0, "stage_shard": 1.2,
@@ -59,14 +66,17 @@ class KillPlan:
         return self.mode if self.mode != "task" else f"task:{self.task}"
 
 
-def choose(rng: random.Random, modes: list[str] | None = None, run_index: int = 0) -> KillPlan:
+def choose(rng: random.Random, modes: list[str] | None = None, run_index: int = 0,
+           executor: str = "local") -> KillPlan:
     """Weighted draw, or the given modes in turn (`--modes`)."""
     if modes:
         mode = modes[(run_index - 1) % len(modes)]  # runs count from 1
     else:
-        names = list(MODES)
-        mode = rng.choices(names, weights=[MODES[n] for n in names])[0]
-    task = {"index_shard_bulk": "index_shard", "batch_predict_submit": "batch_predict",
+        weights = {**MODES, **(CELERY_MODES if executor == "celery" else {})}
+        names = list(weights)
+        mode = rng.choices(names, weights=[weights[n] for n in names])[0]
+    task = {"index_shard_bulk": "index_shard", "worker": "index_shard",
+            "batch_predict_submit": "batch_predict",
             "batch_predict_resume": "batch_predict", "triggerer": "batch_predict"}.get(mode)
     if mode.startswith("task:"):
         mode, task = "task", mode.split(":", 1)[1]
@@ -94,6 +104,8 @@ class Watcher:
     estimates: dict[str, float]
     bulk_window: float
     submit_window: float
+    # SIGKILLs the Celery worker holding a runner process; says which ("" if none did).
+    kill_worker: Callable[[object], str] | None = None
     started: float = field(default_factory=time.monotonic)
     fallback: bool = False
     deferred_seen: bool = False
@@ -140,7 +152,7 @@ class Watcher:
             return None
         if self._moment is None:
             ready = bool(candidates)
-            if plan.mode == "index_shard_bulk":
+            if plan.mode in ("index_shard_bulk", "worker"):
                 ready = ready and bulk_started > 0
                 window = self.bulk_window
             elif plan.mode == "batch_predict_submit":
@@ -165,8 +177,15 @@ class Watcher:
         detail = {"index_shard_bulk": f"mid-bulk ({bulk_started} bulk requests begun)",
                   "batch_predict_submit": "while its _batch_predict request was in flight",
                   "batch_predict_resume": "resumed after the deferral",
-                  "task": "random point"}[plan.mode]
+                  "task": "random point", "worker": "mid-bulk"}[plan.mode]
         proc = workers[ti_id]
+        if plan.mode == "worker" and self.kill_worker is not None:
+            which = self.kill_worker(proc)
+            if which:
+                return self._record(tis[ti_id], "", f"SIGKILL of {which} {detail} ({bulk_started} "
+                                    f"bulk requests begun), {now - self._window_start:.1f}s into "
+                                    f"a {self._window:.1f}s window", proc.pid)
+            return self._miss("its worker was gone")
         if self.kill_process(proc):
             return self._record(tis[ti_id], "", f"{detail}, {now - self._window_start:.1f}s into "
                                 f"a {self._window:.1f}s window", proc.pid)

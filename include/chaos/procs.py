@@ -32,8 +32,11 @@ def _title(proc: psutil.Process) -> str:
 
 
 def ours(proc: psutil.Process, stack_id: str, root: str) -> bool:
+    """By cwd (the stack's dir, or one inside it: each Celery worker and redis have their
+    own) or by the marker; setproctitle overwrites /proc/<pid>/environ, so the cwd counts."""
     try:
-        if proc.cwd() == root:
+        cwd = proc.cwd()
+        if cwd == root or cwd.startswith(root.rstrip(os.sep) + os.sep):
             return True
         return proc.environ().get(MARKER_ENV) == stack_id
     except (psutil.Error, OSError):

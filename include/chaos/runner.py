@@ -42,6 +42,7 @@ class Options:
     run_timeout: float = 600.0
     modes: list[str] = field(default_factory=list)
     keep: bool = False
+    executor: str = "local"  # or "celery": stack is a CeleryStack
 
 
 def write_input(path: Path, records: int, sample: Path) -> set[str]:
@@ -135,6 +136,7 @@ class RunResult:
     retried: dict[str, int]
     jobs: dict[str, int]
     check: checks.RunCheck
+    note: str = ""  # celery: where the retried tries ran
 
 
 class Session:
@@ -174,7 +176,7 @@ class Session:
         from batchvec.naming import run_key as make_run_key
 
         opts = self.opts
-        plan = kills.choose(self.rng, opts.modes, i)
+        plan = kills.choose(self.rng, opts.modes, i, opts.executor)
         run_id = f"chaos-{i:03d}"
         index = f"chaos-{i:03d}"
         self._set_faults(plan)
@@ -183,7 +185,8 @@ class Session:
             plan=plan, kill_process=procs.sigkill, kill_triggerer=self._restart_triggerer,
             estimates=self.estimates,
             bulk_window=0.9 * per_lane * opts.bulk_latency_ms / 1000,
-            submit_window=0.85 * opts.submit_latency_ms / 1000)
+            submit_window=0.85 * opts.submit_latency_ms / 1000,
+            kill_worker=self._kill_worker if opts.executor == "celery" else None)
         conf = run_conf(i, self.input, index, opts.shards)
         started = time.monotonic()
         self.stack.trigger(run_id, conf)
@@ -217,6 +220,7 @@ class Session:
             lives.pop(kill_key, None)
         self._learn(lives, seen_tis)
         retried = {_label(t): t["try_number"] for t in final if (t["try_number"] or 0) > 1}
+        note = self._celery_note(run_id, final) if opts.executor == "celery" else ""
         key = make_run_key("batch_embeddings", run_id)
         jobs = self.services.transform_jobs(key)
         check = self._check(index, key, jobs)
@@ -224,7 +228,7 @@ class Session:
             check.problems.append(f"run ended {state}: " + ", ".join(
                 f"{_label(t)}={t['state']}" for t in final if t["state"] != "success"))
         return RunResult(i, plan, kill, state, seconds, retried,
-                         dict(Counter(j["TransformJobStatus"] for j in jobs)), check)
+                         dict(Counter(j["TransformJobStatus"] for j in jobs)), check, note)
 
     def _check(self, index: str, key: str, jobs: list[dict]) -> checks.RunCheck:
         exp = self.expected
@@ -257,6 +261,24 @@ class Session:
             old = self.estimates.get(task, kills.PRIOR_SECONDS.get(task, 3.0))
             self.estimates[task] = 0.5 * old + 0.5 * max(last - first, 0.2)
 
+    def _kill_worker(self, proc) -> str:
+        name = self.stack.worker_of(proc.pid)
+        if name is None:
+            return ""
+        return f"{name} ({self.stack.kill_worker(name)} processes)"
+
+    def _celery_note(self, run_id: str, final: list[dict]) -> str:
+        """Which worker ran each try of a retried task; then a killed worker is started again
+        (as systemd or k8s would) so that the next run has two."""
+        hosts = []
+        for t in final:
+            if (t["try_number"] or 0) > 1:
+                tries = self.stack.tries(run_id, t["task_id"], t.get("map_index", -1))
+                hosts.append(f"{_label(t)} on " + " -> ".join(
+                    str(x.get("hostname") or "?") for x in sorted(tries, key=lambda x: x["try_number"])))
+        restarted = self.stack.restart_dead_workers()
+        return "; ".join(hosts + ([f"restarted {', '.join(restarted)}"] if restarted else []))
+
     def _restart_triggerer(self) -> None:
         self.stack.kill_component("triggerer")
         self.stack.start_component("triggerer")
@@ -287,6 +309,8 @@ def describe(res: RunResult, runs: int) -> str:
     line = (f"chaos: run {res.index}/{runs} [{res.plan.describe()}] {killed} -> {res.state} in "
             f"{res.seconds:.0f}s; tries: {retried}; jobs: {res.jobs}; "
             f"lost={c.lost} duplicated={c.duplicated} orphan_jobs={c.orphan_jobs}")
+    if res.note:
+        line += f"\n  workers: {res.note}"
     if c.problems:
         line += "\n  problems: " + "; ".join(c.problems)
     return line
