@@ -1,0 +1,285 @@
+"""Resumable indexing: how far a shard's bulk writes are acknowledged, saved in S3.
+
+BulkWriter's lanes settle requests out of order, so a shard's progress is the contiguous
+prefix of its lines whose every action is final (indexed, stale or dead-lettered).
+`AckPrefix` tracks it in memory bounded by what is read ahead of it (the requests in flight);
+`ShardProgress` saves that point, with the counts up to it, to
+`<run>/checkpoints/index/<shard>.json` every `checkpoint_every()` lines, together with the
+DLQ lines of exactly those lines (one DLQ object per saved segment: `dlq/<shard>.jsonl`,
+then `dlq/<shard>.part-0001.jsonl`, ...). A retry reads the checkpoint, deletes DLQ parts
+past it (written by a try killed before its checkpoint landed), and reads the `.out` from
+the saved byte offset with a ranged GET.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from batchvec import s3io
+
+log = logging.getLogger(__name__)
+
+# Lines of a shard (its `.out`, or its deletes) acknowledged between two checkpoints: a
+# killed index_shard re-sends at most this many plus the requests in flight (lanes x 3).
+# ~200 MB of 384-d output, well under a minute of bulk indexing; one small PUT per interval.
+DEFAULT_CHECKPOINT_LINES = 50_000
+FORMAT = 1
+
+
+def checkpoint_every() -> int:
+    """`BATCHVEC_CHECKPOINT_LINES` (default DEFAULT_CHECKPOINT_LINES)."""
+    value = int(os.environ.get("BATCHVEC_CHECKPOINT_LINES", DEFAULT_CHECKPOINT_LINES))
+    if value < 1:
+        raise ValueError(f"BATCHVEC_CHECKPOINT_LINES must be >= 1, got {value}")
+    return value
+
+
+@dataclass
+class StreamState:
+    """One input stream of a shard (its `.out` or its deletes) up to the acknowledged point."""
+
+    line: int = 0  # non-blank lines whose fate is final
+    offset: int = 0  # byte offset of the object to read on from
+    done: bool = False
+    created: int = 0
+    updated: int = 0
+    stale: int = 0
+    failed: dict[str, int] = field(default_factory=dict)  # reason -> count
+    duplicates: int = 0  # set when the stream completes (see indexing)
+    requests: int = 0
+    retries: int = 0
+
+    def apply(self, outcome: str, reason: str | None) -> None:
+        if outcome == "failed":
+            self.failed[reason or "failed"] = self.failed.get(reason or "failed", 0) + 1
+        else:
+            setattr(self, outcome, getattr(self, outcome) + 1)
+
+    @property
+    def acknowledged(self) -> int:
+        return self.created + self.updated + self.stale + sum(self.failed.values())
+
+
+@dataclass
+class Checkpoint:
+    shard: str
+    identity: dict[str, Any]  # what the saved point is a point of: sources' ETags, index
+    output: StreamState = field(default_factory=StreamState)
+    deletes: StreamState = field(default_factory=StreamState)
+    dlq_parts: int = 0  # DLQ objects written (part n is the lines of segment n)
+    dlq_lines: int = 0
+    sample_id: str | None = None
+    saves: int = 0
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Checkpoint:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"checkpoint format {data.get('format')!r}, expected {FORMAT}")
+        data = {k: v for k, v in data.items() if k != "format"}
+        return cls(**{**data, "output": StreamState(**data["output"]),
+                      "deletes": StreamState(**data["deletes"])})
+
+
+Result = tuple[str, "str | None", "bytes | None"]  # (outcome, reason, DLQ line)
+
+
+class AckPrefix:
+    """Lines read from one stream, in order, whose fates arrive in any order (`ack` by the
+    action's place among the stream's actions); folds the contiguous final head into
+    `state` and hands its DLQ lines to `dlq`. Thread-safe with the lock given."""
+
+    def __init__(self, state: StreamState, lock: threading.Lock, dlq=None) -> None:
+        self.state = state
+        self._lock = lock
+        self._dlq = dlq
+        self._units: deque[list] = deque()  # [end offset, Result | None], from state.line
+        self._by_seq: dict[int, list] = {}
+        self._seqs = 0
+
+    def line(self, end: int, result: Result) -> None:
+        """A line that is final as soon as read (it never became an action)."""
+        with self._lock:
+            self._units.append([end, result])
+            self._fold()
+
+    def action(self, end: int) -> None:
+        """A line that became the next action given to the writer."""
+        unit = [end, None]
+        with self._lock:
+            self._units.append(unit)
+            self._by_seq[self._seqs] = unit
+            self._seqs += 1
+
+    def ack(self, seq: int, result: Result) -> None:
+        with self._lock:
+            self._by_seq.pop(seq)[1] = result
+            self._fold()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._units)
+
+    def _fold(self) -> None:
+        units, state = self._units, self.state
+        while units and units[0][1] is not None:
+            end, (outcome, reason, dlq_line) = units.popleft()
+            state.apply(outcome, reason)
+            state.line += 1
+            state.offset = end
+            if dlq_line is not None and self._dlq is not None:
+                self._dlq(dlq_line)
+
+
+def iter_lines_at(chunks: Iterable[bytes], start: int = 0) -> Iterator[tuple[bytes, int]]:
+    """Like outputs.iter_lines (non-blank lines, LF or CRLF), each with the byte offset just
+    past it, counting from `start` (where the chunks begin in the object)."""
+    pos = start
+    pending: list[bytes] = []
+    for chunk in chunks:
+        if not chunk:
+            continue
+        parts = chunk.split(b"\n")
+        if len(parts) == 1:
+            pending.append(chunk)
+            continue
+        last = parts.pop()
+        if pending:
+            pending.append(parts[0])
+            parts[0] = b"".join(pending)
+            pending = []
+        for part in parts:
+            pos += len(part) + 1
+            if part[-1:] == b"\r":
+                part = part[:-1]
+            if part:
+                yield part, pos
+        if last:
+            pending.append(last)
+    if pending:
+        tail = b"".join(pending)
+        pos += len(tail)
+        if tail[-1:] == b"\r":
+            tail = tail[:-1]
+        if tail:
+            yield tail, pos
+
+
+def dlq_line(doc_id: str, action: bytes, reason: str) -> bytes:
+    """A final per-item failure as a DLQ line, with the server's reason."""
+    source = action.split(b"\n", 2)[1] if action.count(b"\n") >= 2 else action
+    return orjson.dumps({"_id": doc_id, "reason": reason,
+                         "source_excerpt": source[:1024].decode(errors="replace")}) + b"\n"
+
+
+class ShardProgress:
+    """A shard's checkpoint in S3 and its DLQ segments; `stream(name)` gives the AckPrefix of
+    the stream being indexed, `maybe_save()` is cheap to call per line."""
+
+    def __init__(self, s3, bucket: str, key: str, dlq_base: str, cp: Checkpoint,
+                 every: int) -> None:
+        self.s3, self.bucket, self.key, self.dlq_base = s3, bucket, key, dlq_base
+        self.cp, self.every = cp, every
+        self.lock = threading.Lock()
+        self._writer: s3io.S3LineWriter | None = None
+        self._saved_at = cp.output.line + cp.deletes.line
+        self._prefix: AckPrefix | None = None
+
+    @classmethod
+    def open(cls, s3, bucket: str, key: str, dlq_base: str, shard: str,
+             identity: dict[str, Any], every: int | None = None) -> ShardProgress:
+        """The saved checkpoint if it is one of these sources and index, else a fresh start;
+        DLQ parts past it are deleted (their lines will be written again)."""
+        cp = None
+        try:
+            cp = Checkpoint.from_dict(s3io.get_json(s3, bucket, key))
+        except s3.exceptions.NoSuchKey:
+            pass
+        if cp is not None and cp.identity != identity:
+            log.warning("shard %s: checkpoint s3://%s/%s is of other sources or another index "
+                        "(%s, now %s): starting over", shard, bucket, key, cp.identity, identity)
+            cp = None
+        progress = cls(s3, bucket, key, dlq_base, cp or Checkpoint(shard, identity),
+                       every or checkpoint_every())
+        progress._drop_dlq_parts_from(progress.cp.dlq_parts)
+        return progress
+
+    @property
+    def resumed(self) -> bool:
+        return self.cp.saves > 0
+
+    def dlq_key(self, part: int) -> str:
+        return f"{self.dlq_base}.jsonl" if part == 0 else f"{self.dlq_base}.part-{part:04d}.jsonl"
+
+    def _drop_dlq_parts_from(self, first: int) -> None:
+        stale = []
+        for key in s3io.list_keys(self.s3, self.bucket, self.dlq_base + "."):
+            rest = key[len(self.dlq_base):]
+            part = 0 if rest == ".jsonl" else (int(rest[6:10]) if rest.startswith(".part-")
+                                               and rest[6:10].isdigit() else None)
+            if part is not None and part >= first:
+                stale.append(key)
+        if stale:
+            log.info("dropping DLQ parts past the checkpoint: %s", stale)
+            s3io.delete_keys(self.s3, self.bucket, stale)
+
+    def stream(self, name: str) -> AckPrefix:
+        self._prefix = AckPrefix(getattr(self.cp, name), self.lock, self._dlq_write)
+        return self._prefix
+
+    def _dlq_write(self, line: bytes) -> None:  # under self.lock, from AckPrefix._fold
+        if self._writer is None:
+            self._writer = s3io.S3LineWriter(self.s3, self.bucket,
+                                             self.dlq_key(self.cp.dlq_parts))
+        self._writer.write(line)
+        self.cp.dlq_lines += 1
+
+    def _close_segment(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self.cp.dlq_parts += 1
+
+    def maybe_save(self) -> None:
+        cp = self.cp
+        if cp.output.line + cp.deletes.line - self._saved_at >= self.every:
+            self.save()
+
+    def save(self) -> None:
+        """The acknowledged point, its counts and its DLQ lines, as one consistent cut."""
+        with self.lock:
+            self._close_segment()
+            self.cp.saves += 1
+            doc = copy.deepcopy(self.cp.to_dict())
+        self._saved_at = self.cp.output.line + self.cp.deletes.line
+        s3io.put_json(self.s3, self.bucket, self.key, doc)
+        log.info("shard %s: checkpoint %d at output line %d (byte %d), deletes line %d; "
+                 "%d DLQ lines in %d parts", self.cp.shard, doc["saves"], doc["output"]["line"],
+                 doc["output"]["offset"], doc["deletes"]["line"], doc["dlq_lines"],
+                 doc["dlq_parts"])
+
+    def finish(self) -> None:
+        with self.lock:
+            self._close_segment()
+
+    def abort(self) -> None:
+        """A try that fails: the DLQ lines past the checkpoint are written again by the next."""
+        with self.lock:
+            if self._writer is not None:
+                self._writer.abort()
+                self._writer = None
+
+    def clear(self) -> None:
+        """The shard's result is saved: a later try or rerun starts over, as before."""
+        self.s3.delete_object(Bucket=self.bucket, Key=self.key)
