@@ -136,7 +136,7 @@ def _check_final(plan, s3, hook, shard, info, expect, n_old, result):
     assert result["failed"] == {"output_dimension_mismatch": expect["conversion"],
                                 "mapper_parsing_exception": expect["refused"]}
     assert result["created"] + result["updated"] == LINES - expect["conversion"] - expect["refused"]
-    assert result["duplicates"] <= expect["duplicates"]  # across a resume point: not seen
+    assert result["duplicates"] == expect["duplicates"]  # across the resume point too
     assert (result["deleted"], result["delete_failed"]) == (n_old, 0)
     dlq = _dlq(s3, plan)
     assert len(dlq) == len({d["_id"] for d in dlq}) == expect["conversion"] + expect["refused"]
@@ -158,6 +158,9 @@ def test_a_shard_stopped_after_its_first_checkpoint_resumes_there(shard_setup, c
     assert INTERVAL <= at["line"] < LINES and not at["done"] and saved["saves"] == 1
     assert s3io.list_keys(s3, plan.bucket, plan.key("dlq", SHARD))  # a part before the stop
 
+    # What a try killed between a DLQ part and its checkpoint leaves: the retry drops it.
+    s3.put_object(Bucket=plan.bucket, Key=plan.key("dlq", SHARD + ".part-0001.jsonl"),
+                  Body=b'{"_id": "orphan", "reason": "x"}\n')
     caplog.set_level(logging.INFO, logger="batchvec.indexing")
     spy2, again = S3Spy(s3), BulkSpy(hook)
     result = indexing.index_shard(plan, shard, again, spy2, info)
@@ -182,5 +185,4 @@ def test_a_shard_stopped_in_its_deletes_sends_none_of_its_output_again(shard_set
     again = BulkSpy(hook)
     result = indexing.index_shard(plan, shard, again, s3, info)
     assert (again.index_items, again.delete_items) == (0, n_old)
-    assert result["duplicates"] == expect["duplicates"]  # counted in one try: exact
     _check_final(plan, s3, hook, shard, info, expect, n_old, result)

@@ -8,15 +8,19 @@ prefix of its lines whose every action is final (indexed, stale or dead-lettered
 DLQ lines of exactly those lines (one DLQ object per saved segment: `dlq/<shard>.jsonl`,
 then `dlq/<shard>.part-0001.jsonl`, ...). A retry reads the checkpoint, deletes DLQ parts
 past it (written by a try killed before its checkpoint landed), and reads the `.out` from
-the saved byte offset with a ranged GET.
+the saved byte offset with a ranged GET. The ids indexed up to each checkpoint are saved too,
+as 64-bit digests (`<shard>.ids-0000.bin`, ...), so a resumed shard still counts its
+duplicate ids exactly.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
 import threading
+from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -25,6 +29,7 @@ from typing import Any
 import orjson
 
 from batchvec import s3io
+from batchvec.duplicates import SPILL_EVERY, DuplicateCounter
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +82,7 @@ class Checkpoint:
     deletes: StreamState = field(default_factory=StreamState)
     dlq_parts: int = 0  # DLQ objects written (part n is the lines of segment n)
     dlq_lines: int = 0
+    id_parts: int = 0  # objects of indexed ids' digests (duplicates across tries)
     sample_id: str | None = None
     saves: int = 0
 
@@ -92,18 +98,28 @@ class Checkpoint:
                       "deletes": StreamState(**data["deletes"])})
 
 
-Result = tuple[str, "str | None", "bytes | None"]  # (outcome, reason, DLQ line)
+# (outcome, reason, DLQ line, id digest or None)
+Result = tuple[str, "str | None", "bytes | None", "int | None"]
+
+
+def id_digest(doc_id: str) -> int:
+    """A 64-bit digest of an id that is the same in every process (hash() is not)."""
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"),
+                                          digest_size=8).digest(), "little", signed=True)
 
 
 class AckPrefix:
     """Lines read from one stream, in order, whose fates arrive in any order (`ack` by the
     action's place among the stream's actions); folds the contiguous final head into
-    `state` and hands its DLQ lines to `dlq`. Thread-safe with the lock given."""
+    `state` and hands its DLQ lines to `dlq` and the digests of its indexed ids to
+    `indexed`. Thread-safe with the lock given."""
 
-    def __init__(self, state: StreamState, lock: threading.Lock, dlq=None) -> None:
+    def __init__(self, state: StreamState, lock: threading.Lock, dlq=None,
+                 indexed=None) -> None:
         self.state = state
         self._lock = lock
         self._dlq = dlq
+        self._indexed = indexed
         self._units: deque[list] = deque()  # [end offset, Result | None], from state.line
         self._by_seq: dict[int, list] = {}
         self._seqs = 0
@@ -134,12 +150,15 @@ class AckPrefix:
     def _fold(self) -> None:
         units, state = self._units, self.state
         while units and units[0][1] is not None:
-            end, (outcome, reason, dlq_line) = units.popleft()
+            end, (outcome, reason, dlq_line, digest) = units.popleft()
             state.apply(outcome, reason)
             state.line += 1
             state.offset = end
             if dlq_line is not None and self._dlq is not None:
                 self._dlq(dlq_line)
+            if digest is not None and self._indexed is not None and outcome in (
+                    "created", "updated"):  # a stale or failed write indexed no copy
+                self._indexed(digest)
 
 
 def iter_lines_at(chunks: Iterable[bytes], start: int = 0) -> Iterator[tuple[bytes, int]]:
@@ -195,6 +214,8 @@ class ShardProgress:
         self._writer: s3io.S3LineWriter | None = None
         self._saved_at = cp.output.line + cp.deletes.line
         self._prefix: AckPrefix | None = None
+        self.ids = DuplicateCounter()  # exact, in bounded memory: see duplicates.py
+        self._id_part = array("q")  # indexed since the last checkpoint
 
     @classmethod
     def open(cls, s3, bucket: str, key: str, dlq_base: str, shard: str,
@@ -213,7 +234,17 @@ class ShardProgress:
         progress = cls(s3, bucket, key, dlq_base, cp or Checkpoint(shard, identity),
                        every or checkpoint_every())
         progress._drop_dlq_parts_from(progress.cp.dlq_parts)
+        if not progress.cp.output.done:
+            progress._load_ids()
         return progress
+
+    def ids_key(self, part: int) -> str:
+        return f"{self.key.removesuffix('.json')}.ids-{part:04d}.bin"
+
+    def _load_ids(self) -> None:
+        for part in range(self.cp.id_parts):  # ~400 KB each at the default interval
+            body = self.s3.get_object(Bucket=self.bucket, Key=self.ids_key(part))["Body"]
+            self.ids.remember_all(body.read())
 
     @property
     def resumed(self) -> bool:
@@ -235,8 +266,15 @@ class ShardProgress:
             s3io.delete_keys(self.s3, self.bucket, stale)
 
     def stream(self, name: str) -> AckPrefix:
-        self._prefix = AckPrefix(getattr(self.cp, name), self.lock, self._dlq_write)
+        self._prefix = AckPrefix(getattr(self.cp, name), self.lock, self._dlq_write,
+                                 self._remember if name == "output" else None)
         return self._prefix
+
+    def _remember(self, digest: int) -> None:  # under self.lock, from AckPrefix._fold
+        self.ids.remember(digest)
+        self._id_part.append(digest)
+        if not len(self._id_part) % SPILL_EVERY:
+            self.ids.maybe_spill()
 
     def _dlq_write(self, line: bytes) -> None:  # under self.lock, from AckPrefix._fold
         if self._writer is None:
@@ -260,6 +298,11 @@ class ShardProgress:
         """The acknowledged point, its counts and its DLQ lines, as one consistent cut."""
         with self.lock:
             self._close_segment()
+            if self._id_part:
+                self.s3.put_object(Bucket=self.bucket, Key=self.ids_key(self.cp.id_parts),
+                                   Body=self._id_part.tobytes())
+                self.cp.id_parts += 1
+                del self._id_part[:]
             self.cp.saves += 1
             doc = copy.deepcopy(self.cp.to_dict())
         self._saved_at = self.cp.output.line + self.cp.deletes.line
@@ -282,4 +325,7 @@ class ShardProgress:
 
     def clear(self) -> None:
         """The shard's result is saved: a later try or rerun starts over, as before."""
-        self.s3.delete_object(Bucket=self.bucket, Key=self.key)
+        base = self.key.removesuffix(".json")
+        keys = [k for k in s3io.list_keys(self.s3, self.bucket, base + ".")
+                if k == self.key or k.startswith(base + ".ids-")]
+        s3io.delete_keys(self.s3, self.bucket, keys)

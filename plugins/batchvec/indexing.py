@@ -15,7 +15,6 @@ import orjson
 from batchvec import bulk_load, changes, checkpoint, memory, outputs, s3io
 from batchvec.bulk import DEFAULT_MAX_ACTIONS, BulkWriter
 from batchvec.bulk_format import reason_key
-from batchvec.duplicates import SPILL_EVERY, DuplicateCounter
 from batchvec.opensearch_hook import OpenSearchHook
 from batchvec.plan import Plan
 
@@ -195,10 +194,6 @@ def _index_output(plan: Plan, hook: OpenSearchHook, s3, physical: str, dimension
     prefix = progress.stream("output")
     lines = state.line
     start = state.offset
-    # Exact within this try's part; a repeat across a resume point is not seen (the ids of
-    # the part before are not kept). Informational: the build check uses staging's count.
-    ids = DuplicateCounter()  # in bounded memory: see duplicates.py
-    remember = ids.remember
     first_sent = state.acknowledged  # by earlier tries
 
     def actions():
@@ -211,25 +206,21 @@ def _index_output(plan: Plan, hook: OpenSearchHook, s3, physical: str, dimension
                 doc_id, action = builder(line)
             except outputs.OutputRejected as rej:
                 prefix.line(end, ("failed", f"output_{rej.reason}", checkpoint.dlq_line(
-                    rej.doc_id or f"line-{lines}", line, f"{rej.reason}: {rej}")))
+                    rej.doc_id or f"line-{lines}", line, f"{rej.reason}: {rej}"), None))
                 progress.maybe_save()
                 continue
             if progress.cp.sample_id is None:
                 progress.cp.sample_id = doc_id
-            remember(hash(doc_id))
-            if not lines % SPILL_EVERY:
-                ids.maybe_spill()
             prefix.action(end)
             progress.maybe_save()
             yield doc_id, action
 
     def on_item(seq: int, outcome: str, doc_id: str, action, reason) -> None:
-        dlq = None
         if outcome == "failed":
-            dlq, reason = checkpoint.dlq_line(doc_id, action, reason), reason_key(reason)
-        if outcome in ("failed", "stale"):  # indexed nothing: not a copy for the duplicates
-            ids.refuse(doc_id)
-        prefix.ack(seq, (outcome, reason, dlq))
+            prefix.ack(seq, (outcome, reason_key(reason),
+                             checkpoint.dlq_line(doc_id, action, reason), None))
+        else:  # the digest counts duplicate ids (of the indexed ones) across tries
+            prefix.ack(seq, (outcome, None, None, checkpoint.id_digest(doc_id)))
 
     def report(p: dict) -> None:
         sent = first_sent + p.get("sent", 0)
@@ -240,7 +231,7 @@ def _index_output(plan: Plan, hook: OpenSearchHook, s3, physical: str, dimension
 
     counts = _writer(plan, hook, on_item=on_item, progress=report).write(actions())
     with progress.lock:
-        state.done, state.duplicates = True, state.duplicates + ids.count()
+        state.done, state.duplicates = True, progress.ids.count()
         state.requests += counts.requests
         state.retries += counts.retries
     if progress.cp.identity.get("deletes"):  # a kill in the deletes re-sends none of this
@@ -270,7 +261,7 @@ def _delete_absent(plan: Plan, hook: OpenSearchHook, s3, physical: str, key: str
 
     def on_item(seq: int, outcome: str, doc_id: str, action, reason) -> None:
         dlq = checkpoint.dlq_line(doc_id, action, reason) if outcome == "failed" else None
-        prefix.ack(seq, (outcome, reason_key(reason) if dlq else None, dlq))
+        prefix.ack(seq, (outcome, reason_key(reason) if dlq else None, dlq, None))
 
     counts = _writer(plan, hook, on_item=on_item).write(actions())
     with progress.lock:
