@@ -171,7 +171,7 @@ class Watcher:
         ti_id = alive[int(plan.u * 1e6) % len(alive)]
         detail = {"index_shard_bulk": f"mid-bulk ({bulk_started} bulk requests begun)",
                   "index_shard_checkpoint": f"after its first checkpoint ({checkpoints} "
-                                            "checkpoint objects in S3)",
+                                            "shards with one in S3)",
                   "batch_predict_submit": "while its _batch_predict request was in flight",
                   "batch_predict_resume": "resumed after the deferral",
                   "task": "random point"}[plan.mode]

@@ -116,9 +116,10 @@ class Services:
         return json.loads(obj["Body"].read())
 
     def checkpoints(self, run_key: str) -> int:
+        """Shards of the run with a checkpoint in S3 now (not their id digest parts)."""
         resp = self.s3.list_objects_v2(Bucket=self.ep["bucket"],
                                        Prefix=f"runs/{run_key}/checkpoints/index/")
-        return resp.get("KeyCount", 0)
+        return sum(o["Key"].endswith(".json") for o in resp.get("Contents", ()))
 
     def transform_jobs(self, run_key: str) -> list[dict]:
         jobs, token = [], None

@@ -213,7 +213,6 @@ class ShardProgress:
         self.lock = threading.Lock()
         self._writer: s3io.S3LineWriter | None = None
         self._saved_at = cp.output.line + cp.deletes.line
-        self._prefix: AckPrefix | None = None
         self.ids = DuplicateCounter()  # exact, in bounded memory: see duplicates.py
         self._id_part = array("q")  # indexed since the last checkpoint
 
@@ -257,8 +256,8 @@ class ShardProgress:
         stale = []
         for key in s3io.list_keys(self.s3, self.bucket, self.dlq_base + "."):
             rest = key[len(self.dlq_base):]
-            part = 0 if rest == ".jsonl" else (int(rest[6:10]) if rest.startswith(".part-")
-                                               and rest[6:10].isdigit() else None)
+            number = rest.removeprefix(".part-").removesuffix(".jsonl")
+            part = 0 if rest == ".jsonl" else int(number) if number.isdigit() else None
             if part is not None and part >= first:
                 stale.append(key)
         if stale:
@@ -266,9 +265,8 @@ class ShardProgress:
             s3io.delete_keys(self.s3, self.bucket, stale)
 
     def stream(self, name: str) -> AckPrefix:
-        self._prefix = AckPrefix(getattr(self.cp, name), self.lock, self._dlq_write,
-                                 self._remember if name == "output" else None)
-        return self._prefix
+        return AckPrefix(getattr(self.cp, name), self.lock, self._dlq_write,
+                         self._remember if name == "output" else None)
 
     def _remember(self, digest: int) -> None:  # under self.lock, from AckPrefix._fold
         self.ids.remember(digest)
@@ -305,7 +303,7 @@ class ShardProgress:
                 del self._id_part[:]
             self.cp.saves += 1
             doc = copy.deepcopy(self.cp.to_dict())
-        self._saved_at = self.cp.output.line + self.cp.deletes.line
+        self._saved_at = doc["output"]["line"] + doc["deletes"]["line"]
         s3io.put_json(self.s3, self.bucket, self.key, doc)
         log.info("shard %s: checkpoint %d at output line %d (byte %d), deletes line %d; "
                  "%d DLQ lines in %d parts", self.cp.shard, doc["saves"], doc["output"]["line"],
