@@ -27,17 +27,17 @@ def test_prefix_advances_only_over_contiguous_acks():
     p = _prefix(dlq.append)
     for end in (10, 20, 30):
         p.action(end)
-    p.line(40, ("failed", "output_invalid_json", b"bad line\n", None))  # final when read
+    p.line(40, ("failed", "output_invalid_json", b"bad line\n"))  # final when read
     p.action(50)
-    p.ack(2, ("created", None, None, None))
-    p.ack(1, ("stale", None, None, None))
+    p.ack(2, "created")
+    p.ack(1, "stale")
     assert (p.state.line, p.state.offset, dlq) == (0, 0, [])  # line 1 still out
-    p.ack(0, ("updated", None, None, None))
+    p.ack(0, "updated")
     assert (p.state.line, p.state.offset) == (4, 40)  # through the conversion failure
     assert dlq == [b"bad line\n"]
     assert (p.state.created, p.state.updated, p.state.stale) == (1, 1, 1)
     assert p.state.failed == {"output_invalid_json": 1}
-    p.ack(3, ("failed", "mapper_parsing_exception", b"refused\n", None))
+    p.ack(3, ("failed", "mapper_parsing_exception", b"refused\n"))
     assert (p.state.line, p.state.offset, p.in_flight) == (5, 50, 0)
     assert p.state.acknowledged == 5 and dlq[-1] == b"refused\n"
 
@@ -50,7 +50,7 @@ def test_prefix_random_order_folds_everything_once():
         p.action((s + 1) * 7)
     rng.shuffle(seqs)
     for s in seqs:
-        p.ack(s, ("created", None, None, None))
+        p.ack(s, "created")
     assert (p.state.line, p.state.offset, p.state.created, p.in_flight) == (500, 3500, 500, 0)
 
 
@@ -58,7 +58,7 @@ def test_prefix_resumes_from_a_saved_state():
     state = StreamState(line=7, offset=123, created=7)
     p = AckPrefix(state, threading.Lock())
     p.action(150)
-    p.ack(0, ("created", None, None, None))  # seq counts this try's actions from 0
+    p.ack(0, "created")  # seq counts this try's actions from 0
     assert (state.line, state.offset, state.created) == (8, 150, 8)
 
 
@@ -130,31 +130,32 @@ def test_writer_reports_each_actions_fate_once_by_input_position():
 
     seen: dict[int, str] = {}
 
-    def on_item(seq, outcome, doc_id, action, reason):
-        assert seq not in seen
-        seen[seq] = outcome
-        assert (action is not None) == (outcome == "failed")
+    def on_done(finals):
+        for seq, outcome, _doc_id, action, _reason in finals:
+            assert seq not in seen
+            seen[seq] = outcome
+            assert (action is not None) == (outcome == "failed")
 
     ids = [f"d{i}" for i in range(300)]
     actions = [(i, b'{"index":{"_id":"%s"}}\n{}\n' % i.encode()) for i in ids]
     counts = BulkWriter(send, concurrency=4, max_actions=7, backoff_base=0, sleep=lambda s: None,
-                        on_item=on_item).write(actions)
+                        on_done=on_done).write(actions)
     assert sorted(seen) == list(range(300))
     assert sum(o == "failed" for o in seen.values()) == counts.failed == 30
     assert all(seen[i] == ("failed" if ids[i].endswith("7") else "created") for i in seen)
 
 
 def test_indexed_digests_fold_in_order_and_skip_writes_that_indexed_nothing():
-    got: list[int] = []
+    got: list[str] = []
     p = AckPrefix(StreamState(), threading.Lock(), None, got.append)
     for end in (1, 2, 3, 4):
         p.action(end)
-    p.ack(1, ("stale", None, None, 11))
-    p.ack(2, ("updated", None, None, 12))
-    p.ack(3, ("failed", "x", b"dlq\n", None))
+    p.ack(1, "stale", "b")
+    p.ack(2, "updated", "c")
+    p.ack(3, ("failed", "x", b"dlq\n"))
     assert got == []
-    p.ack(0, ("created", None, None, 10))
-    assert got == [10, 12]
+    p.ack(0, "created", "a")
+    assert got == ["a", "c"]
 
 
 def test_id_digest_is_the_same_in_every_process():

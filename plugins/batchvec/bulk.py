@@ -43,6 +43,11 @@ __all__ = [
     "iter_bulk_bodies",
 ]
 
+# (seq, outcome, doc_id, the action bytes of a failed one else None, reason or None);
+# outcome is created, updated (superseded ones included), stale or failed.
+Final = tuple[int, str, str, "bytes | None", "str | None"]
+
+
 class BulkTransientError(Exception):
     """The whole `_bulk` request failed in a way worth retrying (429, 5xx, connection)."""
 
@@ -114,7 +119,7 @@ class BulkWriter:
         backoff_max: float = 30.0,
         on_failed: Callable[[str, bytes, str], None] | None = None,
         on_stale: Callable[[str], None] | None = None,
-        on_item: Callable[[int, str, str, bytes | None, str | None], None] | None = None,
+        on_done: Callable[[list[Final]], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         progress: Callable[[dict], None] | None = None,
         progress_interval: float = 5.0,
@@ -134,9 +139,9 @@ class BulkWriter:
         self.backoff_max = backoff_max
         self._on_failed = on_failed
         self._on_stale = on_stale
-        # (seq, outcome, doc_id, action of a failed one, reason) once an action's fate is
-        # final; seq = its place in the input, so a caller can tell which prefix is all done.
-        self._on_item = on_item
+        # Once per response, the actions whose fate is now final (see Final): seq is an
+        # action's place in the input, so a caller can tell which prefix is all done.
+        self._on_done = on_done
         self._sleep = sleep
         self._progress = progress
         self._progress_interval = progress_interval
@@ -273,7 +278,7 @@ class BulkWriter:
         stale: list[str] = []
         retry: list[tuple[str, bytes, str, int]] = []
         failed: list[tuple[str, bytes, str, int]] = []
-        done: list[tuple[int, str, str, None, str | None]] = []  # final, for on_item
+        done: list[Final] = []  # for on_done
         later_ok: set[str] = set()
         # Walk backwards so we know whether an id succeeds later in this same request.
         for (doc_id, start, end), seq, (outcome, reason) in zip(
@@ -308,10 +313,9 @@ class BulkWriter:
                 for doc_id in stale:
                     self._on_stale(doc_id)
         self._give_up(failed)
-        if done and self._on_item:
+        if done and self._on_done:
             with self._failed_lock:
-                for final in reversed(done):
-                    self._on_item(*final)
+                self._on_done(done)
         return retry
 
     def _give_up(self, failures: list[tuple[str, bytes, str, int]]) -> None:
@@ -323,13 +327,14 @@ class BulkWriter:
             for _, _, reason, _ in failures:
                 key = reason_key(reason)
                 counts.failed_reasons[key] = counts.failed_reasons.get(key, 0) + 1
-        if self._on_failed or self._on_item:
+        if self._on_failed or self._on_done:
             with self._failed_lock:  # callers' DLQ writers need not be thread-safe
-                for doc_id, action, reason, seq in failures:
-                    if self._on_failed:
+                if self._on_failed:
+                    for doc_id, action, reason, _ in failures:
                         self._on_failed(doc_id, action, reason)
-                    if self._on_item:
-                        self._on_item(seq, "failed", doc_id, action, reason)
+                if self._on_done:
+                    self._on_done([(seq, "failed", doc_id, action, reason)
+                                   for doc_id, action, reason, seq in failures])
 
     def _backoff(self, attempt: int, retry_after: float | None) -> None:
         """Exponential backoff with full jitter; a server's Retry-After is a floor."""

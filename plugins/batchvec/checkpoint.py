@@ -98,8 +98,9 @@ class Checkpoint:
                       "deletes": StreamState(**data["deletes"])})
 
 
-# (outcome, reason, DLQ line, id digest or None)
-Result = tuple[str, "str | None", "bytes | None", "int | None"]
+# A line's fate: "created", "updated" or "stale" (a bare string: nothing allocated for the
+# common case), or ("failed", reason, DLQ line).
+Fate = "str | tuple[str, str, bytes]"
 
 
 def id_digest(doc_id: str) -> int:
@@ -111,8 +112,8 @@ def id_digest(doc_id: str) -> int:
 class AckPrefix:
     """Lines read from one stream, in order, whose fates arrive in any order (`ack` by the
     action's place among the stream's actions); folds the contiguous final head into
-    `state` and hands its DLQ lines to `dlq` and the digests of its indexed ids to
-    `indexed`. Thread-safe with the lock given."""
+    `state` and hands its DLQ lines to `dlq` and its indexed ids to `indexed`.
+    Thread-safe with the lock given."""
 
     def __init__(self, state: StreamState, lock: threading.Lock, dlq=None,
                  indexed=None) -> None:
@@ -120,27 +121,35 @@ class AckPrefix:
         self._lock = lock
         self._dlq = dlq
         self._indexed = indexed
-        self._units: deque[list] = deque()  # [end offset, Result | None], from state.line
+        self._units: deque[list] = deque()  # [end offset, Fate | None, id], from state.line
         self._by_seq: dict[int, list] = {}
         self._seqs = 0
 
-    def line(self, end: int, result: Result) -> None:
+    def line(self, end: int, fate: Fate) -> None:
         """A line that is final as soon as read (it never became an action)."""
         with self._lock:
-            self._units.append([end, result])
+            self._units.append([end, fate, None])
             self._fold()
 
     def action(self, end: int) -> None:
         """A line that became the next action given to the writer."""
-        unit = [end, None]
+        unit = [end, None, None]
         with self._lock:
             self._units.append(unit)
             self._by_seq[self._seqs] = unit
             self._seqs += 1
 
-    def ack(self, seq: int, result: Result) -> None:
+    def ack(self, seq: int, fate: Fate, doc_id: str | None = None) -> None:
+        self.ack_many(((seq, fate, doc_id),))
+
+    def ack_many(self, acks: Iterable[tuple[int, Fate, str | None]]) -> None:
+        """Fates of actions (one response's, in any order), with the id of an indexed one
+        for `indexed`: one lock, one fold."""
         with self._lock:
-            self._by_seq.pop(seq)[1] = result
+            by_seq = self._by_seq
+            for seq, fate, doc_id in acks:
+                unit = by_seq.pop(seq)
+                unit[1], unit[2] = fate, doc_id
             self._fold()
 
     @property
@@ -150,15 +159,18 @@ class AckPrefix:
     def _fold(self) -> None:
         units, state = self._units, self.state
         while units and units[0][1] is not None:
-            end, (outcome, reason, dlq_line, digest) = units.popleft()
-            state.apply(outcome, reason)
+            end, fate, doc_id = units.popleft()
             state.line += 1
             state.offset = end
-            if dlq_line is not None and self._dlq is not None:
+            if fate.__class__ is str:
+                setattr(state, fate, getattr(state, fate) + 1)
+                if doc_id is not None and self._indexed is not None and fate != "stale":
+                    self._indexed(doc_id)  # a stale write indexed no copy
+                continue
+            outcome, reason, dlq_line = fate
+            state.apply(outcome, reason)
+            if self._dlq is not None:
                 self._dlq(dlq_line)
-            if digest is not None and self._indexed is not None and outcome in (
-                    "created", "updated"):  # a stale or failed write indexed no copy
-                self._indexed(digest)
 
 
 def iter_lines_at(chunks: Iterable[bytes], start: int = 0) -> Iterator[tuple[bytes, int]]:
@@ -268,7 +280,8 @@ class ShardProgress:
         return AckPrefix(getattr(self.cp, name), self.lock, self._dlq_write,
                          self._remember if name == "output" else None)
 
-    def _remember(self, digest: int) -> None:  # under self.lock, from AckPrefix._fold
+    def _remember(self, doc_id: str) -> None:  # under self.lock, from AckPrefix._fold
+        digest = id_digest(doc_id)
         self.ids.remember(digest)
         self._id_part.append(digest)
         if not len(self._id_part) % SPILL_EVERY:

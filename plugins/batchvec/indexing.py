@@ -206,7 +206,7 @@ def _index_output(plan: Plan, hook: OpenSearchHook, s3, physical: str, dimension
                 doc_id, action = builder(line)
             except outputs.OutputRejected as rej:
                 prefix.line(end, ("failed", f"output_{rej.reason}", checkpoint.dlq_line(
-                    rej.doc_id or f"line-{lines}", line, f"{rej.reason}: {rej}"), None))
+                    rej.doc_id or f"line-{lines}", line, f"{rej.reason}: {rej}")))
                 progress.maybe_save()
                 continue
             if progress.cp.sample_id is None:
@@ -215,12 +215,13 @@ def _index_output(plan: Plan, hook: OpenSearchHook, s3, physical: str, dimension
             progress.maybe_save()
             yield doc_id, action
 
-    def on_item(seq: int, outcome: str, doc_id: str, action, reason) -> None:
-        if outcome == "failed":
-            prefix.ack(seq, (outcome, reason_key(reason),
-                             checkpoint.dlq_line(doc_id, action, reason), None))
-        else:  # the digest counts duplicate ids (of the indexed ones) across tries
-            prefix.ack(seq, (outcome, None, None, checkpoint.id_digest(doc_id)))
+    dlq_line = checkpoint.dlq_line
+
+    def on_done(finals: list) -> None:  # indexed ids: for the duplicates, across tries
+        prefix.ack_many([
+            (seq, outcome, doc_id) if outcome != "failed" else
+            (seq, (outcome, reason_key(reason), dlq_line(doc_id, action, reason)), None)
+            for seq, outcome, doc_id, action, reason in finals])
 
     def report(p: dict) -> None:
         sent = first_sent + p.get("sent", 0)
@@ -229,7 +230,7 @@ def _index_output(plan: Plan, hook: OpenSearchHook, s3, physical: str, dimension
         log.info("shard %s: %d/%d docs sent (%.0f docs/s, %.1f MB, ETA %.0fs)", name,
                  sent, expected, rate, p.get("bytes", 0) / 1e6, eta)
 
-    counts = _writer(plan, hook, on_item=on_item, progress=report).write(actions())
+    counts = _writer(plan, hook, on_done=on_done, progress=report).write(actions())
     with progress.lock:
         state.done, state.duplicates = True, progress.ids.count()
         state.requests += counts.requests
@@ -259,11 +260,13 @@ def _delete_absent(plan: Plan, hook: OpenSearchHook, s3, physical: str, key: str
             progress.maybe_save()
             yield doc_id, head + orjson.dumps(doc_id) + tail
 
-    def on_item(seq: int, outcome: str, doc_id: str, action, reason) -> None:
-        dlq = checkpoint.dlq_line(doc_id, action, reason) if outcome == "failed" else None
-        prefix.ack(seq, (outcome, reason_key(reason) if dlq else None, dlq, None))
+    def on_done(finals: list) -> None:
+        prefix.ack_many([
+            (seq, outcome, None) if outcome != "failed" else
+            (seq, (outcome, reason_key(reason), checkpoint.dlq_line(doc_id, action, reason)),
+             None) for seq, outcome, doc_id, action, reason in finals])
 
-    counts = _writer(plan, hook, on_item=on_item).write(actions())
+    counts = _writer(plan, hook, on_done=on_done).write(actions())
     with progress.lock:
         state.done = True
         state.requests += counts.requests
