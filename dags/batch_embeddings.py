@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetAlias, Param, TriggerRule, get_current_context, task
 
-from batchvec import steps
+from batchvec import stage_steps, steps
 from batchvec.operators import BatchPredictOperator
 from batchvec.plan import param_schema
 
@@ -46,9 +46,27 @@ with DAG(
     def plan(params=None):
         return steps.make_plan(params, get_current_context())
 
+    # Staging (README: Staging at scale): list and group the input, each group in parallel,
+    # then each shard against the index, then the manifest.
+    @task
+    def list_input(plan: dict):
+        return stage_steps.list_input(plan)["groups"]
+
+    @task
+    def shard_numbers(plan: dict):  # mapped over: a task's return value, not a plan key
+        return list(range(plan["shards"]))
+
+    @task(max_active_tis_per_dagrun=8)
+    def stage_group(plan: dict, group: int):
+        return stage_steps.stage_group(plan, group)
+
+    @task(max_active_tis_per_dagrun=8)
+    def stage_shard(plan: dict, shard: int):
+        return stage_steps.stage_shard(plan, shard)
+
     @task(multiple_outputs=True)
     def stage(plan: dict):
-        return steps.stage(plan)
+        return stage_steps.stage(plan)
 
     @task(multiple_outputs=True)
     def ensure_model(plan: dict):
@@ -86,7 +104,12 @@ with DAG(
         return steps.cleanup(plan)
 
     the_plan = plan()
+    listed = list_input(the_plan)
+    grouped = stage_group.partial(plan=the_plan).expand(group=listed)
+    sharded = stage_shard.partial(plan=the_plan).expand(shard=shard_numbers(the_plan))
+    grouped >> sharded
     manifest = stage(the_plan)
+    sharded >> manifest
     model = ensure_model(the_plan)
     job = BatchPredictOperator(
         task_id="batch_predict",

@@ -190,7 +190,7 @@ def test_an_input_prefix_with_no_objects_fails_at_once(dag, airflow_env, task_er
     prefix = f"s3://{devstack.s3.bucket}/bad-input/nothing-here/"
     dagrun = run(dag, datetime(2026, 4, 2, tzinfo=UTC), {"input_uri": prefix, "index_name": "bad-empty"})
     assert dagrun.state == "failed"
-    [error] = task_errors["stage"]  # one try: a retry cannot make objects appear
+    [error] = task_errors["list_input"]  # one try: a retry cannot make objects appear
     assert str(error) == f"cannot read input_uri: no input objects under {prefix}"
     assert states(dagrun)["batch_predict"] == "upstream_failed"
     assert len(transform_jobs(devstack)) == jobs
@@ -254,7 +254,8 @@ def test_params_that_make_no_sense_fail_the_plan_with_one_message(dag, airflow_e
     assert sorted(line.strip().split(":")[0] for line in lines[1:]) == sorted(
         ["input_uri", "index_name", "bucket", "id_field/text_field", "metadata_fields"])
     after = states(dagrun)
-    assert after["stage"] == after["ensure_model"] == after["batch_predict"] == "upstream_failed"
+    assert after["list_input"] == after["stage"] == after["ensure_model"] == \
+        after["batch_predict"] == "upstream_failed"
     assert after["restore_index"] == "success"  # nothing to restore, and no crash saying so
     assert "no report: the plan task failed" in str(task_errors["report"][0])
     assert "restore_index" not in task_errors
@@ -270,11 +271,11 @@ def test_params_that_make_no_sense_fail_the_plan_with_one_message(dag, airflow_e
 def test_an_input_of_blank_lines_only_says_so():
     from airflow.sdk.exceptions import AirflowFailException
 
-    from batchvec import plan, steps
+    from batchvec import plan, stage_steps
 
     p = plan.resolve_plan({}, dag_id="d", run_id="r", ds="2026-04-06", region="us-east-1")
-    manifest = {"shards": [], "records_in": 0, "rejected": {}, "rejected_key": None,
+    manifest = {"shards": [], "records_in": 0, "rejected": {}, "rejected_keys": [],
                 "sources": [{"name": "a.jsonl"}, {"name": "b.jsonl"}]}
     with pytest.raises(AirflowFailException, match="no records in s3://batchvec/input/"
                        r"ds=2026-04-06/: its 2 file\(s\) are empty or hold only blank lines"):
-        steps._require_records(p, manifest)
+        stage_steps._require_records(p, manifest)

@@ -14,10 +14,9 @@ window. The watcher is fed the run's task instances (REST) and the stack's task 
                         so the retry must find that job and attach, not submit another
   batch_predict_resume  the batch_predict runner that resumed after the deferral
                         (execute_complete): the retry must attach to the Completed job
-  task                  any other task (plan, stage, ensure_model, check_outputs,
-                        prepare_index, restore_index, switch_alias, report, cleanup) at a
-                        random point
-                        of its process's life
+  task                  any other task (plan, list_input, stage_group, stage_shard, stage,
+                        ensure_model, check_outputs, prepare_index, restore_index,
+                        switch_alias, report, cleanup) at a random point of its process's life
   triggerer             the whole triggerer (SIGKILL) while batch_predict is deferred; a new
                         triggerer takes the trigger over (no task retry: the wait resumes)
 
@@ -40,11 +39,12 @@ MODES: dict[str, int] = {  # weights
     "task": 6,
     "triggerer": 1,
 }
-OTHER_TASKS = ("plan", "stage", "stage", "ensure_model", "check_outputs", "prepare_index",
+OTHER_TASKS = ("plan", "list_input", "stage_group", "stage_shard", "stage", "ensure_model", "check_outputs", "prepare_index",
                "restore_index", "switch_alias", "report", "cleanup")
 # Seconds a task runner process lives (its title is set after the fork, so this is parse +
 # execute), measured here; each session updates them from what it sees.
-PRIOR_SECONDS = {"plan": 1.7, "stage": 2.0, "ensure_model": 1.5, "check_outputs": 1.0,
+PRIOR_SECONDS = {"plan": 1.7, "list_input": 1.2, "stage_group": 2.0, "stage_shard": 1.2,
+                 "stage": 1.2, "ensure_model": 1.5, "check_outputs": 1.0,
                  "prepare_index": 1.4, "restore_index": 0.9, "switch_alias": 1.2, "report": 1.3, "cleanup": 1.0,
                  "batch_predict": 1.5, "batch_predict_resume": 0.7, "index_shard": 3.0}
 # A `task` kill lands in the first WINDOW_SHARE of the expected life, so a process that runs

@@ -1,21 +1,21 @@
-"""Staging's second pass: compare each staged shard with the index, keep only what changed.
+"""Staging's second pass, one task per shard: its pieces in input order, compared with the
+index, into the model's input.
 
-Pass one (``staging.stage``) writes every valid record, stamped (``changes``), to
-``staged/``. This pass reads the index's state of each shard (one scroll over its crc range)
-and writes to ``input/`` (the transform job's input) only the new and changed records;
-unchanged and superseded ones are counted. A full sync also lists, per shard, the documents
-of its source the input no longer has (``deletes/``), and refuses before anything is
-deleted when they exceed ``max_delete_ratio`` of the index.
+Pass one (``staging_groups``: one task per group of input files) writes every valid record,
+stamped (``changes``), to its shard's piece of a segment. This pass reads a shard's pieces
+in order and writes to ``input/part-<S>.jsonl`` (the transform job's input) the new and
+changed records, comparing with the index's state of the shard (one scroll over its crc
+range); unchanged and superseded ones are counted. A full sync also lists the documents of
+its source the input no longer has (``deletes/``); the run refuses before anything is deleted
+when they exceed ``max_delete_ratio`` of the index (``check_delete_ratio``).
 
 When the index has nothing to compare with (a new physical index, or ``reembed: all``
-without a full sync), pass one writes to ``input/`` directly and this pass only fills in the
-counts, so a first run pays nothing extra.
+without a full sync), the pieces are only joined: one piece is copied inside S3.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 
 import orjson
@@ -26,10 +26,6 @@ from batchvec.plan import Plan
 from batchvec.staging import shard_name
 
 log = logging.getLogger(__name__)
-
-STAGED = "staged"  # pass one's output when a diff follows
-STAGED_MANIFEST = "staged-manifest.json"
-
 
 class DeleteRefused(ValueError):
     """A full sync would delete more of the index than max_delete_ratio allows."""
@@ -57,78 +53,53 @@ def carried_records(plan: Plan, hook: OpenSearchHook, previous: str) -> Iterator
         yield f"opensearch:{previous}", n, record
 
 
-def fill_without_diff(manifest: dict) -> dict:
-    """Counts for a manifest whose shards all go to the model (no index to compare with)."""
-    for shard in manifest["shards"]:
-        shard.update(embed=shard["records"], unchanged=0, superseded=0, deletes=0)
-    return _totals(manifest)
-
-
-def diff(plan: Plan, manifest: dict, hook: OpenSearchHook, s3, index: str,
-         index_docs: int) -> dict:
-    """Pass two over every staged shard (``index_docs``: the index's count, for the delete
-    ratio); returns the final manifest (not yet written)."""
-    started = time.monotonic()
-    full = plan.sync_mode == "full"
-    numbers = {shard_name(i): i for i in range(plan.shards)}
-    shards = []
-    deletes_total = 0
-    for shard in manifest["shards"]:
-        entry = _diff_shard(plan, hook, s3, index, shard, numbers[shard["name"]], full)
-        deletes_total += entry["deletes"]
-        shards.append(entry)
-        log.info("shard %s: %d records, %d to embed, %d unchanged, %d superseded%s",
-                 shard["name"], entry["records"], entry["embed"], entry["unchanged"],
-                 entry["superseded"], f", {entry['deletes']} to delete" if full else "")
-    # A full sync needs every shard's deletes for the ratio; the input itself may be empty.
-    if full:
-        staged = {s["name"] for s in shards}
-        for name, number in numbers.items():
-            if name not in staged:
-                entry = _diff_shard(plan, hook, s3, index, {"name": name, "records": 0},
-                                    number, full)
-                if entry["deletes"]:
-                    deletes_total += entry["deletes"]
-                    shards.append(entry)
-        shards.sort(key=lambda s: s["name"])
-        if index_docs and deletes_total / index_docs > plan.max_delete_ratio:
-            raise DeleteRefused(
-                f"the full sync would delete {deletes_total:,} of the {index_docs:,} documents "
-                f"in {index} ({deletes_total / index_docs:.1%}), over max_delete_ratio "
-                f"{plan.max_delete_ratio}: nothing was deleted. If the input really is the "
-                "whole source now, rerun with a higher max_delete_ratio")
-    manifest = {**manifest, "shards": shards, "diff_seconds": round(time.monotonic() - started, 2)}
-    return _totals(manifest)
-
-
-def _diff_shard(plan: Plan, hook, s3, index: str, shard: dict, number: int, full: bool) -> dict:
+def stage_shard(plan: Plan, hook: OpenSearchHook, s3, index: str, number: int,
+                pieces: list[dict], diffing: bool) -> dict:
+    """Pass two for shard ``number``: returns its manifest row (records, embed, unchanged,
+    superseded, deletes and their keys)."""
+    name = shard_name(number)
+    records = sum(p["records"] for p in pieces)
+    full = diffing and plan.sync_mode == "full"
     # A shard the input left empty needs no state: all its own documents go (full sync).
     state = changes.load_state(hook.scan(
         index, changes.range_query(number, plan.shards),
-        includes=[f"{changes.FIELD}.fp", f"{changes.FIELD}.v"])) if shard["records"] else None
-    name = shard["name"]
+        includes=[f"{changes.FIELD}.fp", f"{changes.FIELD}.v"])) if diffing and records else None
     key = plan.key("input", name)
-    writer = s3io.S3LineWriter(s3, plan.bucket, key)
-    entry = {"name": name, "records": shard["records"]}
-    try:
-        if shard["records"]:
-            staged = plan.key(STAGED, name)
-            lines = outputs.iter_lines(s3io.iter_object_chunks(s3, plan.bucket, staged))
-            result = changes.diff_lines(lines, state, writer.write,
-                                        everything=plan.reembed == "all")
-        else:
-            result = changes.ShardDiff(seen=None)
-    except BaseException:
-        writer.abort()
-        raise
-    if result.embed:
-        writer.close()
-        entry.update(key=key, bytes=writer.bytes_written)
-    else:
-        writer.abort()
+    entry = {"name": name, "records": records, "pieces": len(pieces)}
+    if not records:
+        result = changes.ShardDiff(seen=None)
         s3.delete_object(Bucket=plan.bucket, Key=key)  # an earlier try's, now stale
+    elif not diffing and len(pieces) == 1:  # nothing to compare or join: copy
+        s3.copy_object(Bucket=plan.bucket, Key=key,
+                       CopySource={"Bucket": plan.bucket, "Key": pieces[0]["key"]})
+        result = changes.ShardDiff(records=records, embed=records)
+        entry.update(key=key, bytes=pieces[0]["bytes"])
+    else:
+        writer = s3io.S3LineWriter(s3, plan.bucket, key)
+        try:
+            lines = (line for p in pieces for line in outputs.iter_lines(
+                s3io.iter_object_chunks(s3, plan.bucket, p["key"])))
+            if diffing:
+                result = changes.diff_lines(lines, state, writer.write,
+                                            everything=plan.reembed == "all")
+            else:
+                result = changes.ShardDiff(seen=None)
+                for line in lines:
+                    writer.write(line + b"\n")
+                    result.embed += 1
+        except BaseException:
+            writer.abort()
+            raise
+        if result.embed:
+            writer.close()
+            entry.update(key=key, bytes=writer.bytes_written)
+        else:
+            writer.abort()
+            s3.delete_object(Bucket=plan.bucket, Key=key)  # an earlier try's, now stale
     entry.update(embed=result.embed, unchanged=result.unchanged,
-                 superseded=result.superseded, distinct=result.distinct, deletes=0)
+                 superseded=result.superseded, deletes=0)
+    if diffing:  # ids are only told apart against the index's state (verify.check_build)
+        entry["distinct"] = result.distinct
     deletes_key = plan.key("deletes", name)
     if full:  # this source's documents the shard no longer has (all of them if it is empty)
         own = hook.scan(index, changes.range_query(number, plan.shards, plan.source_id),
@@ -143,10 +114,24 @@ def _diff_shard(plan: Plan, hook, s3, index: str, shard: dict, number: int, full
             entry["deletes_key"] = deletes_key
     if not entry["deletes"]:
         s3.delete_object(Bucket=plan.bucket, Key=deletes_key)
+    log.info("shard %s: %d records from %d pieces, %d to embed, %d unchanged, %d superseded%s",
+             name, records, len(pieces), entry["embed"], entry["unchanged"],
+             entry["superseded"], f", {entry['deletes']} to delete" if full else "")
     return entry
 
 
-def _totals(manifest: dict) -> dict:
+def check_delete_ratio(plan: Plan, shards: list[dict], index: str, index_docs: int) -> None:
+    """A full sync needs every shard's deletes for the ratio: checked before any is sent."""
+    deletes = sum(s.get("deletes", 0) for s in shards)
+    if plan.sync_mode == "full" and index_docs and deletes / index_docs > plan.max_delete_ratio:
+        raise DeleteRefused(
+            f"the full sync would delete {deletes:,} of the {index_docs:,} documents "
+            f"in {index} ({deletes / index_docs:.1%}), over max_delete_ratio "
+            f"{plan.max_delete_ratio}: nothing was deleted. If the input really is the "
+            "whole source now, rerun with a higher max_delete_ratio")
+
+
+def totals(manifest: dict) -> dict:
     shards = manifest["shards"]
     for name in ("embed", "unchanged", "superseded", "deletes"):
         manifest[f"{name}_total"] = sum(s.get(name, 0) for s in shards)

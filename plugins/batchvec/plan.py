@@ -18,6 +18,7 @@ from batchvec.records import RESERVED_FIELDS, RecordSpec
 from batchvec.redact import scrub
 from batchvec.sources import FORMATS as INPUT_FORMATS
 from batchvec.staging import MAX_SHARDS
+from batchvec.staging_groups import MAX_STAGING_TASKS
 
 SPACE_TYPES = ("cosinesimil", "l2", "innerproduct")
 KNN_ENGINES = ("faiss", "lucene")
@@ -86,6 +87,18 @@ def param_schema() -> dict[str, dict]:
                        "missing)"},
         "shards": {"default": 0, "type": "integer", "minimum": 0, "maximum": MAX_SHARDS,
                    "description": "input shards; 0 = 2 x instance_count (at least 2)"},
+        # Staging in parallel (README: Staging at scale).
+        "staging_group_mb": {"default": 1024, "type": "number", "exclusiveMinimum": 0,
+                             "description": "input MB (as stored) per staging task; the files "
+                             "are grouped in listing order"},
+        "max_staging_tasks": {"default": 32, "type": "integer", "minimum": 1,
+                              "maximum": MAX_STAGING_TASKS,
+                              "description": "at most this many staging groups (larger groups "
+                              "past it)"},
+        "staging_commit_mb": {"default": 64, "type": "number", "minimum": 0,
+                              "description": "a staging task commits at the first file boundary "
+                              "past this many input MB, so its retry skips what it committed "
+                              "(0: after every file)"},
         "wait_timeout": {"default": 6 * 3600, "type": "integer", "minimum": 1,
                          "description": "seconds to wait for the transform job before cancelling it"},
         "max_reject_ratio": {"default": 0.01, "type": "number", "minimum": 0, "maximum": 1,
@@ -154,6 +167,9 @@ class Plan:
     max_delete_ratio: float = 0.05
     version_field: str = ""
     keep_previous_index: float = 7.0
+    staging_group_mb: float = 1024.0
+    max_staging_tasks: int = 32
+    staging_commit_mb: float = 64.0
     version: int = 0  # external version of this run's writes (its logical date, epoch s)
     model_identity: str = ""  # what the vectors depend on; names the physical index
 
@@ -244,7 +260,8 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
     if p["space_type"] not in SPACE_TYPES:
         errors.append(f"space_type: {p['space_type']!r} not one of {SPACE_TYPES}")
     for name, low, high in (("shards", 0, MAX_SHARDS), ("instance_count", 1, 100),
-                            ("wait_timeout", 1, None), ("bulk_concurrency", 1, 64)):
+                            ("wait_timeout", 1, None), ("bulk_concurrency", 1, 64),
+                            ("max_staging_tasks", 1, MAX_STAGING_TASKS)):
         value = p[name]
         if (not isinstance(value, int) or isinstance(value, bool) or value < low
                 or (high is not None and value > high)):
@@ -255,6 +272,11 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         ratio = p[name]
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
             errors.append(f"{name}: must be a number between 0 and 1, got {ratio!r}")
+            p[name] = schema[name]["default"]
+    for name, low in (("staging_group_mb", 1e-6), ("staging_commit_mb", 0)):
+        mb = p[name]
+        if isinstance(mb, bool) or not isinstance(mb, int | float) or mb < low:
+            errors.append(f"{name}: must be a number of MB >= {low:g}, got {mb!r}")
             p[name] = schema[name]["default"]
     keep = p["keep_previous_index"]
     if isinstance(keep, bool) or not isinstance(keep, int | float) or keep < 0:
@@ -315,6 +337,8 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         source_id=source_id, max_delete_ratio=float(p["max_delete_ratio"]),
         version_field=p["version_field"], keep_previous_index=float(p["keep_previous_index"]),
         version=int(version), model_identity=model_identity(spec, transform),
+        staging_group_mb=float(p["staging_group_mb"]), max_staging_tasks=p["max_staging_tasks"],
+        staging_commit_mb=float(p["staging_commit_mb"]),
     )
 
 

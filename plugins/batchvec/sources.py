@@ -92,12 +92,14 @@ class InputSet:
         s3_client: Any = None,
         spec: RecordSpec | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        files: Iterable[SourceFile] | None = None,
     ) -> None:
+        """``files``: these, already listed (a staging group's share), instead of listing."""
         self.uri, self.fmt, self.client = uri, fmt, s3_client
         self.spec = spec or RecordSpec()
         self.chunk_size = chunk_size
         self.bytes_read = 0
-        self.files = self._resolve()
+        self.files = self._resolve() if files is None else list(files)
 
     def _resolve(self) -> list[SourceFile]:
         if self.uri.startswith("s3://"):

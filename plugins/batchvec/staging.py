@@ -124,7 +124,7 @@ class _Outputs:
     """
 
     def __init__(self, client: Any, bucket: str, prefix: str, shards: int, part_size: int,
-                 pool: ThreadPoolExecutor, subdir: str = "input"):
+                 pool: ThreadPoolExecutor, subdir: str = "input", rejected_key: str | None = None):
         self.client, self.bucket, self.prefix, self.part_size = client, bucket, prefix, part_size
         self.subdir = subdir
         self.pool = pool
@@ -133,7 +133,7 @@ class _Outputs:
         self.rejected: dict[str, int] = {}
         self.first_detail: dict[str, str] = {}  # one example per reason, for messages
         self.rejects: S3LineWriter | None = None
-        self.rejected_key = join_key(prefix, "rejected", "rejected.jsonl")
+        self.rejected_key = rejected_key or join_key(prefix, "rejected", "rejected.jsonl")
 
     def open_shard(self, index: int) -> S3LineWriter:
         key = join_key(self.prefix, self.subdir, shard_name(index))
@@ -220,6 +220,7 @@ def stage(
     carried: Iterable[tuple[str, int, dict]] = (),
     subdir: str = "input",
     manifest_name: str = "manifest.json",
+    rejected_key: str | None = None,
 ) -> Manifest:
     """Validate and shard ``(source, line, payload)`` items (see ``sources``) into S3.
 
@@ -228,7 +229,8 @@ def stage(
     ``stamp`` (``changes.make_stamper``) adds each record's fingerprint block, with the
     run's ``version`` or the record's own (``version_of``: None rejects it). ``carried``
     records (from the index a model switch replaces) are staged first, each keeping the
-    version and source in its own ``batchvec`` block. Shards go under ``subdir``.
+    version and source in its own ``batchvec`` block. Shards go under ``subdir``, rejects to
+    ``rejected_key`` (default ``<prefix>/rejected/rejected.jsonl``).
     """
     spec = spec or RecordSpec(id_field, text_field, tuple(metadata_fields), max_text_bytes)
     opened_with = getattr(records_iter, "spec", None)
@@ -248,7 +250,7 @@ def stage(
     if not hasattr(records_iter, "bytes_read"):
         records_iter = _counted(records_iter, plain_bytes)
     pool = ThreadPoolExecutor(max(1, upload_threads), thread_name_prefix="stage-upload")
-    out = _Outputs(s3_client, bucket, prefix, shards, part_size, pool, subdir)
+    out = _Outputs(s3_client, bucket, prefix, shards, part_size, pool, subdir, rejected_key)
     sources = _Sources(getattr(records_iter, "files", None))
     started = time.monotonic()
 
