@@ -209,6 +209,19 @@ def test_bulk_kill_waits_for_bulk_requests_then_lands_inside_the_window(clock):
     assert rec.process_key == ("a", 7) and "mid-bulk" in rec.detail
 
 
+def test_checkpoint_kill_waits_for_the_first_checkpoint_object(clock):
+    killed: list = []
+    w = watcher(kills.KillPlan("index_shard_checkpoint", "index_shard", 0.7), killed)
+    tis = {"a": ti("a", "index_shard", map_index=1)}
+    workers = {"a": FakeProc(4)}
+    assert w.tick(tis, workers, bulk_started=9, submit_in_flight=False) is None  # none yet
+    clock.now += 5
+    assert w.tick(tis, workers, bulk_started=9, submit_in_flight=False, checkpoints=1) is None
+    rec = w.tick(tis, workers, bulk_started=9, submit_in_flight=False, checkpoints=1)
+    assert killed == [4] and rec.target == "index_shard[1]"  # at once, whatever u
+    assert "after its first checkpoint" in rec.detail
+
+
 def test_submit_kill_needs_the_request_in_flight(clock):
     killed: list = []
     w = watcher(kills.KillPlan("batch_predict_submit", "batch_predict", 0.0), killed)

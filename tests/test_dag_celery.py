@@ -1,8 +1,8 @@
 """The DAG under the CeleryExecutor, as production spreads it: a private redis-server (broker
 and result backend), two `airflow celery worker` processes, each in its own directory with its
 own AIRFLOW_HOME, TMPDIR and task logs, the scheduler and api-server on SQLite
-(include/chaos/celery_stack.py). One run over 4 shards: it succeeds and balances, and the
-index_shard tries ran on both workers (each worker names itself through
+(include/chaos/celery_stack.py). One run over 4 input files (4 staging groups) and 4 shards:
+it succeeds and balances, and the stage_group and index_shard tries ran on both workers (each worker names itself through
 `[core] hostname_callable`; the task instance's `hostname` says where a try ran).
 """
 
@@ -23,17 +23,21 @@ pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
 ALIAS = "celery-many"
 DOCS = 80
 SHARDS = 4  # > one worker's concurrency: the other worker must take some
+FILES = 4  # staging groups, as many (> one worker's concurrency too)
 DAY = "2026-02-03"
 
 
 def put_input(devstack) -> str:
+    """FILES objects under one prefix: with a tiny staging_group_mb, one staging group each."""
     rows = [json.dumps({"id": f"cel-{i}", "text": f"worker test {i}: bake bread, walk the dog"})
             for i in range(DOCS)]
     rows.insert(DOCS // 2, json.dumps({"id": "cel-bad", "text": "  "}))  # rejected: empty text
-    key = f"celery/ds={DAY}/docs.jsonl"
-    devstack.s3.client().put_object(Bucket=devstack.s3.bucket, Key=key,
-                                    Body=("\n".join(rows) + "\n").encode())
-    return f"s3://{devstack.s3.bucket}/{key}"
+    s3 = devstack.s3.client()
+    per = -(-len(rows) // FILES)
+    for f in range(FILES):
+        s3.put_object(Bucket=devstack.s3.bucket, Key=f"celery/ds={DAY}/docs-{f}.jsonl",
+                      Body=("\n".join(rows[f * per:(f + 1) * per]) + "\n").encode())
+    return f"s3://{devstack.s3.bucket}/celery/ds={DAY}/"
 
 
 def wait_run(stack: CeleryStack, run_id: str, timeout: float = 600) -> dict:
@@ -64,7 +68,8 @@ def test_the_dag_under_celery_balances_and_its_shards_run_on_both_workers(airflo
     try:
         stack.start()
         stack.trigger(run_id, {"input_uri": input_uri, "index_name": ALIAS, "shards": SHARDS,
-                               "max_reject_ratio": 0.5}, logical_date=f"{DAY}T00:00:00Z")
+                               "max_reject_ratio": 0.5, "staging_group_mb": 1e-6,
+                               "staging_commit_mb": 0}, logical_date=f"{DAY}T00:00:00Z")
         run = wait_run(stack, run_id)
         tis = stack.task_instances(run_id)
         assert run["state"] == "success", [(t["task_id"], t["map_index"], t["state"]) for t in tis]
@@ -84,13 +89,16 @@ def test_the_dag_under_celery_balances_and_its_shards_run_on_both_workers(airflo
         shards = {t["map_index"]: t["hostname"] for t in tis if t["task_id"] == "index_shard"}
         assert sorted(shards) == list(range(SHARDS))
         assert set(shards.values()) == set(WORKER_NAMES), shards
+        staged = {t["map_index"]: t["hostname"] for t in tis if t["task_id"] == "stage_group"}
+        assert sorted(staged) == list(range(FILES))
+        assert set(staged.values()) == set(WORKER_NAMES), staged
         # Each try's log is in the home of the worker that ran it, and only there.
         for index, host in shards.items():
             found = {name for name in WORKER_NAMES if list(
                 (stack.worker_dir(name) / "home" / "logs").rglob(
                     f"run_id={run_id}/task_id=index_shard/map_index={index}/*.log"))}
             assert found == {host}, (index, host, found)
-        print(f"celery: shards by worker {shards}; totals {totals}")
+        print(f"celery: staging groups by worker {staged}, shards {shards}; totals {totals}")
     finally:
         left = stack.stop()
     assert not left, left

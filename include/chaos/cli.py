@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         seed.ensure_sagemaker_model(endpoints)
         kind = CeleryStack if opts.executor == "celery" else AirflowStack
         stack = kind(root, devstack_airflow_env(endpoints), retries=opts.retries,
-                     extra_env={"BATCHVEC_BULK_MAX_ACTIONS": str(opts.bulk_max_actions)})
+                     extra_env={"BATCHVEC_BULK_MAX_ACTIONS": str(opts.bulk_max_actions),
+                                "BATCHVEC_CHECKPOINT_LINES": str(opts.checkpoint_lines)})
         (root / "chaos-stack.json").write_text(json.dumps(
             {"stack_id": stack.stack_id, "api": stack.api, "airflow_home": str(stack.home)}))
         stack.start()

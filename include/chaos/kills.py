@@ -7,6 +7,8 @@ window. The watcher is fed the run's task instances (REST) and the stack's task 
   index_shard_bulk      an index_shard runner while its bulk requests are in flight (the
                         devstack holds each `_bulk` for a while, so a shard takes several
                         requests per lane and the kill lands between / inside them)
+  index_shard_checkpoint  an index_shard runner once a shard's first checkpoint object is
+                        in S3 (runs/<key>/checkpoints/index/): the retry must resume there
   batch_predict_submit  the batch_predict runner while its `_batch_predict` request is held
                         by the devstack: the request still creates the job after the kill,
                         so the retry must find that job and attach, not submit another
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 
 MODES: dict[str, int] = {  # weights
     "index_shard_bulk": 6,
+    "index_shard_checkpoint": 3,
     "batch_predict_submit": 3,
     "batch_predict_resume": 2,
     "task": 6,
@@ -75,7 +78,8 @@ def choose(rng: random.Random, modes: list[str] | None = None, run_index: int = 
         weights = {**MODES, **(CELERY_MODES if executor == "celery" else {})}
         names = list(weights)
         mode = rng.choices(names, weights=[weights[n] for n in names])[0]
-    task = {"index_shard_bulk": "index_shard", "worker": "index_shard",
+    task = {"index_shard_bulk": "index_shard", "index_shard_checkpoint": "index_shard",
+            "worker": "index_shard",
             "batch_predict_submit": "batch_predict",
             "batch_predict_resume": "batch_predict", "triggerer": "batch_predict"}.get(mode)
     if mode.startswith("task:"):
@@ -129,8 +133,9 @@ class Watcher:
         return sorted(i for i in workers if tis.get(i, {}).get("task_id") == task_id)
 
     def tick(self, tis: dict[str, dict], workers: dict, *, bulk_started: int,
-             submit_in_flight: bool) -> KillRecord | None:
-        """`tis`: ti id -> task instance (REST); `workers`: ti id -> runner process."""
+             submit_in_flight: bool, checkpoints: int = 0) -> KillRecord | None:
+        """`tis`: ti id -> task instance (REST); `workers`: ti id -> runner process;
+        `checkpoints`: index_shard checkpoint objects of the run now in S3."""
         now = time.monotonic()
         if any(t.get("task_id") == "batch_predict" and t.get("state") == "deferred" for t in tis.values()):
             self.deferred_seen = True
@@ -155,6 +160,8 @@ class Watcher:
             if plan.mode in ("index_shard_bulk", "worker"):
                 ready = ready and bulk_started > 0
                 window = self.bulk_window
+            elif plan.mode == "index_shard_checkpoint":  # at once: the shard is still going
+                ready, window = ready and checkpoints > 0, 0.0
             elif plan.mode == "batch_predict_submit":
                 ready = ready and submit_in_flight
                 window = self.submit_window
@@ -175,6 +182,8 @@ class Watcher:
             return self._miss("it ended first")
         ti_id = alive[int(plan.u * 1e6) % len(alive)]
         detail = {"index_shard_bulk": f"mid-bulk ({bulk_started} bulk requests begun)",
+                  "index_shard_checkpoint": f"after its first checkpoint ({checkpoints} "
+                                            "shards with one in S3)",
                   "batch_predict_submit": "while its _batch_predict request was in flight",
                   "batch_predict_resume": "resumed after the deferral",
                   "task": "random point", "worker": "mid-bulk"}[plan.mode]

@@ -37,6 +37,7 @@ class Options:
     shards: int = 2
     retries: int = 3
     bulk_max_actions: int = 10
+    checkpoint_lines: int = 20  # BATCHVEC_CHECKPOINT_LINES: a shard checkpoints mid-way
     bulk_latency_ms: int = 600
     submit_latency_ms: int = 4000
     run_timeout: float = 600.0
@@ -114,6 +115,12 @@ class Services:
         except self.s3.exceptions.NoSuchKey:
             return None
         return json.loads(obj["Body"].read())
+
+    def checkpoints(self, run_key: str) -> int:
+        """Shards of the run with a checkpoint in S3 now (not their id digest parts)."""
+        resp = self.s3.list_objects_v2(Bucket=self.ep["bucket"],
+                                       Prefix=f"runs/{run_key}/checkpoints/index/")
+        return sum(o["Key"].endswith(".json") for o in resp.get("Contents", ()))
 
     def transform_jobs(self, run_key: str) -> list[dict]:
         jobs, token = [], None
@@ -208,7 +215,10 @@ class Session:
                 lives.setdefault((ti_id, proc.pid), [now, now])[1] = now
             if kill is None:
                 bulk, submit = self._fault_counts()
-                kill = watcher.tick(tis, workers, bulk_started=bulk, submit_in_flight=submit)
+                saved = (self.services.checkpoints(make_run_key("batch_embeddings", run_id))
+                         if plan.mode == "index_shard_checkpoint" else 0)
+                kill = watcher.tick(tis, workers, bulk_started=bulk, submit_in_flight=submit,
+                                    checkpoints=saved)
                 if kill is not None:
                     kill_key = kill.process_key
             time.sleep(0.1)

@@ -43,6 +43,11 @@ __all__ = [
     "iter_bulk_bodies",
 ]
 
+# (seq, outcome, doc_id, the action bytes of a failed one else None, reason or None);
+# outcome is created, updated (superseded ones included), stale or failed.
+Final = tuple[int, str, str, "bytes | None", "str | None"]
+
+
 class BulkTransientError(Exception):
     """The whole `_bulk` request failed in a way worth retrying (429, 5xx, connection)."""
 
@@ -114,6 +119,7 @@ class BulkWriter:
         backoff_max: float = 30.0,
         on_failed: Callable[[str, bytes, str], None] | None = None,
         on_stale: Callable[[str], None] | None = None,
+        on_done: Callable[[list[Final]], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         progress: Callable[[dict], None] | None = None,
         progress_interval: float = 5.0,
@@ -133,6 +139,9 @@ class BulkWriter:
         self.backoff_max = backoff_max
         self._on_failed = on_failed
         self._on_stale = on_stale
+        # Once per response, the actions whose fate is now final (see Final): seq is an
+        # action's place in the input, so a caller can tell which prefix is all done.
+        self._on_done = on_done
         self._sleep = sleep
         self._progress = progress
         self._progress_interval = progress_interval
@@ -180,23 +189,26 @@ class BulkWriter:
     def _produce(self, actions: Iterable[Action], queues: list[queue.Queue]) -> None:
         n = self.concurrency
         batchers = [Batcher(self.max_bytes, self.max_actions) for _ in range(n)]
-        for item in actions:
+        seqs: list[list[int]] = [[] for _ in range(n)]  # input positions, beside each batch
+        for seq, item in enumerate(actions):
             # crc32, not hash(): the same id goes to the same lane in every process.
             lane = zlib.crc32(item[0].encode("utf-8", "surrogatepass")) % n if n > 1 else 0
             full = batchers[lane].add(item)
             if full:
                 if self._stop.is_set():
                     return
-                self._dispatch(queues[lane], full)
-        for q, batcher in zip(queues, batchers, strict=True):
+                full_seqs, seqs[lane] = seqs[lane], []
+                self._dispatch(queues[lane], full, full_seqs)
+            seqs[lane].append(seq)
+        for q, batcher, lane_seqs in zip(queues, batchers, seqs, strict=True):
             if batcher.items and not self._stop.is_set():
-                self._dispatch(q, batcher.take())
+                self._dispatch(q, batcher.take(), lane_seqs)
 
-    def _dispatch(self, q: queue.Queue, batch: list[Action]) -> None:
+    def _dispatch(self, q: queue.Queue, batch: list[Action], seqs: list[int]) -> None:
         with self._lock:
             self._counts.sent += len(batch)
             self._counts.bytes += sum(len(action) for _, action in batch)
-        q.put(batch)
+        q.put((batch, seqs))
 
     def _fail_fast(self, exc: BaseException) -> None:
         with self._lock:
@@ -208,19 +220,19 @@ class BulkWriter:
 
     def _lane(self, q: queue.Queue) -> None:
         while True:
-            batch = q.get()
-            if batch is _END:
+            got = q.get()
+            if got is _END:
                 return
             if self._stop.is_set():
                 continue
             try:
-                self._send_batch(batch)
+                self._send_batch(*got)
             except _Stopped:
                 pass
             except BaseException as exc:  # re-raised by write()
                 self._fail_fast(exc)
 
-    def _send_batch(self, batch: list[Action]) -> None:
+    def _send_batch(self, batch: list[Action], seqs: list[int]) -> None:
         """Send one request; resend its retryable items (in order) until done or exhausted.
 
         The batch list is emptied once joined, so a lane holds one copy of its request (the
@@ -241,7 +253,7 @@ class BulkWriter:
                 attempt += 1
                 self._count(retries=len(pending))
                 continue
-            retry = self._settle(body, pending, response)
+            retry = self._settle(body, pending, seqs, response)
             if not retry:
                 return
             if attempt >= self.max_retries:
@@ -250,11 +262,12 @@ class BulkWriter:
             self._backoff(attempt, None)
             attempt += 1
             self._count(retries=len(retry))
-            body, pending = join_spans([(doc_id, action) for doc_id, action, _ in retry])
+            body, pending = join_spans([(doc_id, action) for doc_id, action, _, _ in retry])
+            seqs = [seq for *_, seq in retry]
 
     def _settle(
-        self, body: bytes, pending: list[Span], response: dict
-    ) -> list[tuple[str, bytes, str]]:
+        self, body: bytes, pending: list[Span], seqs: list[int], response: dict
+    ) -> list[tuple[str, bytes, str, int]]:
         """Count a response's outcomes; returns the items to resend, in request order."""
         items = response.get("items") if isinstance(response, dict) else None
         if not isinstance(items, list) or len(items) != len(pending):
@@ -263,12 +276,13 @@ class BulkWriter:
         outcomes = [classify_item(item) for item in items]
         created = updated = superseded = 0
         stale: list[str] = []
-        retry: list[tuple[str, bytes, str]] = []
-        failed: list[tuple[str, bytes, str]] = []
+        retry: list[tuple[str, bytes, str, int]] = []
+        failed: list[tuple[str, bytes, str, int]] = []
+        done: list[Final] = []  # for on_done
         later_ok: set[str] = set()
         # Walk backwards so we know whether an id succeeds later in this same request.
-        for (doc_id, start, end), (outcome, reason) in zip(
-            reversed(pending), reversed(outcomes), strict=True
+        for (doc_id, start, end), seq, (outcome, reason) in zip(
+            reversed(pending), reversed(seqs), reversed(outcomes), strict=True
         ):
             if outcome == "created":
                 created += 1
@@ -280,10 +294,14 @@ class BulkWriter:
                 stale.append(doc_id)
             elif outcome == "retry" and doc_id in later_ok:
                 superseded += 1  # resending it would overwrite the newer version
+                outcome = "updated"
             elif outcome == "retry":
-                retry.append((doc_id, body[start:end], reason or "retry"))
+                retry.append((doc_id, body[start:end], reason or "retry", seq))
+                continue
             else:
-                failed.append((doc_id, body[start:end], reason or "failed"))
+                failed.append((doc_id, body[start:end], reason or "failed", seq))
+                continue
+            done.append((seq, outcome, doc_id, None, reason))
         retry.reverse()
         failed.reverse()
         self._count(
@@ -295,21 +313,28 @@ class BulkWriter:
                 for doc_id in stale:
                     self._on_stale(doc_id)
         self._give_up(failed)
+        if done and self._on_done:
+            with self._failed_lock:
+                self._on_done(done)
         return retry
 
-    def _give_up(self, failures: list[tuple[str, bytes, str]]) -> None:
+    def _give_up(self, failures: list[tuple[str, bytes, str, int]]) -> None:
         if not failures:
             return
         with self._lock:
             counts = self._counts
             counts.failed += len(failures)
-            for _, _, reason in failures:
+            for _, _, reason, _ in failures:
                 key = reason_key(reason)
                 counts.failed_reasons[key] = counts.failed_reasons.get(key, 0) + 1
-        if self._on_failed:
+        if self._on_failed or self._on_done:
             with self._failed_lock:  # callers' DLQ writers need not be thread-safe
-                for doc_id, action, reason in failures:
-                    self._on_failed(doc_id, action, reason)
+                if self._on_failed:
+                    for doc_id, action, reason, _ in failures:
+                        self._on_failed(doc_id, action, reason)
+                if self._on_done:
+                    self._on_done([(seq, "failed", doc_id, action, reason)
+                                   for doc_id, action, reason, seq in failures])
 
     def _backoff(self, attempt: int, retry_after: float | None) -> None:
         """Exponential backoff with full jitter; a server's Retry-After is a floor."""

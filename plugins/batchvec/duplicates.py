@@ -58,6 +58,11 @@ class DuplicateCounter:
         self._spill = None
         self._spilled = 0
 
+    def remember_all(self, digests: bytes) -> None:
+        """Many int64 hashes at once (a resumed shard's earlier tries), spilling as needed."""
+        self._sent.frombytes(digests)
+        self.maybe_spill()
+
     def refuse(self, doc_id: str) -> None:
         self._refused.append(hash(doc_id))
 

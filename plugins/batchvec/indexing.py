@@ -12,9 +12,9 @@ import time
 
 import orjson
 
-from batchvec import bulk_load, changes, memory, outputs, s3io
-from batchvec.bulk import DEFAULT_MAX_ACTIONS, BulkCounts, BulkWriter
-from batchvec.duplicates import SPILL_EVERY, DuplicateCounter
+from batchvec import bulk_load, changes, checkpoint, memory, outputs, s3io
+from batchvec.bulk import DEFAULT_MAX_ACTIONS, BulkWriter
+from batchvec.bulk_format import reason_key
 from batchvec.opensearch_hook import OpenSearchHook
 from batchvec.plan import Plan
 
@@ -116,30 +116,12 @@ def restore_index(manifest: dict, hook: OpenSearchHook, plan: Plan) -> dict | No
     return bulk_load.leave(hook, target.physical, plan.run_key)
 
 
-class _DlqWriter:
-    """Final per-item failures, with the server's reason, as JSON lines in S3."""
-
-    def __init__(self, s3, bucket: str, key: str):
-        self._writer = s3io.S3LineWriter(s3, bucket, key)
-        self.count = 0
-
-    def __call__(self, doc_id: str, action: bytes, reason: str) -> None:
-        source = action.split(b"\n", 2)[1] if action.count(b"\n") >= 2 else action
-        self._writer.write(orjson.dumps({"_id": doc_id, "reason": reason,
-                                         "source_excerpt": source[:1024].decode(errors="replace")})
-                           + b"\n")
-        self.count += 1
-
-    def close(self) -> None:
-        if self.count:
-            self._writer.close()
-        else:
-            self._writer.abort()
-
-
 def index_shard(plan: Plan, shard: dict, hook: OpenSearchHook, s3, index: dict) -> dict:
     """Stream one shard's `.out` into the index, then its deletes (a full sync). Returns the
-    shard's accounting, also saved to S3 so the report finds it even if XCom is gone."""
+    shard's accounting, also saved to S3 so the report finds it even if XCom is gone.
+
+    Resumable: the point up to which every bulk request was acknowledged is checkpointed in
+    S3 (batchvec.checkpoint) with the counts up to it, and a retry goes on from there."""
     name, expected = shard["name"], shard.get("embed", shard["records"])
     out_key = plan.key("output", name + ".out")
     if expected and not shard.get("output_present", True):
@@ -148,96 +130,144 @@ def index_shard(plan: Plan, shard: dict, hook: OpenSearchHook, s3, index: dict) 
     memory.fix_mmap_threshold()  # 5 MB bulk bodies must not grow the heap
     started = time.monotonic()
     physical = index["index"]
-    dlq = _DlqWriter(s3, plan.bucket, plan.key("dlq", name + ".jsonl"))
+    out = s3.head_object(Bucket=plan.bucket, Key=out_key) if expected else None
+    deletes_key = shard.get("deletes_key")
+    deletes = s3.head_object(Bucket=plan.bucket, Key=deletes_key) if deletes_key else None
+    identity = {"index": physical, "version": plan.version,
+                "output": out and [out["ETag"], out["ContentLength"]],
+                "deletes": deletes and [deletes_key, deletes["ETag"]]}
+    progress = checkpoint.ShardProgress.open(
+        s3, plan.bucket, plan.key("checkpoints", "index", name + ".json"),
+        plan.key("dlq", name), name, identity)
+    cp = progress.cp
+    if progress.resumed:
+        log.info("resuming shard %s at line %d of %d (byte %d), %d already acknowledged; "
+                 "deletes at line %d", name, cp.output.line, expected, cp.output.offset,
+                 cp.output.acknowledged, cp.deletes.line)
     try:
-        counts, lines, conversion_failed, duplicates, sample = (
+        if expected:
             _index_output(plan, hook, s3, physical, index["dimension"], name, expected, out_key,
-                          dlq, started) if expected else (BulkCounts(), 0, {}, 0, None))
-        deletes = _delete_absent(plan, hook, s3, physical, shard, dlq)
-    finally:
-        dlq.close()
-    failed = dict(counts.failed_reasons)
-    for reason, n in conversion_failed.items():
-        failed[f"output_{reason}"] = failed.get(f"output_{reason}", 0) + n
-    if lines < expected:  # SageMaker wrote fewer lines than it was given
-        failed["missing_output_line"] = expected - lines
+                          out["ContentLength"], progress, started)
+        if deletes_key:
+            _delete_absent(plan, hook, s3, physical, deletes_key, deletes["ContentLength"],
+                           progress)
+        progress.finish()
+    except BaseException:
+        progress.abort()
+        raise
+    o, d = cp.output, cp.deletes
+    failed = dict(o.failed)
+    if o.line < expected:  # SageMaker wrote fewer lines than it was given
+        failed["missing_output_line"] = expected - o.line
     result = {
-        "shard": name, "records_in": shard["records"], "created": counts.created,
-        "updated": counts.updated, "unchanged": shard.get("unchanged", 0),
-        "superseded": shard.get("superseded", 0) + counts.stale, "duplicates": duplicates,
-        "rejected": {}, "failed": failed, "output_lines": lines, "sample_id": sample,
-        "seconds": round(time.monotonic() - started, 2), "bulk_requests": counts.requests,
-        "retries": counts.retries, **deletes,
+        "shard": name, "records_in": shard["records"], "created": o.created,
+        "updated": o.updated, "unchanged": shard.get("unchanged", 0),
+        "superseded": shard.get("superseded", 0) + o.stale, "duplicates": o.duplicates,
+        "rejected": {}, "failed": failed, "output_lines": o.line, "sample_id": cp.sample_id,
+        "seconds": round(time.monotonic() - started, 2),
+        "bulk_requests": o.requests + d.requests, "retries": o.retries + d.retries,
+        "deleted": d.created + d.updated, "delete_superseded": d.stale,
+        "delete_failed": sum(d.failed.values()), "checkpoints": cp.saves,
+        **({"deletes_key": deletes_key} if deletes_key else {}),
     }
     s3io.put_json(s3, plan.bucket, plan.key("reports", name + ".json"), result)
+    progress.clear()
     log.info("shard %s: %d created, %d updated, %d unchanged, %d superseded (%d duplicate ids "
-             "in the run), %d failed, %d deleted in %.1fs", name, counts.created, counts.updated,
-             result["unchanged"], result["superseded"], duplicates, sum(failed.values()),
-             deletes["deleted"], result["seconds"])
+             "in the run), %d failed, %d deleted in %.1fs", name, o.created, o.updated,
+             result["unchanged"], result["superseded"], o.duplicates, sum(failed.values()),
+             result["deleted"], result["seconds"])
     return result
 
 
+def _writer(plan: Plan, hook: OpenSearchHook, **kwargs) -> BulkWriter:
+    return BulkWriter(hook.bulk, concurrency=plan.bulk_concurrency, max_bytes=BULK_MAX_BYTES,
+                      max_actions=bulk_max_actions(), **kwargs)
+
+
 def _index_output(plan: Plan, hook: OpenSearchHook, s3, physical: str, dimension: int,
-                  name: str, expected: int, out_key: str, dlq: _DlqWriter, started: float):
+                  name: str, expected: int, out_key: str, size: int,
+                  progress: checkpoint.ShardProgress, started: float) -> None:
+    state = progress.cp.output
+    if state.done:
+        return
     builder = outputs.ActionBuilder(physical, plan.vector_field, dimension)
-    lines = 0
-    conversion_failed: dict[str, int] = {}
-    sample_id: list[str] = []
-    ids = DuplicateCounter()  # exact, in bounded memory: see duplicates.py
-    remember = ids.remember
+    prefix = progress.stream("output")
+    lines = state.line
+    start = state.offset
+    first_sent = state.acknowledged  # by earlier tries
 
     def actions():
         nonlocal lines
-        for line in outputs.iter_lines(s3io.iter_object_chunks(s3, plan.bucket, out_key)):
+        chunks = s3io.iter_object_chunks(s3, plan.bucket, out_key, start=start) \
+            if start < size else ()
+        for line, end in checkpoint.iter_lines_at(chunks, start):
             lines += 1
             try:
                 doc_id, action = builder(line)
             except outputs.OutputRejected as rej:
-                conversion_failed[rej.reason] = conversion_failed.get(rej.reason, 0) + 1
-                dlq(rej.doc_id or f"line-{lines}", line, f"{rej.reason}: {rej}")
+                prefix.line(end, ("failed", f"output_{rej.reason}", checkpoint.dlq_line(
+                    rej.doc_id or f"line-{lines}", line, f"{rej.reason}: {rej}")))
+                progress.maybe_save()
                 continue
-            if not sample_id:
-                sample_id.append(doc_id)
-            remember(hash(doc_id))
-            if not lines % SPILL_EVERY:
-                ids.maybe_spill()
+            if progress.cp.sample_id is None:
+                progress.cp.sample_id = doc_id
+            prefix.action(end)
+            progress.maybe_save()
             yield doc_id, action
 
-    def refused(doc_id: str, action: bytes, reason: str) -> None:
-        ids.refuse(doc_id)
-        dlq(doc_id, action, reason)
+    dlq_line = checkpoint.dlq_line
 
-    def progress(p: dict) -> None:
+    def on_done(finals: list) -> None:  # indexed ids: for the duplicates, across tries
+        prefix.ack_many([
+            (seq, outcome, doc_id) if outcome != "failed" else
+            (seq, (outcome, reason_key(reason), dlq_line(doc_id, action, reason)), None)
+            for seq, outcome, doc_id, action, reason in finals])
+
+    def report(p: dict) -> None:
+        sent = first_sent + p.get("sent", 0)
         rate = p.get("sent", 0) / max(time.monotonic() - started, 1e-6)
-        eta = (expected - p.get("sent", 0)) / rate if rate else float("inf")
+        eta = (expected - sent) / rate if rate else float("inf")
         log.info("shard %s: %d/%d docs sent (%.0f docs/s, %.1f MB, ETA %.0fs)", name,
-                 p.get("sent", 0), expected, rate, p.get("bytes", 0) / 1e6, eta)
+                 sent, expected, rate, p.get("bytes", 0) / 1e6, eta)
 
-    # A stale write (a newer version stands) indexed nothing: not a copy for the duplicates.
-    writer = BulkWriter(hook.bulk, concurrency=plan.bulk_concurrency, max_bytes=BULK_MAX_BYTES,
-                        max_actions=bulk_max_actions(), on_failed=refused, on_stale=ids.refuse,
-                        progress=progress)
-    counts = writer.write(actions())
-    return counts, lines, conversion_failed, ids.count(), sample_id[0] if sample_id else None
+    counts = _writer(plan, hook, on_done=on_done, progress=report).write(actions())
+    with progress.lock:
+        state.done, state.duplicates = True, progress.ids.count()
+        state.requests += counts.requests
+        state.retries += counts.retries
+    if progress.cp.identity.get("deletes"):  # a kill in the deletes re-sends none of this
+        progress.save()
 
 
-def _delete_absent(plan: Plan, hook: OpenSearchHook, s3, physical: str, shard: dict,
-                   dlq: _DlqWriter) -> dict:
+def _delete_absent(plan: Plan, hook: OpenSearchHook, s3, physical: str, key: str, size: int,
+                   progress: checkpoint.ShardProgress) -> None:
     """A full sync's deletes for this shard, versioned like writes: a document a newer run
     wrote is not deleted by an older snapshot (counted in delete_superseded)."""
-    key = shard.get("deletes_key")
-    if not key:
-        return {"deleted": 0, "delete_superseded": 0, "delete_failed": 0}
+    state = progress.cp.deletes
+    if state.done:
+        return
+    prefix = progress.stream("deletes")
+    start = state.offset
     head = b'{"delete":{"_index":' + orjson.dumps(physical) + b',"_id":'
     tail = b',"version":%d,"version_type":"external_gte"}}\n' % plan.version
 
     def actions():
-        for line in outputs.iter_lines(s3io.iter_object_chunks(s3, plan.bucket, key)):
+        chunks = s3io.iter_object_chunks(s3, plan.bucket, key, start=start) \
+            if start < size else ()
+        for line, end in checkpoint.iter_lines_at(chunks, start):
             doc_id = orjson.loads(line)["_id"]
+            prefix.action(end)
+            progress.maybe_save()
             yield doc_id, head + orjson.dumps(doc_id) + tail
 
-    writer = BulkWriter(hook.bulk, concurrency=plan.bulk_concurrency, max_bytes=BULK_MAX_BYTES,
-                        max_actions=bulk_max_actions(), on_failed=dlq)
-    counts = writer.write(actions())
-    return {"deleted": counts.created + counts.updated, "delete_superseded": counts.stale,
-            "delete_failed": counts.failed, "deletes_key": key}
+    def on_done(finals: list) -> None:
+        prefix.ack_many([
+            (seq, outcome, None) if outcome != "failed" else
+            (seq, (outcome, reason_key(reason), checkpoint.dlq_line(doc_id, action, reason)),
+             None) for seq, outcome, doc_id, action, reason in finals])
+
+    counts = _writer(plan, hook, on_done=on_done).write(actions())
+    with progress.lock:
+        state.done = True
+        state.requests += counts.requests
+        state.retries += counts.retries

@@ -169,10 +169,12 @@ class S3LineWriter:
 
 
 def iter_object_chunks(
-    client: Any, bucket: str, key: str, chunk_size: int = DEFAULT_CHUNK_SIZE
+    client: Any, bucket: str, key: str, chunk_size: int = DEFAULT_CHUNK_SIZE, start: int = 0
 ) -> Iterator[bytes]:
-    """The object's bytes in chunks of at most ``chunk_size``, streamed from one GET."""
-    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    """The object's bytes from ``start`` in chunks of at most ``chunk_size``, streamed from
+    one GET (a ranged one past 0, so a resumed reader does not fetch what it skips)."""
+    extra = {"Range": f"bytes={start}-"} if start else {}
+    body = client.get_object(Bucket=bucket, Key=key, **extra)["Body"]
     try:
         while chunk := body.read(chunk_size):
             yield chunk
