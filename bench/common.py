@@ -142,3 +142,10 @@ def cpu_time() -> float:
 def free_disk_bytes(path: Path) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
+
+
+def bench_spec():
+    """The records write_input makes: id, text and the metadata field lang."""
+    from batchvec.records import RecordSpec
+
+    return RecordSpec("id", "text", ("lang",))

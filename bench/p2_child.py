@@ -16,6 +16,7 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     from batchvec import sources, staging
+    from bench.common import bench_spec
     from bench.stack import s3_client
 
     path, endpoints_file, prefix = argv
@@ -24,9 +25,9 @@ def main(argv: list[str]) -> int:
     s3.head_bucket(Bucket=endpoints["bucket"])  # connected before the clock starts
     print("ready", flush=True)
     sys.stdin.readline()
-    manifest = staging.stage(sources.open_input(path, s3_client=s3), s3_client=s3,
-                             bucket=endpoints["bucket"], prefix=prefix, shards=2,
-                             metadata_fields=("lang",))
+    spec = bench_spec()
+    manifest = staging.stage(sources.open_input(path, s3_client=s3, spec=spec), s3_client=s3,
+                             bucket=endpoints["bucket"], prefix=prefix, shards=2, spec=spec)
     print(json.dumps({"accepted": manifest.accepted, "rejected": manifest.rejected_total}))
     return 0
 

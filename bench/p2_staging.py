@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Row, interleaved, write_input
+from bench.common import Row, bench_spec, interleaved, write_input
 from bench.stack import REPO, devstack, python_env, s3_client
 
 TASKS = 2  # parallel staging tasks: this machine's cores
@@ -29,8 +29,9 @@ SHARDS = 2  # the DAG's default for one SageMaker instance
 def stage_ours(s3, bucket: str, path: Path, prefix: str) -> dict:
     from batchvec import sources, staging
 
-    manifest = staging.stage(sources.open_input(str(path), s3_client=s3), s3_client=s3,
-                             bucket=bucket, prefix=prefix, shards=SHARDS, metadata_fields=("lang",))
+    spec = bench_spec()
+    manifest = staging.stage(sources.open_input(str(path), s3_client=s3, spec=spec),
+                             s3_client=s3, bucket=bucket, prefix=prefix, shards=SHARDS, spec=spec)
     return {"accepted": manifest.accepted, "rejected": manifest.rejected_total}
 
 

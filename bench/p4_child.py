@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import OutLines
+from bench.common import OutLines, bench_spec
 
 
 def rss_mb() -> float:
@@ -49,12 +49,13 @@ def stage(path: str, endpoints: dict) -> dict:
 
     s3 = s3_of(endpoints)
     baseline = rss_mb()
-    source = sources.open_input(path, s3_client=s3)
+    spec = bench_spec()
+    source = sources.open_input(path, s3_client=s3, spec=spec)
     total = sum(f.size for f in source.files)
     log = logging.getLogger("batchvec.steps")
     manifest = staging.stage(
         source, s3_client=s3, bucket=endpoints["bucket"], prefix=f"bench-p4/{Path(path).stem}",
-        shards=2, metadata_fields=("lang",),
+        shards=2, spec=spec,
         progress=lambda p: log.info("staging: %s", staging.progress_line(p, total)))
     return {"baseline_mb": baseline, "records": manifest.records_in}
 
