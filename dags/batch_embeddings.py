@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, AssetAlias, Param, TriggerRule, get_current_context, task
 
 from batchvec import stage_steps, steps
+from batchvec.executors import executor_config  # pod resources under Kubernetes, else {}
 from batchvec.operators import BatchPredictOperator
 from batchvec.plan import param_schema
 
@@ -57,11 +58,11 @@ with DAG(
     def shard_numbers(plan: dict):  # mapped over: a task's return value, not a plan key
         return list(range(plan["shards"]))
 
-    @task(max_active_tis_per_dagrun=8)
+    @task(max_active_tis_per_dagrun=8, executor_config=executor_config("stage_group"))
     def stage_group(plan: dict, group: int):
         return stage_steps.stage_group(plan, group)
 
-    @task(max_active_tis_per_dagrun=8)
+    @task(max_active_tis_per_dagrun=8, executor_config=executor_config("stage_shard"))
     def stage_shard(plan: dict, shard: int):
         return stage_steps.stage_shard(plan, shard)
 
@@ -83,7 +84,7 @@ with DAG(
     def prepare_index(plan: dict, manifest: dict, shards: list):
         return steps.prepare_index(plan, manifest, shards)
 
-    @task(max_active_tis_per_dagrun=4)
+    @task(max_active_tis_per_dagrun=4, executor_config=executor_config("index_shard"))
     def index_shard(plan: dict, index: dict, shard: dict):
         return steps.index_shard(plan, shard, index)
 
@@ -123,6 +124,7 @@ with DAG(
         wait_timeout=the_plan["wait_timeout"],
         records_to_embed=manifest["embed_total"],
         poll_interval=float(os.environ.get("BATCHVEC_POLL_INTERVAL", 30)),
+        executor_config=executor_config("batch_predict"),
     )
     manifest >> job
     shards = check_outputs(the_plan, manifest)

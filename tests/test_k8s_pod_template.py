@@ -15,7 +15,7 @@ from tests.compose_helpers import AIRFLOW_VERSION, ROOT, interpolate
 
 TEMPLATE = ROOT / "include" / "k8s" / "pod_template.yaml"
 # README, Benchmarks P4: peak RSS of the task process at 10M records, MB.
-MEASURED_RSS_MB = {"stage": 108, "index_shard": 235}
+MEASURED_RSS_MB = {"stage_group": 108, "index_shard": 235}
 
 
 def mebibytes(quantity: str) -> float:
@@ -67,8 +67,19 @@ def test_executor_config_is_empty_off_kubernetes(monkeypatch) -> None:
 
 
 def test_executor_config_under_kubernetes(monkeypatch) -> None:
-    pytest.importorskip("kubernetes")  # the cncf.kubernetes provider's client
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "KubernetesExecutor")
     override = executors.executor_config("index_shard")["pod_override"]
     assert override.spec.containers[0].name == "base"
     assert override.spec.containers[0].resources.limits == {"memory": "1Gi"}
+
+
+def test_the_dags_heavy_tasks_ask_for_their_resources_under_kubernetes(monkeypatch) -> None:
+    from tests.dag_helpers import load_dag
+
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "KubernetesExecutor")
+    dag = load_dag()
+    for task_id in ("stage_group", "stage_shard", "index_shard", "batch_predict"):
+        [base] = dag.get_task(task_id).executor_config["pod_override"].spec.containers
+        assert base.name == "base"
+        assert base.resources.requests == executors.RESOURCES[task_id]["requests"], task_id
+    assert not dag.get_task("plan").executor_config  # the template's defaults

@@ -3,8 +3,8 @@ include/k8s/pod_template.yaml), as `executor_config` for the DAG's tasks.
 
 Sized from the bench (README, Benchmarks P4: peak RSS of a task process, Airflow's and
 boto3's imports included): staging 103-108 MB and indexing 218-235 MB from 100k to 10M
-records, flat; the pod also holds the task's supervisor. `stage` and `index_shard` are
-CPU-bound in one Python thread (JSON parse/dump at ~100 MB/s), so one core each; index_shard
+records, flat; the pod also holds the task's supervisor. `stage_group`, `stage_shard` and
+`index_shard` are CPU-bound in one Python thread (JSON parse/dump at ~100 MB/s), so one core each; index_shard
 also waits on the network (bulk requests over 4 lanes). `batch_predict` defers: its pod exits
 while the triggerer waits on the job and a new one resumes for a second, so it asks for
 little. Other tasks take the template's defaults. Under the Local or Celery executor the
@@ -18,7 +18,9 @@ from typing import Any
 # requests / limits of the pod's `base` container. No CPU limit: throttling a CPU-bound
 # JSON loop only makes it slower; memory limits bound a runaway task.
 RESOURCES: dict[str, dict[str, dict[str, str]]] = {
-    "stage": {"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+    "stage_group": {"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+    # Pass two holds its shard's index state (24 bytes a document) besides the part buffer.
+    "stage_shard": {"requests": {"cpu": "1", "memory": "768Mi"}, "limits": {"memory": "2Gi"}},
     "index_shard": {"requests": {"cpu": "1", "memory": "640Mi"}, "limits": {"memory": "1Gi"}},
     "batch_predict": {"requests": {"cpu": "100m", "memory": "384Mi"},
                       "limits": {"memory": "512Mi"}},
