@@ -22,7 +22,7 @@ import os
 import threading
 from array import array
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -171,40 +171,6 @@ class AckPrefix:
             state.apply(outcome, reason)
             if self._dlq is not None:
                 self._dlq(dlq_line)
-
-
-def iter_lines_at(chunks: Iterable[bytes], start: int = 0) -> Iterator[tuple[bytes, int]]:
-    """Like outputs.iter_lines (non-blank lines, LF or CRLF), each with the byte offset just
-    past it, counting from `start` (where the chunks begin in the object)."""
-    pos = start
-    pending: list[bytes] = []
-    for chunk in chunks:
-        if not chunk:
-            continue
-        parts = chunk.split(b"\n")
-        if len(parts) == 1:
-            pending.append(chunk)
-            continue
-        last = parts.pop()
-        if pending:
-            pending.append(parts[0])
-            parts[0] = b"".join(pending)
-            pending = []
-        for part in parts:
-            pos += len(part) + 1
-            if part[-1:] == b"\r":
-                part = part[:-1]
-            if part:
-                yield part, pos
-        if last:
-            pending.append(last)
-    if pending:
-        tail = b"".join(pending)
-        pos += len(tail)
-        if tail[-1:] == b"\r":
-            tail = tail[:-1]
-        if tail:
-            yield tail, pos
 
 
 def dlq_line(doc_id: str, action: bytes, reason: str) -> bytes:

@@ -200,7 +200,7 @@ def _index_output(plan: Plan, hook: OpenSearchHook, s3, physical: str, dimension
         nonlocal lines
         chunks = s3io.iter_object_chunks(s3, plan.bucket, out_key, start=start) \
             if start < size else ()
-        for line, end in checkpoint.iter_lines_at(chunks, start):
+        for line, end in outputs.iter_lines_at(chunks, start):
             lines += 1
             try:
                 doc_id, action = builder(line)
@@ -254,7 +254,7 @@ def _delete_absent(plan: Plan, hook: OpenSearchHook, s3, physical: str, key: str
     def actions():
         chunks = s3io.iter_object_chunks(s3, plan.bucket, key, start=start) \
             if start < size else ()
-        for line, end in checkpoint.iter_lines_at(chunks, start):
+        for line, end in outputs.iter_lines_at(chunks, start):
             doc_id = orjson.loads(line)["_id"]
             prefix.action(end)
             progress.maybe_save()
