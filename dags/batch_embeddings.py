@@ -10,16 +10,26 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, AssetAlias, Param, TriggerRule, get_current_context, task
+from airflow.sdk import (
+    DAG,
+    AssetAlias,
+    Param,
+    TriggerRule,
+    get_current_context,
+    task,
+    task_group,
+)
 
 from batchvec import stage_steps, steps
 from batchvec.executors import executor_config  # pod resources under Kubernetes, else {}
+from batchvec.job_waits import IndexSensor, ShardOutputSensor
 from batchvec.operators import BatchPredictOperator
 from batchvec.plan import param_schema
 
 # Each run's report adds an event for the index it wrote, opensearch://<host>/<index>;
 # schedule on this alias for every index, or on that Asset for one (README).
 INDEX_ALIAS = AssetAlias("batch_embeddings_index")
+POLL_INTERVAL = float(os.environ.get("BATCHVEC_POLL_INTERVAL", 30))
 
 
 def _params() -> dict[str, Param]:
@@ -54,9 +64,18 @@ with DAG(
     def list_input(plan: dict):
         return stage_steps.list_input(plan)["groups"]
 
+    # Mapped over: a task's return value, not a key of the plan's or the manifest's.
     @task
-    def shard_numbers(plan: dict):  # mapped over: a task's return value, not a plan key
+    def shard_numbers(plan: dict):
         return list(range(plan["shards"]))
+
+    @task
+    def job_list(manifest: dict):  # batch_predict's kwargs per job group
+        return manifest["jobs"]
+
+    @task
+    def shard_list(manifest: dict):
+        return manifest["shards"]
 
     @task(max_active_tis_per_dagrun=8, executor_config=executor_config("stage_group"))
     def stage_group(plan: dict, group: int):
@@ -74,19 +93,17 @@ with DAG(
     def ensure_model(plan: dict):
         return steps.ensure_model(plan)
 
-    # After a failed job too: the files it did transform are indexed (steps.check_outputs).
-    @task(trigger_rule=TriggerRule.ALL_DONE)
-    def check_outputs(plan: dict, manifest: dict):
-        job = get_current_context()["ti"].xcom_pull(task_ids="batch_predict")
-        return steps.check_outputs(plan, manifest, job)
-
-    @task
-    def prepare_index(plan: dict, manifest: dict, shards: list):
-        return steps.prepare_index(plan, manifest, shards)
-
     @task(max_active_tis_per_dagrun=4, executor_config=executor_config("index_shard"))
     def index_shard(plan: dict, index: dict, shard: dict):
         return steps.index_shard(plan, shard, index)
+
+    # Jobs per group of shards (README: Jobs per shard group): each shard waits for its own
+    # group's job only (after a Failed one too: the files it did transform are indexed).
+    @task_group(prefix_group_id=False)
+    def each_shard(plan: dict, index: dict, shard: dict):
+        checked = ShardOutputSensor(task_id="check_outputs", plan=plan, item=shard,
+                                    poll_interval=POLL_INTERVAL)
+        return index_shard(plan, index, checked.output)
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def restore_index(plan: dict, manifest: dict):
@@ -113,28 +130,25 @@ with DAG(
     manifest = stage(the_plan)
     sharded >> manifest
     model = ensure_model(the_plan)
-    job = BatchPredictOperator(
+    jobs = BatchPredictOperator.partial(
         task_id="batch_predict",
         model_id=model["model_id"],
-        run_key=the_plan["run_key"],
-        input_s3_uri=the_plan["staged_input_uri"],
         output_s3_uri=the_plan["output_uri"],
         content_type=the_plan["content_type"],
         accept=the_plan["accept"],
         wait_timeout=the_plan["wait_timeout"],
-        records_to_embed=manifest["embed_total"],
-        poll_interval=float(os.environ.get("BATCHVEC_POLL_INTERVAL", 30)),
+        max_parallel_jobs=the_plan["max_parallel_jobs"],
+        poll_interval=POLL_INTERVAL,
         executor_config=executor_config("batch_predict"),
-    )
-    manifest >> job
-    shards = check_outputs(the_plan, manifest)
-    job >> shards
-    index = prepare_index(the_plan, manifest, shards)
-    indexed = index_shard.partial(plan=the_plan, index=index).expand(shard=shards)
+    ).expand_kwargs(job_list(manifest))  # job_group, run_key, input_s3_uri, records_to_embed
+    # The index is made as soon as the first group's job ended.
+    index = IndexSensor(task_id="prepare_index", plan=the_plan, item=manifest,
+                        poll_interval=POLL_INTERVAL).output
+    indexed = each_shard.partial(plan=the_plan, index=index).expand(shard=shard_list(manifest))
     restored = restore_index(the_plan, manifest)
     indexed >> restored
     switched = switch_alias(the_plan, manifest, index)
     [indexed, restored] >> switched  # served with its own replicas and refresh interval back
     done = report(the_plan, manifest)
-    switched >> done
+    [jobs, switched] >> done
     done >> cleanup(the_plan)

@@ -190,6 +190,44 @@ def test_transient_errors_exhausted_raise_instead_of_dead_lettering() -> None:
     assert len(rec.sleeps) == 2 and all(s <= 30.0 for s in rec.sleeps)
 
 
+def _throttling(cluster: FakeCluster, refusals: int, now: list[float]):
+    """`send` refusing the first `refusals` requests with 429, as indexing pressure does."""
+    left = [refusals]
+
+    def send(body: bytes) -> dict:
+        if left[0]:
+            left[0] -= 1
+            raise BulkTransientError("bulk 429 rejected_execution_exception: "
+                                     "coordinating_and_primary_bytes", throttled=True)
+        return cluster.send(body)
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+    return send, sleep
+
+
+def test_429_pressure_backs_off_past_max_retries_within_the_throttle_window() -> None:
+    cluster, now = FakeCluster(), [0.0]
+    send, sleep = _throttling(cluster, 20, now)
+    writer = BulkWriter(send, concurrency=1, max_retries=3, backoff_max=30.0,
+                        throttle_window=900.0, sleep=sleep, clock=lambda: now[0],
+                        rng=random.Random(0))
+    counts = writer.write([_action("a", 1), _action("b", 2)])
+    assert cluster.store == {"a": 1, "b": 2} and counts.requests == 21
+    assert now[0] < 900.0  # 20 refusals fit in the window; a 503 stops after 3 retries
+
+
+def test_429_pressure_past_the_throttle_window_raises() -> None:
+    cluster, now = FakeCluster(), [0.0]
+    send, sleep = _throttling(cluster, 10_000, now)
+    writer = BulkWriter(send, concurrency=1, max_retries=3, backoff_max=30.0,
+                        throttle_window=120.0, sleep=sleep, clock=lambda: now[0],
+                        rng=random.Random(0))
+    with pytest.raises(BulkUnavailable, match="429 rejected_execution"):
+        writer.write([_action("a", 1)])
+    assert 120.0 <= now[0] < 120.0 + 30.0 and cluster.store == {}
+
+
 def test_unexpected_send_error_fails_fast_and_stops_reading() -> None:
     consumed = 0
 

@@ -81,6 +81,18 @@ def test_transform_hours_follow_shards_per_instance():
     assert estimates.transform_estimate(0, 2, 1, 100.0)["wall_s"] == 0
 
 
+def test_jobs_per_shard_group_run_max_parallel_at_once():
+    # 4 shards of 2,500, at most 5,000 records a job: 2 jobs of 2 shards, 25 s each on 2
+    # instances; one at a time they take 50 s, two at once 25 s; billed alike
+    one = estimates.transform_estimate(10_000, 4, 2, 100.0, 5_000, 64, 1)
+    two = estimates.transform_estimate(10_000, 4, 2, 100.0, 5_000, 64, 2)
+    assert (one["jobs"], one["parallel"], one["wall_s"]) == (2, 1, 50.0)
+    assert (two["jobs"], two["parallel"], two["wall_s"]) == (2, 2, 25.0)
+    assert one["instance_hours"] == two["instance_hours"] == round(100 / 3600, 3)
+    assert estimates.transform_estimate(10_000, 4, 2, 100.0, 1, 3, 8)["jobs"] == 3  # max_jobs
+    assert estimates.transform_estimate(0, 4, 2, 100.0, 5_000)["jobs"] == 0  # nothing to embed
+
+
 def test_staging_and_indexing_time():
     st = estimates.staging_estimate([200e6, 100e6], 50.0)
     assert (st["parallel_s"], st["serial_s"]) == (4.0, 6.0)

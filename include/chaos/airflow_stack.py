@@ -68,6 +68,7 @@ def airflow_env(home: Path, api_port: int, devstack_env: dict[str, str], stack_i
         "BATCHVEC_RETRIES": str(retries),
         "BATCHVEC_RETRY_DELAY": "1",
         "BATCHVEC_POLL_INTERVAL": "1",
+        "BATCHVEC_JOB_WAIT": "defer",  # a real triggerer: waits on jobs deferred, as deployed
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     })

@@ -7,6 +7,8 @@ Fault names (each a dict; `count` = how many times it fires, -1 = until cleared)
   sagemaker_throttle     {count}            CreateTransformJob -> ThrottlingException (through
                                             ML Commons: 400 remote_connector_throttling_exception)
   fail_job               {count, reason}    next transform job(s) end Failed with reason
+                                            (the job faults also take `name_regex`: only
+                                            jobs whose name it matches whole)
   stall_job              {count}            next job(s) stay InProgress until stopped
   hold_job               {count, after_files}  next job(s) pause, InProgress, once `after_files`
                                             (default 0) input files are done, for as long as the
@@ -109,8 +111,9 @@ def _consume(spec: dict) -> bool:
     return True
 
 
-def take(name: str) -> dict | None:
-    """Consume one firing of a counted fault; returns its spec (before consuming) or None."""
+def take(name: str, subject: str | None = None) -> dict | None:
+    """Consume one firing of a counted fault; returns its spec (before consuming) or None.
+    A spec with `name_regex` fires only for a `subject` (a job name) it matches whole."""
     path = _file(None)
     if path is None or not path.exists():  # fast path: no faults configured
         return None
@@ -119,6 +122,9 @@ def take(name: str) -> dict | None:
         if not isinstance(spec, dict):
             return None
         fired = dict(spec)
+        pattern = spec.get("name_regex")
+        if pattern is not None and (subject is None or not re.fullmatch(pattern, subject)):
+            return None
         if not _consume(spec):
             return None
         return fired

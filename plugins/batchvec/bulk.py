@@ -51,9 +51,11 @@ Final = tuple[int, str, str, "bytes | None", "str | None"]
 class BulkTransientError(Exception):
     """The whole `_bulk` request failed in a way worth retrying (429, 5xx, connection)."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None,
+                 throttled: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.throttled = throttled  # a 429: the cluster asks us to slow down, not failing
 
 
 class BulkUnavailable(RuntimeError):
@@ -117,6 +119,7 @@ class BulkWriter:
         max_retries: int = 8,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        throttle_window: float = 900.0,
         on_failed: Callable[[str, bytes, str], None] | None = None,
         on_stale: Callable[[str], None] | None = None,
         on_done: Callable[[list[Final]], None] | None = None,
@@ -137,6 +140,9 @@ class BulkWriter:
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        # A whole request refused with 429 (indexing pressure: every lane of every shard
+        # indexing at once) backs off for up to this many seconds, past max_retries.
+        self.throttle_window = throttle_window
         self._on_failed = on_failed
         self._on_stale = on_stale
         # Once per response, the actions whose fate is now final (see Final): seq is an
@@ -241,12 +247,16 @@ class BulkWriter:
         body, pending = join_spans(batch)
         batch.clear()
         attempt = 0
+        throttled_since = None
         while pending:
             try:
                 response = self._send(body)
             except BulkTransientError as exc:
                 self._count(requests=1)
-                if attempt >= self.max_retries:
+                if exc.throttled:
+                    throttled_since = throttled_since or self._clock()
+                within = exc.throttled and self._clock() - throttled_since < self.throttle_window
+                if attempt >= self.max_retries and not within:
                     raise BulkUnavailable(
                         f"bulk request failed {attempt + 1} times, last: {exc}") from None
                 self._backoff(attempt, exc.retry_after)

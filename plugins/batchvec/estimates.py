@@ -116,14 +116,27 @@ def estimate_records(sizes: list[int], samples: dict[int, Sample]) -> dict:
             "inflate_ratio": round(ratio, 2)}
 
 
-def transform_estimate(records: int, shards: int, instances: int, rate: float) -> dict:
-    """One batch transform job: SageMaker hands whole input files (shards) to instances, so
-    the busiest instance has ceil(shards / instances) shards, and every instance is billed
-    until the job ends (start-up, minutes on SageMaker, not included)."""
+def transform_estimate(records: int, shards: int, instances: int, rate: float,
+                       max_records_per_job: int = 0, max_jobs: int = 1,
+                       parallel: int = 1) -> dict:
+    """The transform jobs per group of shards (job_groups, shards of equal records). A job
+    hands whole input files (shards) to its instances, so its busiest instance has
+    ceil(shards / instances) of them, and all of them are billed until it ends; `parallel`
+    jobs run at once, each next one as soon as one ends (start-up, minutes on SageMaker, not
+    included)."""
+    from batchvec import job_groups
+
     per_shard = records / shards if shards else 0
-    wall = math.ceil(shards / instances) * per_shard / rate if records else 0.0
-    return {"jobs": 1, "instances": instances, "busy_instances": min(instances, shards),
-            "wall_s": round(wall, 1), "instance_hours": round(wall * instances / 3600, 3)}
+    groups = job_groups.group_shards([(str(i), per_shard) for i in range(shards)],
+                                     max_records_per_job or max(1, records), max_jobs)
+    walls = [math.ceil(len(g) / instances) * per_shard / rate for g in groups]
+    lanes = [0.0] * max(1, min(parallel, len(walls)))
+    for wall in walls:
+        lanes[lanes.index(min(lanes))] += wall
+    return {"jobs": len(groups), "parallel": len(lanes), "instances": instances,
+            "busy_instances": min(instances, max((len(g) for g in groups), default=0)),
+            "wall_s": round(max(lanes), 1),
+            "instance_hours": round(sum(walls) * instances / 3600, 3)}
 
 
 def staging_estimate(group_bytes: list[float], rate_mb_s: float) -> dict:

@@ -369,7 +369,8 @@ class OpenSearchHook(BaseHook):
             err_type, reason = parse_error(resp.status_code, resp.content)
             retry_after = resp.headers.get("Retry-After")
             raise BulkTransientError(scrub(f"bulk {resp.status_code} {err_type}: {reason}"),
-                                     retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None)
+                                     retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+                                     throttled=resp.status_code == 429)
         if resp.status_code >= 300:
             err_type, reason = self._parse_error(resp.status_code, resp.content)
             raise OpenSearchError(resp.status_code, err_type, reason, "POST", "/_bulk")

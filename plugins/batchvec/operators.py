@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import BaseOperator
 
-from batchvec import mlcommons, naming
+from batchvec import job_groups, mlcommons, naming
 from batchvec.connectors import KeyRefresher
 from batchvec.opensearch_hook import OpenSearchHook
 from batchvec.redact import scrub
@@ -25,6 +26,7 @@ from batchvec.triggers import BatchJobTrigger, cancel_job, describe_transform_jo
 
 log = logging.getLogger(__name__)
 MAX_JOB_ATTEMPTS = 20
+INPUT_DATA_TYPES = ("S3Prefix", "ManifestFile")
 
 
 class BatchJobFailed(Exception):
@@ -33,12 +35,16 @@ class BatchJobFailed(Exception):
 
 def transform_parameters(job_name: str, input_s3_uri: str, output_s3_uri: str,
                          content_type: str = "application/jsonlines",
-                         accept: str = "application/jsonlines") -> dict:
+                         accept: str = "application/jsonlines",
+                         input_data_type: str = "S3Prefix") -> dict:
     """`_batch_predict` parameters. ML Commons pastes them into the connector's request
     template, so each user-derived value is checked against an allow-list first.
     application/jsonlines by default: the stock toolkit's application/json decoder fails a
-    MultiRecord body ("Extra data"); batchvec's inference.py reads both."""
+    MultiRecord body ("Extra data"); batchvec's inference.py reads both. `input_data_type`
+    ManifestFile: `input_s3_uri` is a manifest listing the job's input objects."""
     naming.validate_job_name(job_name)
+    if input_data_type not in INPUT_DATA_TYPES:
+        raise ValueError(f"input_data_type: {input_data_type!r} not one of {INPUT_DATA_TYPES}")
     naming.validate_request_s3_uri(input_s3_uri)
     naming.validate_request_s3_uri(output_s3_uri)
     for name, value in (("content_type", content_type), ("accept", accept)):
@@ -48,7 +54,7 @@ def transform_parameters(job_name: str, input_s3_uri: str, output_s3_uri: str,
         "TransformJobName": job_name,
         "TransformInput": {
             "ContentType": content_type, "SplitType": "Line",
-            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_s3_uri}},
+            "DataSource": {"S3DataSource": {"S3DataType": input_data_type, "S3Uri": input_s3_uri}},
         },
         "TransformOutput": {"S3OutputPath": output_s3_uri, "Accept": accept,
                             "AssembleWith": "Line"},
@@ -58,13 +64,22 @@ def transform_parameters(job_name: str, input_s3_uri: str, output_s3_uri: str,
 class BatchPredictOperator(BaseOperator):
     """Run `_batch_predict` for staged input and wait (deferrable by default) for the job.
 
-    Returns `{"job_name", "task_id", "output_s3_uri", "elapsed"}`. On timeout the job is
-    cancelled and the task fails; so does a job that ends Failed, with SageMaker's reason.
+    Returns `{"job_name", "task_id", "output_s3_uri", "elapsed", "job_group"}`. On timeout
+    the job is cancelled and the task fails; so does a job that ends Failed, with
+    SageMaker's reason.
+
+    :param run_key: names the job (`naming.transform_job_name`: `-r<n>` after a Failed one)
+    :param input_s3_uri: the staged input: an S3 prefix, or with `input_data_type`
+        ManifestFile a manifest of the objects (one job per group of shards, job_groups)
+    :param job_group: the group this try runs (the DAG maps the task over the groups)
+    :param max_parallel_jobs: a group submits a new job only while fewer than this many lower
+        groups are unfinished (job_groups.may_submit); it waits deferred, holding no slot
+    :param records_to_embed: 0 submits nothing (staging found nothing new or changed)
     """
 
     template_fields: Sequence[str] = ("model_id", "run_key", "input_s3_uri", "output_s3_uri",
                                       "wait_timeout", "content_type", "accept",
-                                      "records_to_embed")
+                                      "records_to_embed", "max_parallel_jobs")
 
     def __init__(self, *, model_id: str, run_key: str, input_s3_uri: str, output_s3_uri: str,
                  opensearch_conn_id: str = "opensearch_default", aws_conn_id: str | None = "aws_default",
@@ -72,8 +87,11 @@ class BatchPredictOperator(BaseOperator):
                  submit_retry_window: float = 600.0, deferrable: bool = True,
                  content_type: str = "application/jsonlines",
                  accept: str = "application/jsonlines", records_to_embed: int | None = None,
-                 **kwargs):
+                 input_data_type: str = "S3Prefix", job_group: int = 0,
+                 max_parallel_jobs: int | str | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.input_data_type, self.job_group = input_data_type, job_group
+        self.max_parallel_jobs = max_parallel_jobs
         # 0: staging found nothing new or changed, so no job is submitted (and nothing paid).
         self.records_to_embed = records_to_embed
         self.content_type, self.accept = content_type, accept
@@ -110,7 +128,7 @@ class BatchPredictOperator(BaseOperator):
 
     def _submit(self, hook: OpenSearchHook, job_name: str) -> str:
         params = transform_parameters(job_name, self.input_s3_uri, self.output_s3_uri,
-                                      self.content_type, self.accept)
+                                      self.content_type, self.accept, self.input_data_type)
         deadline = time.monotonic() + self.submit_retry_window
         delay = 2.0
         while True:
@@ -130,12 +148,17 @@ class BatchPredictOperator(BaseOperator):
         log.info("submitted transform job %s (ML Commons task %s)", job_name, task_id)
         return task_id
 
-    def submit_or_attach(self, hook: OpenSearchHook) -> tuple[str, str | None]:
+    def submit_or_attach(self, hook: OpenSearchHook,
+                         may_submit=lambda: True) -> tuple[str, str | None] | None:
+        """The job to wait for: an earlier try's, or a new one. None: a new one is due but
+        `may_submit()` says not yet (the submit window is full)."""
         self._attached_state = None
         for attempt in range(1, MAX_JOB_ATTEMPTS + 1):
             job_name = naming.transform_job_name(self.run_key, attempt)
             existing = self._existing(hook, job_name)
             if existing is None:
+                if not may_submit():
+                    return None
                 try:
                     return job_name, self._submit(hook, job_name)
                 except mlcommons.JobNameTaken as exc:
@@ -158,19 +181,35 @@ class BatchPredictOperator(BaseOperator):
         raise BatchJobFailed(f"{MAX_JOB_ATTEMPTS} jobs for run {self.run_key} failed; giving up")
 
     # -- execute ----------------------------------------------------------------------------
-    def execute(self, context) -> dict:
+    def _may_submit(self, context) -> bool:
+        if not self.max_parallel_jobs or context is None or not self.job_group:
+            return True
+        ti = context["ti"]
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=[job_groups.JOB_TASK],
+                                    run_ids=[ti.run_id]).get(ti.run_id, {})
+        if job_groups.may_submit(states, int(self.job_group), int(self.max_parallel_jobs)):
+            return True
+        log.info("group %s waits: %s lower groups may run at once (max_parallel_jobs)",
+                 self.job_group, self.max_parallel_jobs)
+        return False
+
+    def execute(self, context, event=None) -> dict:  # event: resumed after a submit wait
         if self.records_to_embed is not None and int(self.records_to_embed) == 0:
             why = "no transform job: every record is unchanged or superseded in the index"
             log.info("%s", why)
             return {"job_name": None, "task_id": None, "output_s3_uri": self.output_s3_uri,
-                    "elapsed": 0.0, "skipped": why}
+                    "elapsed": 0.0, "skipped": why, "job_group": self.job_group}
         hook = OpenSearchHook(self.opensearch_conn_id)
         refresh_keys = bool(self.aws_conn_id) and \
             hook.target()["connector_credentials"] == "aws_keys"
         if refresh_keys:  # ML Commons signs its calls to SageMaker with the model's keys
             self._refresher = KeyRefresher(self.aws_conn_id, self.opensearch_conn_id, self.model_id)
             self._refresher.push_if_changed()  # before the look-up: it refreshes tasks too
-        job_name, task_id = self.submit_or_attach(hook)
+        job = self.submit_or_attach(hook, lambda: self._may_submit(context))
+        if job is None:  # look again later, deferred (no worker slot held meanwhile)
+            self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=max(1.0, self.poll_interval))),
+                       method_name="execute")
+        job_name, task_id = job
         self._job = (job_name, task_id)
         started = time.time()
         timeout = float(self.wait_timeout)
@@ -220,7 +259,7 @@ class BatchPredictOperator(BaseOperator):
         if event["status"] == "success":
             log.info("%s", event["message"])
             return {"job_name": job_name, "task_id": task_id, "output_s3_uri": self.output_s3_uri,
-                    "elapsed": event.get("elapsed")}
+                    "elapsed": event.get("elapsed"), "job_group": self.job_group}
         if event["status"] in ("timeout", "error"):
             self.cancel(job_name, task_id)
             raise BatchJobFailed(f"{event['message']}: cancelled it")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jinja2.sandbox import SandboxedEnvironment
 
-from batchvec import estimates, naming, transform_settings
+from batchvec import estimates, job_groups, naming, transform_settings
 from batchvec.connectors import ModelSpec
 from batchvec.records import RESERVED_FIELDS, RecordSpec
 from batchvec.redact import scrub
@@ -131,6 +131,7 @@ def param_schema() -> dict[str, dict]:
                                 "description": "days the index a model switch replaced is kept "
                                 "for a rollback (python -m batchvec.index_alias rollback)"},
         **transform_settings.schema(),
+        **job_groups.schema(),  # README: Jobs per shard group
         **estimates.schema(),  # dry_run and the preview's rates
     }
 
@@ -171,6 +172,9 @@ class Plan:
     staging_group_mb: float = 1024.0
     max_staging_tasks: int = 32
     staging_commit_mb: float = 64.0
+    max_records_per_job: int = 5_000_000  # job_groups
+    max_jobs: int = 64
+    max_parallel_jobs: int = 4
     version: int = 0  # external version of this run's writes (its logical date, epoch s)
     model_identity: str = ""  # what the vectors depend on; names the physical index
     dry_run: bool = False  # plan task previews the run and stops it (batchvec.preview)
@@ -314,6 +318,8 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
     errors.extend(problems)
     rates, problems = estimates.resolve(p)
     errors.extend(problems)
+    jobs, problems = job_groups.resolve(p)
+    errors.extend(problems)
     spec = ModelSpec(role_arn=p["connector_role_arn"], region=region,
                      model_name=p["sagemaker_model_name"], endpoint_name=p["sagemaker_endpoint_name"],
                      instance_type=p["instance_type"], instance_count=p["instance_count"],
@@ -346,7 +352,7 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
         version_field=p["version_field"], keep_previous_index=float(p["keep_previous_index"]),
         version=int(version), model_identity=model_identity(spec, transform),
         staging_group_mb=float(p["staging_group_mb"]), max_staging_tasks=p["max_staging_tasks"],
-        staging_commit_mb=float(p["staging_commit_mb"]),
+        staging_commit_mb=float(p["staging_commit_mb"]), **jobs,
     )
 
 

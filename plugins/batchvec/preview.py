@@ -18,7 +18,7 @@ import sys
 import zlib
 from typing import Any
 
-from batchvec import estimates, staging_groups
+from batchvec import estimates, job_groups, staging_groups
 from batchvec.estimates import Sample
 from batchvec.naming import parse_s3_uri
 from batchvec.s3io import S3RangeFile
@@ -33,8 +33,10 @@ _INFLATE_CAP = 64 << 20  # a gzip bomb in the sample stays bounded
 LARGEST = 5
 MAX_GROUP_ROWS = 50
 
+# The plan's params the preview follows (staging groups, then jobs per shard group).
 _STAGING = (("staging_group_mb", float, 1024.0), ("max_staging_tasks", int, 32),
-            ("staging_commit_mb", float, 64.0))
+            ("staging_commit_mb", float, 64.0), ("max_records_per_job", int, 5_000_000),
+            ("max_jobs", int, 64), ("max_parallel_jobs", int, 4))
 
 
 def staging_defaults() -> dict:
@@ -138,6 +140,7 @@ def collect(files: list[SourceFile], s3: Any) -> dict[str, dict]:
 def build(files: list[SourceFile], samples: dict[str, dict], settings: dict) -> dict:
     """The preview (pure): ``settings`` has shards, instance_type, instance_count, the staging
     params and the rates (``estimates.RATE_PARAMS``)."""
+    settings = {**{k: d for k, _, d in _STAGING}, **settings}  # a plan from before some
     formats, records, inflate = {}, 0, [1.0] * len(files)
     for key, got in samples.items():
         idx = got["indexes"]
@@ -173,7 +176,9 @@ def build(files: list[SourceFile], samples: dict[str, dict], settings: dict) -> 
                     **estimates.staging_estimate(work, settings["stage_mb_per_s"])},
         "shards": {"count": shards, "records_per_shard": round(records / shards) if shards else 0},
         "transform": {"instance_type": settings["instance_type"],
-                      **estimates.transform_estimate(records, shards, count, embed)},
+                      **estimates.transform_estimate(
+                          records, shards, count, embed, settings["max_records_per_job"],
+                          settings["max_jobs"], settings["max_parallel_jobs"])},
         "indexing": estimates.index_estimate(records, settings["index_docs_per_s"]),
         "rates": {"embed_docs_per_s_per_instance": round(embed, 1), "embed_basis": basis,
                   "index_docs_per_s": settings["index_docs_per_s"],
@@ -220,8 +225,9 @@ def render(p: dict) -> str:
     rows.append(("staging time", f"{estimates.hms(st['parallel_s'])} (a worker per group), "
                  f"{estimates.hms(st['serial_s'])} on one"))
     rows.append(("shards", f"{p['shards']['count']} of ~{p['shards']['records_per_shard']:,} records"))
-    rows.append(("transform jobs", f"{t['jobs']}: {t['instances']} x {t['instance_type']}, "
-                 f"{estimates.hms(t['wall_s'])}, {t['instance_hours']:,.2f} instance-hours"))
+    rows.append(("transform jobs", f"{t['jobs']} ({t['parallel']} at once), {t['instances']} x "
+                 f"{t['instance_type']} each, {estimates.hms(t['wall_s'])}, "
+                 f"{t['instance_hours']:,.2f} instance-hours"))
     rows.append(("indexing time", estimates.hms(p["indexing"]["wall_s"])))
     rt = p["rates"]
     rows.append(("rates", f"embed {rt['embed_docs_per_s_per_instance']:,} docs/s/instance, "
@@ -299,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             or given.get("staging_commit_mb", 0) < 0:
         problems.append("--max-staging-tasks must be >= 1, --staging-group-mb > 0, "
                         "--staging-commit-mb >= 0")
+    problems += job_groups.resolve({k: v for k, v in given.items() if k in job_groups.schema()})[1]
     if problems:
         ap.error("; ".join(problems))
     # stdout carries the preview alone: Airflow logs to fd 1 (at import too), so fd 1 goes

@@ -271,3 +271,13 @@ def put_json(client: Any, bucket: str, key: str, doc: Any) -> None:
 
 def get_json(client: Any, bucket: str, key: str) -> Any:
     return orjson.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def exists(client: Any, bucket: str, key: str) -> bool:
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+        return True
+    except client.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise

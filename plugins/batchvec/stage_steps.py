@@ -5,7 +5,8 @@
 ``stage_group``   mapped over the groups: pass one, committed per segment of files
 ``stage_shard``   mapped over the shards: pass two, the shard's pieces in input order, only
                   what changed (``incremental``), into the model's input
-``stage``         the run's manifest from the groups and shards; what later tasks read
+``stage``         the run's manifest from the groups and shards; what later tasks read,
+                  with the transform jobs (``job_groups``) and their ManifestFiles
 
 Every task reuses what an earlier try of it left (listing, commits, results) in S3.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 
-from batchvec import changes, incremental, index_alias, s3io, sources, staging
+from batchvec import changes, incremental, index_alias, job_groups, s3io, sources, staging
 from batchvec import staging_groups as groups
 from batchvec.opensearch_hook import OpenSearchHook
 from batchvec.steps import MANIFEST_KEY, OPENSEARCH_CONN_ID, fail_for_good, plan_of, s3_client
@@ -164,6 +165,8 @@ def stage(plan_data: dict) -> dict:
         log.info("staging already complete for this run (manifest found): %d records in %d shards",
                  manifest["records_in"], len(manifest["shards"]))
         _require_records(plan, manifest)  # an earlier try that found none must not pass now
+        if "jobs" not in manifest:  # saved before jobs per group: same cut, files again
+            _cut_jobs(plan, s3, manifest)
         return _manifest_summary(manifest)
     except s3.exceptions.NoSuchKey:
         pass
@@ -184,12 +187,40 @@ def stage(plan_data: dict) -> dict:
                     source_id=plan.source_id, sync_mode=plan.sync_mode,
                     seconds=round(time.time() - listing["started"], 2))
     manifest = incremental.totals(manifest)
+    _cut_jobs(plan, s3, manifest)
     s3io.put_json(s3, plan.bucket, plan.key(MANIFEST_KEY), manifest)
     if not manifest["embed_total"] and manifest["accepted"]:
         log.info("nothing new or changed: no transform job will run (%d unchanged, %d "
                  "superseded)", manifest["unchanged_total"], manifest["superseded_total"])
     _require_records(plan, manifest)
     return _manifest_summary(manifest)
+
+
+def _cut_jobs(plan, s3, manifest: dict) -> None:
+    """One transform job per group of shards: each shard gets its `job` (None: nothing to
+    embed) and `jobs` the batch_predict kwargs per group, each with its ManifestFile (written
+    before the manifest that names it, so a retry never finds one missing)."""
+    embed = [(s["name"], s.get("embed", s["records"])) for s in manifest["shards"]]
+    cut = job_groups.group_shards(embed, plan.max_records_per_job, plan.max_jobs)
+    group_of = {name: g for g, names in enumerate(cut) for name in names}
+    counts = dict(embed)
+    jobs = []
+    for g, names in enumerate(cut):
+        key = plan.key("jobs", f"j{g}.manifest")
+        s3io.put_json(s3, plan.bucket, key, job_groups.manifest_body(plan.uri("input"), names))
+        jobs.append({"job_group": g, "run_key": job_groups.job_base(plan.run_key, g, len(cut)),
+                     "input_s3_uri": plan.uri("jobs", f"j{g}.manifest"),
+                     "input_data_type": "ManifestFile",
+                     "records_to_embed": sum(counts[n] for n in names)})
+    for shard in manifest["shards"]:
+        g = group_of.get(shard["name"])
+        shard["job"] = g
+        shard["job_name"] = None if g is None else jobs[g]["run_key"]
+    manifest["jobs"] = jobs
+    if len(jobs) > 1:
+        log.info("%d transform jobs of %s records (max_records_per_job %d, max_jobs %d)",
+                 len(jobs), [j["records_to_embed"] for j in jobs], plan.max_records_per_job,
+                 plan.max_jobs)
 
 
 def _require_records(plan, manifest: dict) -> None:
@@ -218,4 +249,4 @@ def _manifest_summary(manifest: dict) -> dict:
             "index": manifest["index"], "embed_total": manifest["embed_total"],
             "unchanged_total": manifest["unchanged_total"],
             "superseded_total": manifest["superseded_total"],
-            "deletes_total": manifest["deletes_total"]}
+            "deletes_total": manifest["deletes_total"], "jobs": manifest["jobs"]}

@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from batchvec import connectors, indexing, outputs, s3io
+from batchvec import connectors, indexing, s3io
 from batchvec.opensearch_hook import OpenSearchHook
 from batchvec.plan import Plan, resolve_plan
 
@@ -102,82 +102,6 @@ def ensure_model(plan_data: dict) -> dict:
     return {**result, "seconds": round(time.monotonic() - started, 2)}
 
 
-def check_outputs(plan_data: dict, manifest: dict | None, job: dict | None) -> list[dict]:
-    """One entry per staged shard, marking whether SageMaker wrote its `.out`; the first line
-    of each output must hold one flat vector of the run's dimension (else the container is
-    set up wrong, and no record could be indexed: the run fails here, saying how).
-
-    Runs after a failed batch job too (`job` is None): SageMaker writes the `.out` of every
-    input file that succeeded, so those shards are indexed and only the failed ones are
-    counted failed, each named with the job's FailureReason."""
-    from airflow.sdk.exceptions import AirflowSkipException
-
-    if manifest is None:
-        raise AirflowSkipException("nothing was staged: no outputs to check")
-    plan = plan_of(plan_data)
-    s3 = s3_client()
-    present = set(s3io.list_keys(s3, plan.bucket, plan.key("output/")))
-    failure = None if job else last_job_failure(plan.run_key)
-    shards = []
-    for shard in manifest["shards"]:
-        key = plan.key("output", shard["name"] + ".out")
-        entry = {**shard, "output_present": key in present}
-        shards.append(entry)
-        if not shard.get("embed", shard["records"]):
-            continue  # nothing of it went to the model: counts and deletes only
-
-        if key not in present:
-            if job is None:
-                entry.update(missing_reason="batch_job_failed",
-                             failure=failure or "the batch job failed (see batch_predict's log)")
-            log.error("shard %s: no output at s3://%s/%s%s", shard["name"], plan.bucket, key,
-                      f" (the job failed: {failure})" if job is None else "")
-            continue
-        try:
-            outputs.check_output_shape(indexing.first_output_line(s3, plan.bucket, key),
-                                       plan.dimension or None)
-        except outputs.OutputShapeError as exc:
-            raise fail_for_good(f"shard {shard['name']} (s3://{plan.bucket}/{key}): {exc}") from None
-    log.info("%d of %d shard outputs present", sum(s["output_present"] for s in shards), len(shards))
-    return shards
-
-
-def last_job_failure(run_key: str) -> str | None:
-    """FailureReason of the run's latest transform job (attempts are run_key, run_key-r2...)."""
-    from batchvec import naming
-    from batchvec.redact import scrub
-    from batchvec.triggers import describe_transform_job
-
-    reason = None
-    for attempt in range(1, 21):
-        try:
-            desc = describe_transform_job(AWS_CONN_ID, naming.transform_job_name(run_key, attempt))
-        except Exception:  # no such job: the previous one was the last
-            break
-        reason = scrub(desc.get("FailureReason") or desc.get("TransformJobStatus") or "") or None
-    return reason
-
-
-def prepare_index(plan_data: dict, manifest: dict, shards: list[dict]) -> dict:
-    from batchvec.index_alias import Target
-
-    plan = plan_of(plan_data)
-    s3 = s3_client()
-    hook = OpenSearchHook(OPENSEARCH_CONN_ID)
-    target = Target.from_dict(manifest["target"])
-    first = next((s for s in shards if s["output_present"]), None)
-    if first is not None:
-        line = indexing.first_output_line(s3, plan.bucket,
-                                          plan.key("output", first["name"] + ".out"))
-        dimension = outputs.vector_dimension(line)
-    elif hook.index_exists(target.physical):  # nothing was embedded: counts and deletes
-        dimension = indexing.existing_dimension(hook.get_mapping(target.physical),
-                                                plan.vector_field) or plan.dimension
-    else:
-        raise indexing.ShardFailed("no shard has an output: nothing to index")
-    return indexing.prepare_index(plan, hook, dimension, target)
-
-
 def index_shard(plan_data: dict, shard: dict, index: dict) -> dict:
     plan = plan_of(plan_data)
     hook = OpenSearchHook(OPENSEARCH_CONN_ID, pool_size=plan.bulk_concurrency + 2)
@@ -216,12 +140,13 @@ def switch_alias(plan_data: dict, manifest: dict, index: dict) -> dict:
 
 
 def cleanup(plan_data: dict) -> int:
-    """Delete staged input (and outputs unless keep_outputs); manifest, rejects, DLQ and
-    reports stay. Outputs are kept by default so a rerun re-indexes without a second job."""
+    """Delete staged input and the jobs' ManifestFiles (and outputs unless keep_outputs);
+    manifest, rejects, DLQ and reports stay. Outputs are kept by default so a rerun re-indexes without a second job."""
     plan = plan_of(plan_data)
     s3 = s3_client()
     keys = [] if plan.keep_staging else [
-        k for sub in ("input/", "staged/") for k in s3io.list_keys(s3, plan.bucket, plan.key(sub))]
+        k for sub in ("input/", "staged/", "jobs/")
+        for k in s3io.list_keys(s3, plan.bucket, plan.key(sub))]
     if not plan.keep_outputs:
         keys += s3io.list_keys(s3, plan.bucket, plan.key("output/"))
     deleted = s3io.delete_keys(s3, plan.bucket, keys) if keys else 0
@@ -256,26 +181,56 @@ def _release_build(hook: OpenSearchHook, plan: Plan, manifest: dict | None = Non
     index_alias.release_build(hook, physical, plan.run_key)
 
 
+def _mapped(ti, task_id: str) -> list[dict]:
+    """Every map index's XCom of a mapped task (one value, not a list, when a single map
+    index left one: the others failed)."""
+    pulled = ti.xcom_pull(task_ids=task_id) or []
+    return [r for r in ([pulled] if isinstance(pulled, dict) else pulled) if r]
+
+
+def _one_job(jobs: list[dict], manifest: dict) -> dict:
+    """The run's job for the report: the one job; with jobs per group, the first completed
+    one with `records` summed over the completed groups (each is in `transform_jobs`)."""
+    groups = manifest.get("jobs")
+    if groups is not None and not groups:  # nothing to embed: no job at all
+        return {"skipped": "no transform job: every record is unchanged or superseded in "
+                "the index"}
+    if len(groups or [None]) == 1:
+        return jobs[0] if jobs else {}
+    done = {j["job_group"]: j for j in jobs if j.get("job_name")}
+    if not done:
+        return {}
+    return {**done[min(done)], "elapsed": max(j.get("elapsed") or 0.0 for j in done.values()),
+            "records": sum(g["records_to_embed"] for g in groups if g["job_group"] in done)}
+
+
+def _job_rows(manifest: dict, jobs: list[dict]) -> list[dict]:
+    done = {j.get("job_group", 0): j for j in jobs}
+    return [{"group": g["job_group"], "records": g["records_to_embed"],
+             "job_name": done.get(g["job_group"], {}).get("job_name"),
+             "completed": g["job_group"] in done,
+             "seconds": done.get(g["job_group"], {}).get("elapsed")} for g in manifest["jobs"]]
+
+
 def _report(plan: Plan, s3, hook: OpenSearchHook, manifest: dict, context: dict, asset) -> dict:
     from batchvec import verify
 
     ti = context["ti"]
     model = ti.xcom_pull(task_ids="ensure_model") or {}
-    job = ti.xcom_pull(task_ids="batch_predict") or {}
-    shards = ti.xcom_pull(task_ids="check_outputs")
+    jobs = _mapped(ti, "batch_predict")
+    job = _one_job(jobs, manifest)
+    shards = _mapped(ti, "check_outputs") or None
     if shards is None:  # no outputs were checked: every staged record failed
         present = {s["name"]: False for s in manifest["shards"]}
         reasons = {}
     else:
         present = {s["name"]: s["output_present"] for s in shards}
         reasons = {s["name"]: s["missing_reason"] for s in shards if s.get("missing_reason")}
-    pulled = ti.xcom_pull(task_ids="index_shard") or []
-    # One value, not a list, when a single map index left one (the others failed).
-    shard_results = [r for r in ([pulled] if isinstance(pulled, dict) else pulled) if r]
+    shard_results = _mapped(ti, "index_shard")
     stage_seconds = {
         "stage": manifest.get("seconds", 0.0),
         "connector_model": model.get("seconds", 0.0),
-        "batch_predict": job.get("elapsed") or 0.0,
+        "batch_predict": max((j.get("elapsed") or 0.0 for j in jobs), default=0.0),
         "index (slowest shard)": max((r.get("seconds", 0.0) for r in shard_results), default=0.0),
     }
     switched = ti.xcom_pull(task_ids="switch_alias") or {}
@@ -291,6 +246,8 @@ def _report(plan: Plan, s3, hook: OpenSearchHook, manifest: dict, context: dict,
         hook, plan.index_name, manifest["index"]).mode != "build"
     result.extra["alias"] = switched or {"moved": False,
                                          "why": "switch_alias did not run (a task failed)"}
+    if len(manifest.get("jobs") or ()) > 1:  # one row per group's job
+        result.extra["transform_jobs"] = _job_rows(manifest, jobs)
     if job.get("skipped"):
         result.extra["batch_job"] = job["skipped"]
     elif shards is None:

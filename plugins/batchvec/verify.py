@@ -123,7 +123,8 @@ def build_report(plan: Plan, s3, hook: OpenSearchHook, *, manifest: dict,
     report = RunReport(
         run_key=plan.run_key, dag_id=plan.dag_id, run_id=plan.run_id, index=plan.index_name,
         physical_index=manifest.get("index"),
-        sagemaker_records=int(manifest.get("embed_total", 0)) if job_ran else 0,
+        sagemaker_records=int((job or {}).get("records", manifest.get("embed_total", 0)))
+        if job_ran else 0,
         model_name=(model or {}).get("model_name"), model_id=(model or {}).get("model_id"),
         task_id=(job or {}).get("task_id"), transform_job_name=(job or {}).get("job_name"),
         stage_seconds=stage_seconds, shards=rows,

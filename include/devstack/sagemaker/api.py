@@ -217,13 +217,13 @@ class ControlPlane:
         if (existing := self.store.job(name)) is not None:  # checked before faults fire
             raise _duplicate(existing["arn"])
         fired = {}
-        if (spec := faults.take("fail_job")) is not None:
+        if (spec := faults.take("fail_job", name)) is not None:
             fired["fail"] = spec.get("reason") or "AlgorithmError: injected failure (devstack)"
-        if faults.take("stall_job") is not None:
+        if faults.take("stall_job", name) is not None:
             fired["stall"] = True
-        if (spec := faults.take("hold_job")) is not None:
+        if (spec := faults.take("hold_job", name)) is not None:
             fired["hold_after_files"] = int(spec.get("after_files") or 0)
-        if faults.take("drop_output") is not None:
+        if faults.take("drop_output", name) is not None:
             fired["drop_output"] = True
         known = {k: body[k] for k in _JOB_FIELDS if k in body}
         if tags:  # kept for ListTags; DescribeTransformJob does not show them (as in AWS)
