@@ -42,7 +42,7 @@ class Options:
     checkpoint_lines: int = 20  # BATCHVEC_CHECKPOINT_LINES: a shard checkpoints mid-way
     # stage_group_mid_file: the input in this many files, in this many staging groups, every
     # file its own segment (staging_commit_mb 0), so each group commits several times.
-    stage_files: int = 24
+    stage_files: int = 48
     stage_groups: int = 2
     bulk_latency_ms: int = 600
     submit_latency_ms: int = 4000
