@@ -350,7 +350,7 @@ def test_mid_group_kill_waits_for_a_first_commit_then_kills_that_group_at_once(c
     assert tick(stages(g0=(0, 12, False), g1=(0, 12, False))) is None
     rec = tick(stages(g0=(0, 12, False), g1=(2, 12, False)))  # group 1 is mid-way: at once
     assert killed == [6] and rec.target == "stage_group[1]" and rec.try_number == 1
-    assert rec.process_key == ("b", 6) and rec.detail.startswith("mid-group, 2 of its 12 segments")
+    assert rec.process_key == ("b", 6) and rec.detail == "mid-group, 2 of its 12 segment commits seen"
 
 
 def test_a_group_that_committed_everything_is_not_a_mid_group_target(clock):
@@ -417,3 +417,50 @@ def test_the_mid_group_input_is_the_same_lines_in_several_files_and_segments(tmp
     assert not {"staging_group_mb", "staging_commit_mb", "keep_staging"} & set(plain)
     mid = runner.run_conf(1, tmp_path / "files", "chaos-001", 2, conf)
     assert {k: mid[k] for k in conf} == conf and mid["input_uri"] == str(tmp_path / "files")
+
+
+def test_a_retry_that_skipped_the_committed_segments_untouched_is_clean():
+    before = {"g1/s0/commit.json": ("e0", "t0"), "g1/s1/commit.json": ("e1", "t1")}
+    after = {**before, "g1/s2/commit.json": ("e2", "t5"), "g1/s3/commit.json": ("e3", "t5")}
+    skip = checks.SegmentSkip(1, before, after, logged=2)
+    assert skip.check().clean and (skip.committed, skip.unchanged) == (2, 2)
+    assert skip.describe() == (
+        'stage_group[1]: the killed try had committed 2 of 4 segments; the retry skipped 2 '
+        '(its log: "committed by an earlier try"), 2 of the 2 commit.json unchanged (ETag, '
+        'LastModified); it staged the other 2')
+    # one more skipped than seen: a commit whose request landed just after the kill
+    assert checks.SegmentSkip(1, before, after, logged=3).check().clean
+
+
+def test_a_retry_that_restaged_a_committed_segment_is_a_problem():
+    before = {"g0/s0/commit.json": ("e0", "t0"), "g0/s1/commit.json": ("e1", "t1")}
+    rewritten = {"g0/s0/commit.json": ("e0", "t0"), "g0/s1/commit.json": ("e1", "t7")}  # same body
+    got = checks.SegmentSkip(0, before, rewritten, logged=1).check()
+    assert len(got.problems) == 2 and "rewrote or lost 1 of the 2" in got.problems[0]
+    assert "skipped 1 segments, the killed try had committed 2" in got.problems[1]
+    lost = checks.SegmentSkip(0, before, {"g0/s1/commit.json": ("e1", "t1")}, logged=2).check()
+    assert not lost.clean
+    assert "no log" in checks.SegmentSkip(0, before, before, logged=None).check().problems[0]
+
+
+def test_the_run_line_and_summary_show_what_the_retry_skipped():
+    from chaos import runner
+
+    before = {"g1/s0/commit.json": ("e0", "t0")}
+    skip = checks.SegmentSkip(1, before, {**before, "g1/s1/commit.json": ("e1", "t2")}, 1)
+    kill = kills.KillRecord("stage_group[1]", 1, 12.5, "mid-group, 1 of its 2 segment commits seen")
+    plan = kills.KillPlan("stage_group_mid_file", "stage_group", 0.3)
+    hit = runner.RunResult(1, plan, kill, "success", 60.0, {"stage_group[1]": 2},
+                           {"Completed": 1}, checks.RunCheck(), skip=skip)
+    line = runner.describe(hit, 2)
+    assert "killed stage_group[1] try 1 at 12.5s (mid-group" in line
+    assert line.splitlines()[1] == "  " + skip.describe()
+    fallback = kills.KillRecord("stage_shard[0]", 1, 20.0, "missed stage_group_mid_file (the "
+                                "group finished first); next task started after the miss")
+    missed = runner.RunResult(2, plan, fallback, "success", 60.0, {"stage_shard[0]": 2},
+                              {"Completed": 1}, checks.RunCheck())
+    assert len(runner.describe(missed, 2).splitlines()) == 1
+    lines = runner.summary([hit, missed], 120.0)
+    assert ("chaos: stage_group killed mid-group in 1 runs: committed [1] segments, the retries "
+            "skipped [1], commit.json unchanged [1]") in lines
+    assert any("missed its moment in 1 runs" in ln for ln in lines)

@@ -239,7 +239,7 @@ class Watcher:
             self._window_start = now
             if self.kill_process(proc):
                 return self._record(tis[ti_id], "", f"mid-group, {group.committed} of its "
-                                    f"{group.segments} segments committed", proc.pid)
+                                    f"{group.segments} segment commits seen", proc.pid)
             return self._miss("its process was gone")
         if staged and all(g.done or g.committed >= g.segments for g in staged.values()):
             return self._miss("the group finished first")

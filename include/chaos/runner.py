@@ -217,7 +217,7 @@ class RunResult:
     jobs: dict[str, int]
     check: checks.RunCheck
     note: str = ""  # celery: where the retried tries ran
-    evidence: str = ""  # stage_group_mid_file: what the retry skipped
+    skip: checks.SegmentSkip | None = None  # stage_group_mid_file: what the retry skipped
 
 
 class Session:
@@ -320,41 +320,26 @@ class Session:
         note = self._celery_note(run_id, final) if opts.executor == "celery" else ""
         jobs = self.services.transform_jobs(key)
         check = self._check(index, key, jobs)
-        evidence = ""
+        skip = None
         if before is not None:
-            group = seen_tis[kill_key[0]]["map_index"]
-            evidence, problems = self._skipped_segments(run_id, key, group, kill.try_number or 1,
-                                                        before)
-            check.problems += problems
+            skip = self._segment_skip(run_id, key, seen_tis[kill_key[0]]["map_index"],
+                                      kill.try_number or 1, before)
+            check = check.add(skip.check())
         if state != "success":
             check.problems.append(f"run ended {state}: " + ", ".join(
                 f"{_label(t)}={t['state']}" for t in final if t["state"] != "success"))
         return RunResult(i, plan, kill, state, seconds, retried,
                          dict(Counter(j["TransformJobStatus"] for j in jobs)), check, note,
-                         evidence)
+                         skip)
 
-    def _skipped_segments(self, run_id: str, key: str, group: int, killed_try: int,
-                          before: dict[str, tuple[str, str]]) -> tuple[str, list[str]]:
-        """Did the retry of a group killed mid-way skip the segments the dead try committed?
-        From S3 (each commit.json's ETag and LastModified as they were right after the kill)
-        and from the retry's log (stage_group logs each segment it skips)."""
-        after = self.services.commits(key, group)
-        kept = sum(after.get(k) == v for k, v in before.items())
-        skipped = self._log_count(run_id, "stage_group", group, killed_try + 1,
-                                  "committed by an earlier try")
-        problems = []
-        if kept != len(before):
-            problems.append(f"stage_group[{group}]'s retry rewrote {len(before) - kept} of the "
-                            f"{len(before)} segment commits the killed try left")
-        if skipped is None:
-            problems.append(f"no log of stage_group[{group}] try {killed_try + 1}")
-        elif skipped < len(before):  # more: a commit the dead try's last request landed late
-            problems.append(f"stage_group[{group}]'s retry skipped {skipped} segments, the "
-                            f"killed try had committed {len(before)}")
-        return (f"stage_group[{group}]: the killed try had committed {len(before)} of "
-                f"{len(after)} segments; the retry skipped {skipped} (its log: \"committed by "
-                f"an earlier try\"), {kept} of the {len(before)} commit.json unchanged (ETag, "
-                f"LastModified) and redid {len(after) - (skipped or 0)}"), problems
+    def _segment_skip(self, run_id: str, key: str, group: int, killed_try: int,
+                      before: dict[str, tuple[str, str]]) -> checks.SegmentSkip:
+        """What the retry of a group killed mid-way did with the dead try's commits: from S3
+        (each commit.json's ETag and LastModified) and the retry's log (stage_group logs each
+        segment it skips)."""
+        return checks.SegmentSkip(group, before, self.services.commits(key, group),
+                                  self._log_count(run_id, "stage_group", group, killed_try + 1,
+                                                  "committed by an earlier try"))
 
     def _log_count(self, run_id: str, task_id: str, map_index: int, attempt: int,
                    text: str) -> int | None:
@@ -446,8 +431,8 @@ def describe(res: RunResult, runs: int) -> str:
     line = (f"chaos: run {res.index}/{runs} [{res.plan.describe()}] {killed} -> {res.state} in "
             f"{res.seconds:.0f}s; tries: {retried}; jobs: {res.jobs}; "
             f"lost={c.lost} duplicated={c.duplicated} orphan_jobs={c.orphan_jobs}")
-    if res.evidence:
-        line += f"\n  {res.evidence}"
+    if res.skip is not None:
+        line += f"\n  {res.skip.describe()}"
     if res.note:
         line += f"\n  workers: {res.note}"
     if c.problems:
@@ -460,8 +445,18 @@ def summary(results: list[RunResult], seconds: float) -> list[str]:
     modes = Counter(r.plan.describe() for r in results)
     ok = sum(r.state == "success" for r in results)
     landed = sum(r.kill is not None for r in results)
-    return [f"chaos: kill plans: {dict(sorted(modes.items()))}",
-            f"chaos: killed: {dict(sorted(targets.items()))}; kills landed in {landed} of "
-            f"{len(results)} runs",
-            f"chaos: {len(results)} runs in {seconds:.0f}s "
-            f"({seconds / max(len(results), 1):.0f}s per run); {ok} succeeded"]
+    lines = [f"chaos: kill plans: {dict(sorted(modes.items()))}",
+             f"chaos: killed: {dict(sorted(targets.items()))}; kills landed in {landed} of "
+             f"{len(results)} runs"]
+    skips = [r.skip for r in results if r.skip is not None]
+    if skips:
+        lines.append(f"chaos: stage_group killed mid-group in {len(skips)} runs: committed "
+                     f"{[s.committed for s in skips]} segments, the retries skipped "
+                     f"{[s.logged for s in skips]}, commit.json unchanged "
+                     f"{[s.unchanged for s in skips]}")
+    missed = sum(r.plan.mode == "stage_group_mid_file" and r.skip is None for r in results)
+    if missed:
+        lines.append(f"chaos: stage_group_mid_file missed its moment in {missed} runs "
+                     "(the fallback kill is on their lines)")
+    return lines + [f"chaos: {len(results)} runs in {seconds:.0f}s "
+                    f"({seconds / max(len(results), 1):.0f}s per run); {ok} succeeded"]
