@@ -47,11 +47,11 @@ def test_killed_runs_are_finished_by_retries_with_nothing_lost_or_duplicated(tmp
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, cwd=REPO)
     try:
-        out, _ = proc.communicate(timeout=720)
+        out, _ = proc.communicate(timeout=780)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGTERM)  # the harness stops its stack on SIGTERM
         out, _ = proc.communicate(timeout=90)
-        pytest.fail(f"chaos did not finish in 720s:\n{out[-4000:]}")
+        pytest.fail(f"chaos did not finish in 780s:\n{out[-4000:]}")
     lines = out.strip().splitlines()
     result = next((ln for ln in reversed(lines) if ln.startswith("runs=")), None)
     assert result is not None, out[-4000:]
