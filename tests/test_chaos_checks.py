@@ -4,6 +4,7 @@ watcher's timing (with fake processes and a fake clock)."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -317,3 +318,149 @@ def test_processes_in_a_dir_inside_the_stack_are_ours(tmp_path):
     assert procs.ours(P(root), "x", root)
     assert procs.ours(P(f"{root}/workers/worker-a"), "x", root)
     assert not procs.ours(P(f"{root}-other"), "x", root)
+
+
+# -- stage_group_mid_file ------------------------------------------------------------------------
+
+def stages(**groups: tuple[int, int, bool]) -> dict[int, kills.GroupStage]:
+    return {int(g[1:]): kills.GroupStage(*v) for g, v in groups.items()}
+
+
+def test_group_stage_is_mid_between_its_first_and_last_commit():
+    assert not kills.GroupStage(0, 4).mid  # nothing committed yet
+    assert kills.GroupStage(1, 4).mid and kills.GroupStage(3, 4).mid
+    assert not kills.GroupStage(4, 4).mid  # every segment committed: nothing left to skip past
+    assert not kills.GroupStage(2, 4, done=True).mid
+
+
+def test_the_stage_group_mode_targets_stage_group():
+    plan = kills.choose(random.Random(0), ["stage_group_mid_file"], 1)
+    assert (plan.mode, plan.task) == ("stage_group_mid_file", "stage_group")
+    assert kills.MODES["stage_group_mid_file"] > 0
+
+
+def test_mid_group_kill_waits_for_a_first_commit_then_kills_that_group_at_once(clock):
+    killed: list = []
+    w = watcher(kills.KillPlan("stage_group_mid_file", "stage_group", 0.9), killed)
+    tis = {"a": ti("a", "stage_group", map_index=0), "b": ti("b", "stage_group", map_index=1)}
+    workers = {"a": FakeProc(5), "b": FakeProc(6)}
+    tick = lambda staged: w.tick(tis, workers, bulk_started=0, submit_in_flight=False,  # noqa: E731
+                                 staged=staged)
+    assert tick({}) is None  # no listing yet
+    assert tick(stages(g0=(0, 12, False), g1=(0, 12, False))) is None
+    rec = tick(stages(g0=(0, 12, False), g1=(2, 12, False)))  # group 1 is mid-way: at once
+    assert killed == [6] and rec.target == "stage_group[1]" and rec.try_number == 1
+    assert rec.process_key == ("b", 6) and rec.detail == "mid-group, 2 of its 12 segment commits seen"
+
+
+def test_a_group_that_committed_everything_is_not_a_mid_group_target(clock):
+    killed: list = []
+    w = watcher(kills.KillPlan("stage_group_mid_file", "stage_group", 0.0), killed)
+    tis = {"a": ti("a", "stage_group", map_index=0), "b": ti("b", "stage_group", map_index=1)}
+    rec = w.tick(tis, {"a": FakeProc(5), "b": FakeProc(6)}, bulk_started=0,
+                 submit_in_flight=False, staged=stages(g0=(12, 12, False), g1=(3, 12, False)))
+    assert killed == [6] and rec.target == "stage_group[1]"
+
+
+def test_mid_group_kill_falls_back_when_the_groups_finish_first(clock):
+    killed: list = []
+    w = watcher(kills.KillPlan("stage_group_mid_file", "stage_group", 0.0), killed)
+    tis = {"a": ti("a", "stage_group", map_index=0), "s": ti("s", "stage_shard", map_index=0)}
+    # group 0's runner is seen while nothing is committed, then the group is done at once
+    assert w.tick(tis, {"a": FakeProc(5)}, bulk_started=0, submit_in_flight=False,
+                  staged=stages(g0=(0, 3, False))) is None
+    assert w.tick(tis, {"a": FakeProc(5)}, bulk_started=0, submit_in_flight=False,
+                  staged=stages(g0=(3, 3, True))) is None
+    assert w.fallback and w.note == "the group finished first"
+    # the finishing stage_group runner is not the fallback: the next task's is
+    w.tick(tis, {"a": FakeProc(5), "s": FakeProc(8)}, bulk_started=0, submit_in_flight=False)
+    clock.now += 1
+    rec = w.tick(tis, {"s": FakeProc(8)}, bulk_started=0, submit_in_flight=False)
+    assert killed == [8] and rec.target == "stage_shard[0]"
+    assert rec.detail.startswith("missed stage_group_mid_file (the group finished first); ")
+
+
+def test_mid_group_kill_of_a_process_already_gone_is_a_miss(clock):
+    w = kills.Watcher(plan=kills.KillPlan("stage_group_mid_file", "stage_group", 0.0),
+                      kill_process=lambda p: False, kill_triggerer=lambda: None,
+                      estimates={}, bulk_window=1.0, submit_window=1.0)
+    tis = {"a": ti("a", "stage_group", map_index=0)}
+    assert w.tick(tis, {"a": FakeProc(5)}, bulk_started=0, submit_in_flight=False,
+                  staged=stages(g0=(1, 3, False))) is None
+    assert w.fallback and w.note == "its process was gone"
+
+
+@pytest.mark.parametrize("records", [100, 300])  # make test's light chaos, make chaos
+def test_the_mid_group_input_is_the_same_lines_in_several_files_and_segments(tmp_path, records):
+    """stage_group_mid_file's runs read the session's input split into files, cut into
+    groups of several one-file segments; the other modes keep the one file and the defaults."""
+    from batchvec import staging_groups
+    from chaos import runner
+
+    sample = Path(runner.__file__).resolve().parents[1] / "sample" / "documents.jsonl"
+    source = tmp_path / "input.jsonl"
+    ids = runner.write_input(source, records, sample)
+    sizes = runner.split_input(source, tmp_path / "files", runner.Options.stage_files)
+    files = sorted((tmp_path / "files").iterdir())
+    assert len(files) == runner.Options.stage_files and [f.stat().st_size for f in files] == sizes
+    assert "".join(f.read_text() for f in files) == source.read_text()
+    conf = runner.staging_conf(sizes, runner.Options.stage_groups)
+    assert conf["staging_commit_mb"] == 0 and conf["keep_staging"] is True
+    mb = staging_groups.MB
+    groups = staging_groups.group_files(sizes, int(conf["staging_group_mb"] * mb), 32)
+    assert len(groups) == runner.Options.stage_groups == 2
+    for a, b in groups:
+        segs = staging_groups.segments(sizes, a, b, int(conf["staging_commit_mb"] * mb))
+        assert len(segs) == b - a >= 20  # one segment per file, many per group
+    assert len(ids) == records
+    plain = runner.run_conf(1, source, "chaos-001", 2)
+    assert not {"staging_group_mb", "staging_commit_mb", "keep_staging"} & set(plain)
+    mid = runner.run_conf(1, tmp_path / "files", "chaos-001", 2, conf)
+    assert {k: mid[k] for k in conf} == conf and mid["input_uri"] == str(tmp_path / "files")
+
+
+def test_a_retry_that_skipped_the_committed_segments_untouched_is_clean():
+    before = {"g1/s0/commit.json": ("e0", "t0"), "g1/s1/commit.json": ("e1", "t1")}
+    after = {**before, "g1/s2/commit.json": ("e2", "t5"), "g1/s3/commit.json": ("e3", "t5")}
+    skip = checks.SegmentSkip(1, before, after, logged=2)
+    assert skip.check().clean and (skip.committed, skip.unchanged) == (2, 2)
+    assert skip.describe() == (
+        'stage_group[1]: the killed try had committed 2 of 4 segments; the retry skipped 2 '
+        '(its log: "committed by an earlier try"), 2 of the 2 commit.json unchanged (ETag, '
+        'LastModified); it staged the other 2')
+    # one more skipped than seen: a commit whose request landed just after the kill
+    assert checks.SegmentSkip(1, before, after, logged=3).check().clean
+
+
+def test_a_retry_that_restaged_a_committed_segment_is_a_problem():
+    before = {"g0/s0/commit.json": ("e0", "t0"), "g0/s1/commit.json": ("e1", "t1")}
+    rewritten = {"g0/s0/commit.json": ("e0", "t0"), "g0/s1/commit.json": ("e1", "t7")}  # same body
+    got = checks.SegmentSkip(0, before, rewritten, logged=1).check()
+    assert len(got.problems) == 2 and "rewrote or lost 1 of the 2" in got.problems[0]
+    assert "skipped 1 segments, the killed try had committed 2" in got.problems[1]
+    lost = checks.SegmentSkip(0, before, {"g0/s1/commit.json": ("e1", "t1")}, logged=2).check()
+    assert not lost.clean
+    assert "no log" in checks.SegmentSkip(0, before, before, logged=None).check().problems[0]
+
+
+def test_the_run_line_and_summary_show_what_the_retry_skipped():
+    from chaos import runner
+
+    before = {"g1/s0/commit.json": ("e0", "t0")}
+    skip = checks.SegmentSkip(1, before, {**before, "g1/s1/commit.json": ("e1", "t2")}, 1)
+    kill = kills.KillRecord("stage_group[1]", 1, 12.5, "mid-group, 1 of its 2 segment commits seen")
+    plan = kills.KillPlan("stage_group_mid_file", "stage_group", 0.3)
+    hit = runner.RunResult(1, plan, kill, "success", 60.0, {"stage_group[1]": 2},
+                           {"Completed": 1}, checks.RunCheck(), skip=skip)
+    line = runner.describe(hit, 2)
+    assert "killed stage_group[1] try 1 at 12.5s (mid-group" in line
+    assert line.splitlines()[1] == "  " + skip.describe()
+    fallback = kills.KillRecord("stage_shard[0]", 1, 20.0, "missed stage_group_mid_file (the "
+                                "group finished first); next task started after the miss")
+    missed = runner.RunResult(2, plan, fallback, "success", 60.0, {"stage_shard[0]": 2},
+                              {"Completed": 1}, checks.RunCheck())
+    assert len(runner.describe(missed, 2).splitlines()) == 1
+    lines = runner.summary([hit, missed], 120.0)
+    assert ("chaos: stage_group killed mid-group in 1 runs: committed [1] segments, the retries "
+            "skipped [1], commit.json unchanged [1]") in lines
+    assert any("missed its moment in 1 runs" in ln for ln in lines)

@@ -5,7 +5,10 @@ and SageMaker hold, so they are unit-tested without any server.
 - duplicated: documents in the index beyond the distinct expected ones, records the report
   counts more than once, and more than one transform job (or ML Commons model / model
   group of one name) doing the same work;
-- orphan_jobs: transform jobs of the run still InProgress / Stopping after the run ended.
+- orphan_jobs: transform jobs of the run still InProgress / Stopping after the run ended;
+
+and, after a stage_group killed between its segment commits, that its retry skipped what the
+dead try had committed (SegmentSkip).
 """
 
 from __future__ import annotations
@@ -108,6 +111,47 @@ def check_unique_names(kind: str, names: list[str]) -> RunCheck:
     if extra:
         out.problems.append(f"duplicate {kind}: {extra}")
     return out
+
+
+@dataclass(frozen=True)
+class SegmentSkip:
+    """A stage_group killed mid-group, and its retry: `before` / `after`: the group's segment
+    commits (key -> (ETag, LastModified)) right after the kill and after the run; `logged`:
+    segments the retry's log says an earlier try committed (None: no log of the retry)."""
+    group: int
+    before: dict[str, tuple[str, str]]
+    after: dict[str, tuple[str, str]]
+    logged: int | None
+
+    @property
+    def committed(self) -> int:
+        return len(self.before)
+
+    @property
+    def unchanged(self) -> int:
+        return sum(self.after.get(k) == v for k, v in self.before.items())
+
+    def check(self) -> RunCheck:
+        """Problems unless every commit the dead try left is untouched and the retry skipped
+        them all (it may skip one more: a commit whose request landed just after the kill)."""
+        out, g = RunCheck(), self.group
+        if self.unchanged != self.committed:
+            out.problems.append(f"stage_group[{g}]'s retry rewrote or lost "
+                                f"{self.committed - self.unchanged} of the {self.committed} "
+                                "segment commits the killed try left")
+        if self.logged is None:
+            out.problems.append(f"no log of stage_group[{g}]'s retry")
+        elif self.logged < self.committed:
+            out.problems.append(f"stage_group[{g}]'s retry skipped {self.logged} segments, the "
+                                f"killed try had committed {self.committed}")
+        return out
+
+    def describe(self) -> str:
+        return (f"stage_group[{self.group}]: the killed try had committed {self.committed} of "
+                f"{len(self.after)} segments; the retry skipped {self.logged} (its log: "
+                f"\"committed by an earlier try\"), {self.unchanged} of the {self.committed} "
+                f"commit.json unchanged (ETag, LastModified); it staged the other "
+                f"{len(self.after) - (self.logged or 0)}")
 
 
 def result_line(runs: int, total: RunCheck) -> str:

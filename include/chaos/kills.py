@@ -9,6 +9,11 @@ window. The watcher is fed the run's task instances (REST) and the stack's task 
                         requests per lane and the kill lands between / inside them)
   index_shard_checkpoint  an index_shard runner once a shard's first checkpoint object is
                         in S3 (runs/<key>/checkpoints/index/): the retry must resume there
+  stage_group_mid_file  a stage_group runner once its group's first segment is committed
+                        (runs/<key>/staged/g<G>/s00000/commit.json in S3) while later
+                        segments of the group are still to stage (this mode's runs give
+                        each group several files, one segment each): the retry must skip
+                        the committed segments and redo only the rest
   batch_predict_submit  the batch_predict runner while its `_batch_predict` request is held
                         by the devstack: the request still creates the job after the kill,
                         so the retry must find that job and attach, not submit another
@@ -38,6 +43,7 @@ from dataclasses import dataclass, field
 MODES: dict[str, int] = {  # weights
     "index_shard_bulk": 6,
     "index_shard_checkpoint": 3,
+    "stage_group_mid_file": 2,
     "batch_predict_submit": 3,
     "batch_predict_resume": 2,
     "task": 6,
@@ -79,7 +85,7 @@ def choose(rng: random.Random, modes: list[str] | None = None, run_index: int = 
         names = list(weights)
         mode = rng.choices(names, weights=[weights[n] for n in names])[0]
     task = {"index_shard_bulk": "index_shard", "index_shard_checkpoint": "index_shard",
-            "worker": "index_shard",
+            "worker": "index_shard", "stage_group_mid_file": "stage_group",
             "batch_predict_submit": "batch_predict",
             "batch_predict_resume": "batch_predict", "triggerer": "batch_predict"}.get(mode)
     if mode.startswith("task:"):
@@ -87,6 +93,20 @@ def choose(rng: random.Random, modes: list[str] | None = None, run_index: int = 
     elif mode == "task":
         task = rng.choice(OTHER_TASKS)
     return KillPlan(mode, task or "", rng.random())
+
+
+@dataclass(frozen=True)
+class GroupStage:
+    """One staging group as S3 shows it mid-run: segments committed (their commit.json
+    present), segments in all (from the listing), whether its group.json is written."""
+    committed: int
+    segments: int
+    done: bool = False
+
+    @property
+    def mid(self) -> bool:
+        """First segment committed, later ones still to stage."""
+        return not self.done and 1 <= self.committed < self.segments
 
 
 @dataclass
@@ -133,15 +153,19 @@ class Watcher:
         return sorted(i for i in workers if tis.get(i, {}).get("task_id") == task_id)
 
     def tick(self, tis: dict[str, dict], workers: dict, *, bulk_started: int,
-             submit_in_flight: bool, checkpoints: int = 0) -> KillRecord | None:
+             submit_in_flight: bool, checkpoints: int = 0,
+             staged: dict[int, GroupStage] | None = None) -> KillRecord | None:
         """`tis`: ti id -> task instance (REST); `workers`: ti id -> runner process;
-        `checkpoints`: index_shard checkpoint objects of the run now in S3."""
+        `checkpoints`: index_shard checkpoint objects of the run now in S3; `staged`: group ->
+        its GroupStage in S3 now (empty until the listing is written)."""
         now = time.monotonic()
         if any(t.get("task_id") == "batch_predict" and t.get("state") == "deferred" for t in tis.values()):
             self.deferred_seen = True
         if self.fallback:
             return self._tick_fallback(now, tis, workers)
         plan = self.plan
+        if plan.mode == "stage_group_mid_file":
+            return self._tick_stage_group(now, tis, workers, staged or {})
         candidates = self._workers_of(plan.task, tis, workers)
         if plan.mode == "triggerer":
             bp = [t for t in tis.values() if t.get("task_id") == "batch_predict"]
@@ -199,6 +223,27 @@ class Watcher:
             return self._record(tis[ti_id], "", f"{detail}, {now - self._window_start:.1f}s into "
                                 f"a {self._window:.1f}s window", proc.pid)
         return self._miss("its process was gone")
+
+    def _tick_stage_group(self, now: float, tis: dict[str, dict], workers: dict,
+                          staged: dict[int, GroupStage]) -> KillRecord | None:
+        """At once (the group is still going): the runner of a group whose first segment is
+        committed and whose later ones are not; a miss once no group can be caught so."""
+        candidates = self._workers_of("stage_group", tis, workers)
+        self._seen.update(candidates)  # the fallback takes a later task, not these
+        mid = [i for i in candidates
+               if tis[i].get("map_index", -1) in staged and staged[tis[i]["map_index"]].mid]
+        if mid:
+            ti_id = mid[int(self.plan.u * 1e6) % len(mid)]
+            group = staged[tis[ti_id]["map_index"]]
+            proc = workers[ti_id]
+            self._window_start = now
+            if self.kill_process(proc):
+                return self._record(tis[ti_id], "", f"mid-group, {group.committed} of its "
+                                    f"{group.segments} segment commits seen", proc.pid)
+            return self._miss("its process was gone")
+        if staged and all(g.done or g.committed >= g.segments for g in staged.values()):
+            return self._miss("the group finished first")
+        return None
 
     def _miss(self, why: str) -> None:
         self.fallback = True

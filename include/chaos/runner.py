@@ -5,6 +5,8 @@ model's definition, so it registers its own ML Commons model (with its connector
 ensure_model kills land in the create path; the connector role ARN no longer would: a
 self-managed cluster's connector signs with keys, and the role is not in its definition), and
 its accounting is exact: the same generated input every time, N valid records and 2 bad lines.
+The kill mode stage_group_mid_file reads that input split into several files (`input-files/`),
+in groups of several one-file segments, so a stage_group can be caught between commits.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ class Options:
     retries: int = 3
     bulk_max_actions: int = 10
     checkpoint_lines: int = 20  # BATCHVEC_CHECKPOINT_LINES: a shard checkpoints mid-way
+    # stage_group_mid_file: the input in this many files, in this many staging groups, every
+    # file its own segment (staging_commit_mb 0), so each group commits several times.
+    stage_files: int = 48
+    stage_groups: int = 2
     bulk_latency_ms: int = 600
     submit_latency_ms: int = 4000
     run_timeout: float = 600.0
@@ -68,11 +74,37 @@ def write_input(path: Path, records: int, sample: Path) -> set[str]:
     return ids
 
 
-def run_conf(i: int, input_path: Path, index: str, shards: int) -> dict:
+def split_input(path: Path, out_dir: Path, files: int) -> list[int]:
+    """`path`'s lines in `files` files of about as many lines each, in order (sorted names:
+    the listing's order is the input's); returns their sizes."""
+    lines = path.read_text().splitlines(keepends=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = max(1, min(files, len(lines)))
+    sizes = []
+    for n in range(files):
+        part = lines[n * len(lines) // files:(n + 1) * len(lines) // files]
+        target = out_dir / f"part-{n:04d}.jsonl"
+        target.write_text("".join(part))
+        sizes.append(target.stat().st_size)
+    return sizes
+
+
+def staging_conf(sizes: list[int], groups: int) -> dict:
+    """Params that cut `sizes` (the files, in order) into about `groups` groups of whole
+    files, each file its own commit segment, with the staged objects kept after the run (the
+    checks read the commits back)."""
+    group_mb = max(sum(sizes) / max(1, groups), 1) / 1e6
+    return {"staging_group_mb": group_mb, "staging_commit_mb": 0, "keep_staging": True}
+
+
+def run_conf(i: int, input_path: Path, index: str, shards: int,
+             staging: dict | None = None) -> dict:
     """Run i's DAG conf: its own index, and its own tag, which is part of the model's
-    definition, so the run registers a model of its own."""
+    definition, so the run registers a model of its own; `staging`: staging params
+    (stage_group_mid_file's runs), else the defaults."""
     return {"input_uri": str(input_path), "index_name": index, "metadata_fields": ["topic"],
-            "shards": shards, "max_reject_ratio": 0.5, "tags": {"batchvec-chaos-run": f"{i:03d}"}}
+            "shards": shards, "max_reject_ratio": 0.5, "tags": {"batchvec-chaos-run": f"{i:03d}"},
+            **(staging or {})}
 
 
 class Services:
@@ -122,6 +154,47 @@ class Services:
                                        Prefix=f"runs/{run_key}/checkpoints/index/")
         return sum(o["Key"].endswith(".json") for o in resp.get("Contents", ()))
 
+    def _keys(self, prefix: str) -> list[dict]:
+        found, token = [], None
+        while True:
+            kw = {"Bucket": self.ep["bucket"], "Prefix": prefix,
+                  **({"ContinuationToken": token} if token else {})}
+            page = self.s3.list_objects_v2(**kw)
+            found += page.get("Contents", ())
+            token = page.get("NextContinuationToken")
+            if not token:
+                return found
+
+    def staged_groups(self, run_key: str, segments: dict[int, int]) -> dict[int, kills.GroupStage]:
+        """group -> GroupStage from `runs/<key>/staged/` now. `segments` (group -> segments in
+        all) is filled from the listing (`groups.json`) once it is there; {} before."""
+        prefix = f"runs/{run_key}/staged/"
+        if not segments:
+            try:
+                obj = self.s3.get_object(Bucket=self.ep["bucket"], Key=prefix + "groups.json")
+            except self.s3.exceptions.NoSuchKey:
+                return {}
+            listing = json.loads(obj["Body"].read())
+            segments.update({g["group"]: len(g["segments"]) for g in listing["groups"]})
+        committed: Counter = Counter()
+        done = set()
+        for o in self._keys(prefix):
+            parts = o["Key"][len(prefix):].split("/")  # g00000/s00003/commit.json, g00000/group.json
+            if not parts[0].startswith("g") or not parts[0][1:].isdigit():
+                continue
+            group = int(parts[0][1:])
+            if parts[1:] == ["group.json"]:
+                done.add(group)
+            elif len(parts) == 3 and parts[2] == "commit.json":
+                committed[group] += 1
+        return {g: kills.GroupStage(committed[g], n, g in done) for g, n in segments.items()}
+
+    def commits(self, run_key: str, group: int) -> dict[str, tuple[str, str]]:
+        """The group's segment commit objects now: key -> (ETag, LastModified)."""
+        prefix = f"runs/{run_key}/staged/g{group:05d}/"
+        return {o["Key"]: (o["ETag"], o["LastModified"].isoformat()) for o in self._keys(prefix)
+                if o["Key"].endswith("/commit.json")}
+
     def transform_jobs(self, run_key: str) -> list[dict]:
         jobs, token = [], None
         while True:
@@ -144,6 +217,7 @@ class RunResult:
     jobs: dict[str, int]
     check: checks.RunCheck
     note: str = ""  # celery: where the retried tries ran
+    skip: checks.SegmentSkip | None = None  # stage_group_mid_file: what the retry skipped
 
 
 class Session:
@@ -157,6 +231,8 @@ class Session:
         self.input = root / "input.jsonl"
         self.expected = write_input(self.input, opts.records,
                                     Path(__file__).resolve().parents[1] / "sample" / "documents.jsonl")
+        self.input_files = root / "input-files"  # the same lines, for stage_group_mid_file
+        self.file_sizes = split_input(self.input, self.input_files, opts.stage_files)
 
     # -- faults -----------------------------------------------------------------------------
     def _set_faults(self, plan: kills.KillPlan) -> None:
@@ -194,7 +270,15 @@ class Session:
             bulk_window=0.9 * per_lane * opts.bulk_latency_ms / 1000,
             submit_window=0.85 * opts.submit_latency_ms / 1000,
             kill_worker=self._kill_worker if opts.executor == "celery" else None)
-        conf = run_conf(i, self.input, index, opts.shards)
+        key = make_run_key("batch_embeddings", run_id)
+        mid_group = plan.mode == "stage_group_mid_file"
+        if mid_group:
+            conf = run_conf(i, self.input_files, index, opts.shards,
+                            staging_conf(self.file_sizes, opts.stage_groups))
+        else:
+            conf = run_conf(i, self.input, index, opts.shards)
+        segments: dict[int, int] = {}
+        before: dict[str, tuple[str, str]] | None = None  # the killed group's commits then
         started = time.monotonic()
         self.stack.trigger(run_id, conf)
         kill_key = None
@@ -215,12 +299,15 @@ class Session:
                 lives.setdefault((ti_id, proc.pid), [now, now])[1] = now
             if kill is None:
                 bulk, submit = self._fault_counts()
-                saved = (self.services.checkpoints(make_run_key("batch_embeddings", run_id))
+                saved = (self.services.checkpoints(key)
                          if plan.mode == "index_shard_checkpoint" else 0)
+                staged = self.services.staged_groups(key, segments) if mid_group else None
                 kill = watcher.tick(tis, workers, bulk_started=bulk, submit_in_flight=submit,
-                                    checkpoints=saved)
+                                    checkpoints=saved, staged=staged)
                 if kill is not None:
                     kill_key = kill.process_key
+                    if mid_group and not watcher.fallback:  # the process is dead: what it left
+                        before = self.services.commits(key, seen_tis[kill_key[0]]["map_index"])
             time.sleep(0.1)
         else:
             state = f"timeout after {opts.run_timeout:.0f}s"
@@ -231,14 +318,39 @@ class Session:
         self._learn(lives, seen_tis)
         retried = {_label(t): t["try_number"] for t in final if (t["try_number"] or 0) > 1}
         note = self._celery_note(run_id, final) if opts.executor == "celery" else ""
-        key = make_run_key("batch_embeddings", run_id)
         jobs = self.services.transform_jobs(key)
         check = self._check(index, key, jobs)
+        skip = None
+        if before is not None:
+            skip = self._segment_skip(run_id, key, seen_tis[kill_key[0]]["map_index"],
+                                      kill.try_number or 1, before)
+            check = check.add(skip.check())
         if state != "success":
             check.problems.append(f"run ended {state}: " + ", ".join(
                 f"{_label(t)}={t['state']}" for t in final if t["state"] != "success"))
         return RunResult(i, plan, kill, state, seconds, retried,
-                         dict(Counter(j["TransformJobStatus"] for j in jobs)), check, note)
+                         dict(Counter(j["TransformJobStatus"] for j in jobs)), check, note,
+                         skip)
+
+    def _segment_skip(self, run_id: str, key: str, group: int, killed_try: int,
+                      before: dict[str, tuple[str, str]]) -> checks.SegmentSkip:
+        """What the retry of a group killed mid-way did with the dead try's commits: from S3
+        (each commit.json's ETag and LastModified) and the retry's log (stage_group logs each
+        segment it skips)."""
+        return checks.SegmentSkip(group, before, self.services.commits(key, group),
+                                  self._log_count(run_id, "stage_group", group, killed_try + 1,
+                                                  "committed by an earlier try"))
+
+    def _log_count(self, run_id: str, task_id: str, map_index: int, attempt: int,
+                   text: str) -> int | None:
+        """Lines holding `text` in one try's task log, None when there is no such log."""
+        name = (f"dag_id=batch_embeddings/run_id={run_id}/task_id={task_id}/"
+                f"map_index={map_index}/attempt={attempt}.log")
+        homes = [self.stack.home, *sorted(self.stack.root.glob("workers/*/home"))]  # celery
+        for log in (home / "logs" / name for home in homes):
+            if log.exists():
+                return sum(text in line for line in log.read_text(errors="replace").splitlines())
+        return None
 
     def _check(self, index: str, key: str, jobs: list[dict]) -> checks.RunCheck:
         exp = self.expected
@@ -319,6 +431,8 @@ def describe(res: RunResult, runs: int) -> str:
     line = (f"chaos: run {res.index}/{runs} [{res.plan.describe()}] {killed} -> {res.state} in "
             f"{res.seconds:.0f}s; tries: {retried}; jobs: {res.jobs}; "
             f"lost={c.lost} duplicated={c.duplicated} orphan_jobs={c.orphan_jobs}")
+    if res.skip is not None:
+        line += f"\n  {res.skip.describe()}"
     if res.note:
         line += f"\n  workers: {res.note}"
     if c.problems:
@@ -331,8 +445,18 @@ def summary(results: list[RunResult], seconds: float) -> list[str]:
     modes = Counter(r.plan.describe() for r in results)
     ok = sum(r.state == "success" for r in results)
     landed = sum(r.kill is not None for r in results)
-    return [f"chaos: kill plans: {dict(sorted(modes.items()))}",
-            f"chaos: killed: {dict(sorted(targets.items()))}; kills landed in {landed} of "
-            f"{len(results)} runs",
-            f"chaos: {len(results)} runs in {seconds:.0f}s "
-            f"({seconds / max(len(results), 1):.0f}s per run); {ok} succeeded"]
+    lines = [f"chaos: kill plans: {dict(sorted(modes.items()))}",
+             f"chaos: killed: {dict(sorted(targets.items()))}; kills landed in {landed} of "
+             f"{len(results)} runs"]
+    skips = [r.skip for r in results if r.skip is not None]
+    if skips:
+        lines.append(f"chaos: stage_group killed mid-group in {len(skips)} runs: committed "
+                     f"{[s.committed for s in skips]} segments, the retries skipped "
+                     f"{[s.logged for s in skips]}, commit.json unchanged "
+                     f"{[s.unchanged for s in skips]}")
+    missed = sum(r.plan.mode == "stage_group_mid_file" and r.skip is None for r in results)
+    if missed:
+        lines.append(f"chaos: stage_group_mid_file missed its moment in {missed} runs "
+                     "(the fallback kill is on their lines)")
+    return lines + [f"chaos: {len(results)} runs in {seconds:.0f}s "
+                    f"({seconds / max(len(results), 1):.0f}s per run); {ok} succeeded"]
