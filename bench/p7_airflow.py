@@ -47,6 +47,12 @@ RUN_ID = "bench-p7"
 FILES = 8
 FILES_PER_GROUP = 2
 SHARDS = 4
+# Bulk lanes per index_shard task. The DAG's default 4 with 4 shards indexing at once is 16
+# requests of 5 MB in flight: the devstack node (1 GB heap) refuses that with 429
+# (indexing pressure: max_coordinating_and_primary_bytes, 10% of the heap) longer than
+# BulkWriter's backoff waits, and every try fails (measured 2026-12-02). 1 lane per shard
+# is 4 in flight, as many as the single client of the node-rate measurement (P3n's) has.
+BULK_LANES = 1
 SAMPLE_S = 0.2
 USS_EVERY_S = 1.0
 RUN_TIMEOUT_S = 3 * 3600
@@ -302,7 +308,7 @@ def measure(docs: int, keep_logs: Path | None = None) -> dict:
         group_mb = sum(staged["sizes"][:FILES_PER_GROUP]) * 0.99 / 1e6
         conf = {"input_uri": staged["uri"], "index_name": INDEX, "metadata_fields": ["lang"],
                 "sagemaker_model_name": model, "sagemaker_endpoint_name": endpoint,
-                "shards": SHARDS, "staging_group_mb": group_mb}
+                "shards": SHARDS, "bulk_concurrency": BULK_LANES, "staging_group_mb": group_mb}
         stack = AirflowStack(root, devstack_airflow_env(endpoints), retries=2)
         try:
             t0 = time.monotonic()
@@ -353,7 +359,8 @@ def row(result: dict) -> Row:
     notes = [
         f"P7: real Airflow (scheduler + LocalExecutor, triggerer, a process per task try), "
         f"{result['files']} input files ({result['input_bytes'] / 1e6:,.0f} MB) in "
-        f"{result['groups']} staging groups, {result['shards']} shards, model {MODEL}; run wall "
+        f"{result['groups']} staging groups, {result['shards']} shards x {BULK_LANES} bulk lane, "
+        f"model {MODEL}; run wall "
         f"{result['wall_s']:.1f}s (+{result['queued_s']:.1f}s queued; trigger to observed end "
         f"{result['observed_s']:.1f}s); index holds {result['indexed']:,} of {docs:,}",
         "P7 stages (span s [busy s over n]): " + ", ".join(
