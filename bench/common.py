@@ -100,15 +100,16 @@ def input_line(i: int, texts: list[bytes]) -> bytes:
                      b',"lang":"en"}\n'))
 
 
-def write_input(path: Path, n: int, chunk_records: int = 20_000, unique: bool = False) -> int:
-    """Stream ``n`` input records to ``path`` (never more than one chunk in memory). Texts
-    cycle through a pool of 256 unless ``unique`` (what the model sees must all differ, or
-    identical vectors make the report's smoke k-NN query ambiguous)."""
+def write_input(path: Path, n: int, chunk_records: int = 20_000, unique: bool = False,
+                start: int = 0) -> int:
+    """Stream ``n`` input records (ids ``doc-<start>`` on) to ``path`` (never more than one
+    chunk in memory). Texts cycle through a pool of 256 unless ``unique`` (what the model
+    sees must all differ, or identical vectors make the report's smoke k-NN query ambiguous)."""
     pool = [orjson.dumps(text_of(i)) for i in range(256)]
     size = 0
     with open(path, "wb") as fh:
-        for start in range(0, n, chunk_records):
-            ids = range(start, min(n, start + chunk_records))
+        for first in range(start, start + n, chunk_records):
+            ids = range(first, min(start + n, first + chunk_records))
             block = b"".join(input_line(i, [orjson.dumps(text_of(i))] if unique else pool)
                              for i in ids)
             fh.write(block)

@@ -29,13 +29,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from bench.common import Row  # noqa: E402
 from bench.table import render, summary  # noqa: E402
 
-ROWS = ("P1", "P2", "P3", "P3N", "P4", "P5", "P6", "P8")
+ROWS = ("P1", "P2", "P3", "P3N", "P4", "P5", "P6", "P7", "P8")
 DEFAULTS = {"p1_docs": 50_000, "p2_records": 200_000, "p3_docs": 100_000, "p3n_docs": 20_000,
             "p4_sizes": "100000,10000000", "p5_docs": 10_000, "p6_docs": 2_000,
-            "p8_docs": 100_000, "repeats": 3}
+            "p7_docs": 1_000_000, "p8_docs": 100_000, "repeats": 3}
 QUICK = {"p1_docs": 10_000, "p2_records": 50_000, "p3_docs": 20_000, "p3n_docs": 5_000,
-         "p4_sizes": "20000,200000", "p5_docs": 300, "p6_docs": 300, "p8_docs": 5_000,
-         "repeats": 3}
+         "p4_sizes": "20000,200000", "p5_docs": 300, "p6_docs": 300, "p7_docs": 5_000,
+         "p8_docs": 5_000, "repeats": 3}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--p4-sizes", help="two input sizes (records), small,large")
     parser.add_argument("--p5-docs", type=int, help="documents through the whole DAG")
     parser.add_argument("--p6-docs", type=int, help="passages through the model container")
+    parser.add_argument("--p7-docs", type=int,
+                        help="documents end to end through a real Airflow's DAG run (P7)")
     parser.add_argument("--p8-docs", type=int, help="documents in P8's full run and its rerun")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else DEFAULTS
@@ -90,6 +92,10 @@ def run_row(key: str, args: argparse.Namespace) -> Row:
         from bench import p6_container
 
         return p6_container.run(args.p6_docs, args.repeats)
+    if key == "P7":
+        from bench import p7_airflow
+
+        return p7_airflow.run(args.p7_docs)
     if key == "P8":
         from bench import p8_incremental
 

@@ -88,3 +88,42 @@ def test_p8_is_a_row_and_a_rerun_that_sends_anything_to_the_model_is_an_error():
         check(10, {"full": result(10, 10, 0)})
     with pytest.raises(RuntimeError, match="created 9, not 10"):
         check(10, {"full": result(10, 9, 0), "rerun": result(0, 0, 10)})
+
+
+def test_p7_is_a_row_with_its_size_option():
+    assert run.parse_args(["--only", "p7"]).only == ["P7"]
+    assert run.parse_args([]).p7_docs == 1_000_000
+    assert run.parse_args(["--quick"]).p7_docs == 5_000
+    assert run.parse_args(["--only", "P7", "--p7-docs", "1234"]).p7_docs == 1234
+
+
+@pytest.mark.devstack
+@pytest.mark.airflow
+def test_p7_smoke_real_airflow_run_indexes_every_record_and_samples_every_task_kind():
+    """P7 at a few thousand documents: a real Airflow (scheduler, LocalExecutor, triggerer)
+    runs the DAG on the devstack; every input record is indexed and every task kind that ran
+    has its peak runner RSS sampled."""
+    from bench import p7_airflow
+
+    docs = 3000
+    result = p7_airflow.measure(docs)
+    assert "success" in result["state"], result["not_success"]
+    assert result["indexed"] == docs
+    assert result["report"]["totals"]["records_in"] == docs
+    assert result["report"]["totals"]["created"] == docs
+    assert result["files"] == p7_airflow.FILES and result["groups"] == 4
+    assert result["stages"]["stage_group"]["n"] == 4
+    assert result["stages"]["index_shard"]["n"] == p7_airflow.SHARDS
+    kinds = set(result["stages"])
+    assert {"plan", "list_input", "stage_group", "stage_shard", "stage", "ensure_model",
+            "batch_predict", "check_outputs", "prepare_index", "index_shard"} <= kinds
+    for kind in kinds:
+        assert result["memory"][kind]["rss_mb"] > 0, (kind, result["memory"])
+        assert result["memory"][kind]["uss_mb"] > 0, (kind, result["memory"])
+    assert "unmatched" not in result["memory"]
+    assert result["wall_s"] > 0 and result["read_s"] > 0 and result["index_s"] > 0
+    assert result["ratio"] == pytest.approx(result["wall_s"] / (result["read_s"] + result["index_s"]))
+    assert not result["left_alive"]
+    row = p7_airflow.row(result)
+    text = render([row])
+    assert text.splitlines()[2].startswith("P7 ") and "peak RSS" in text
