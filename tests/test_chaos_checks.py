@@ -70,8 +70,20 @@ def test_report_with_failed_records_or_unbalanced_or_missing_is_not_clean():
 
 def test_jobs_of_a_run_are_its_key_and_attempt_suffixes_only():
     jobs = [job("k1", "Completed"), job("k1-r2", "Failed"), job("k10", "Completed"),
-            job("k1-rx", "Completed"), job("other", "InProgress")]
-    assert [j["TransformJobName"] for j in checks.job_summaries_for_run(jobs, "k1")] == ["k1", "k1-r2"]
+            job("k1-rx", "Completed"), job("other", "InProgress"), job("k1-j0", "Completed"),
+            job("k1-j1-r2", "Completed"), job("k1-jx", "Completed")]
+    assert [j["TransformJobName"] for j in checks.job_summaries_for_run(jobs, "k1")] == [
+        "k1", "k1-r2", "k1-j0", "k1-j1-r2"]
+
+
+def test_each_job_group_needs_its_one_completed_job():
+    assert checks.check_jobs([job("k-j0", "Completed"), job("k-j1", "Failed"),
+                              job("k-j1-r2", "Completed")]).clean
+    twice = checks.check_jobs([job("k-j0", "Completed"), job("k-j1", "Completed"),
+                               job("k-j1-r2", "Completed")])
+    assert twice.duplicated == 1 and "k-j1" in twice.problems[0]
+    none = checks.check_jobs([job("k-j0", "Completed"), job("k-j1", "Failed")])
+    assert not none.clean and "k-j1" in none.problems[0]
 
 
 def test_one_completed_job_is_clean_and_failed_attempts_do_not_count():
@@ -269,6 +281,29 @@ def test_triggerer_kill_while_deferred(clock):
     deferred = {"a": ti("a", "batch_predict", "deferred")}
     rec = w.tick(deferred, {}, bulk_started=0, submit_in_flight=False)
     assert killed == ["triggerer"] and rec.target == "triggerer" and rec.try_number is None
+
+
+def test_triggerer_kill_when_any_job_group_is_deferred(clock):
+    killed: list = []
+    w = watcher(kills.KillPlan("triggerer", "batch_predict", 0.0), killed)
+    tis = {"a": ti("a", "batch_predict", "success", map_index=0),
+           "b": ti("b", "batch_predict", "deferred", map_index=1)}
+    assert w.tick(tis, {}, bulk_started=0, submit_in_flight=False).target == "triggerer"
+
+
+def test_job_group_kill_takes_group_1s_runner_once_it_resumed_not_group_0s(clock):
+    killed: list = []
+    w = watcher(kills.KillPlan("job_group", "batch_predict", 0.0), killed)
+    g0, g1 = ti("a", "batch_predict", "deferred", 0), ti("b", "batch_predict", "deferred", 1)
+    assert w.tick({"a": g0, "b": g1}, {}, bulk_started=0, submit_in_flight=False) is None
+    g0 = {**g0, "state": "running"}  # group 0 resumed first: not the target
+    assert w.tick({"a": g0, "b": g1}, {"a": FakeProc(5)}, bulk_started=0,
+                  submit_in_flight=False) is None
+    g1 = {**g1, "state": "running"}
+    tis, workers = {"a": g0, "b": g1}, {"a": FakeProc(5), "b": FakeProc(6)}
+    assert w.tick(tis, workers, bulk_started=0, submit_in_flight=False) is None
+    rec = w.tick(tis, workers, bulk_started=0, submit_in_flight=False)
+    assert killed == [6] and rec.target == "batch_predict[1]" and "job group 1" in rec.detail
 
 
 # -- the CeleryExecutor's kill mode --------------------------------------------------------------

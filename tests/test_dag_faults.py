@@ -133,7 +133,7 @@ def test_stalled_job_is_cancelled_at_wait_timeout_and_the_run_fails_accounted(
     dagrun = run(dag_without_retries, datetime(2026, 6, 3, tzinfo=UTC),
                  {"input_uri": str(source), "index_name": "faults-stall", "wait_timeout": 3})
     assert dagrun.state == "failed"
-    assert task_states(dagrun)[("batch_predict", -1)] == "failed"
+    assert task_states(dagrun)[("batch_predict", 0)] == "failed"
     text = logged(capfd, caplog)
     assert "(SageMaker InProgress)" in text and "past the wait_timeout: cancelled it" in text
     (rep,) = reports(devstack, "faults-stall")  # the report is written even so

@@ -34,20 +34,25 @@ def _records_sent(devstack, desc: dict) -> int:
                for n in names)
 
 
+def _run_failing_group(devstack, source, group: int, day: int, index: str, **conf):
+    """One run of 3 job groups whose group `group` has its first job fail."""
+    faults.set_faults(devstack.state_dir, fail_job={
+        "count": 1, "name_regex": rf".*-j{group}", "reason": f"AlgorithmError: group {group} (test)"})
+    try:
+        return run(load_dag(), datetime(2026, 6, day, tzinfo=UTC),
+                   {"input_uri": str(source), "index_name": index, "shards": SHARDS,
+                    "max_records_per_job": PER_JOB, **conf})
+    finally:
+        faults.unset(devstack.state_dir, "fail_job")
+
+
 def test_a_failed_job_in_one_of_three_groups_resubmits_only_that_group(airflow_env, tmp_path,
                                                                         monkeypatch):
     devstack = airflow_env
     monkeypatch.setenv("BATCHVEC_RETRIES", "1")
     source = write_jsonl(tmp_path / "in.jsonl", docs("grp", DOCS))
-    faults.set_faults(devstack.state_dir, fail_job={"count": 1, "name_regex": r".*-j1",
-                                                    "reason": "AlgorithmError: group 1 (test)"})
-    try:
-        dagrun = run(load_dag(), datetime(2026, 6, 20, tzinfo=UTC),
-                     {"input_uri": str(source), "index_name": "groups-failed-one",
-                      "shards": SHARDS, "max_records_per_job": PER_JOB,
-                      "keep_staging": True})  # the jobs' inputs, counted below
-    finally:
-        faults.unset(devstack.state_dir, "fail_job")
+    dagrun = _run_failing_group(devstack, source, 1, 20, "groups-failed-one",
+                                keep_staging=True)  # the jobs' inputs, counted below
     assert dagrun.state == "success"
     (rep,) = reports(devstack, "groups-failed-one")
     key = rep["run_key"]
@@ -77,14 +82,7 @@ def test_a_group_that_fails_for_good_fails_only_its_shards(airflow_env, tmp_path
     devstack = airflow_env
     monkeypatch.setenv("BATCHVEC_RETRIES", "0")
     source = write_jsonl(tmp_path / "in.jsonl", docs("grf", DOCS))
-    faults.set_faults(devstack.state_dir, fail_job={"count": 1, "name_regex": r".*-j2",
-                                                    "reason": "AlgorithmError: group 2 (test)"})
-    try:
-        dagrun = run(load_dag(), datetime(2026, 6, 21, tzinfo=UTC),
-                     {"input_uri": str(source), "index_name": "groups-failed-good",
-                      "shards": SHARDS, "max_records_per_job": PER_JOB})
-    finally:
-        faults.unset(devstack.state_dir, "fail_job")
+    dagrun = _run_failing_group(devstack, source, 2, 21, "groups-failed-good")
     assert dagrun.state == "failed"
     (rep,) = reports(devstack, "groups-failed-good")
     assert rep["balanced"]

@@ -13,11 +13,13 @@ dead try had committed (SegmentSkip).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
 LIVE_JOB_STATES = ("InProgress", "Stopping")
 WORKING_JOB_STATES = ("Completed", *LIVE_JOB_STATES)
+_ATTEMPT = re.compile(r"-r\d+$")
 RESULT_LINE_KEYS = ("runs", "lost", "duplicated", "orphan_jobs")
 
 
@@ -77,29 +79,34 @@ def check_report(report: dict | None, *, records_in: int, accepted: int, rejecte
 
 
 def job_summaries_for_run(jobs: list[dict], run_key: str) -> list[dict]:
-    """The transform jobs a run may have made: `<run_key>` and `<run_key>-r<n>`."""
-    mine = []
-    for job in jobs:
-        name = job["TransformJobName"]
-        suffix = name[len(run_key):]
-        if name.startswith(run_key) and (suffix == "" or (suffix.startswith("-r") and suffix[2:].isdigit())):
-            mine.append(job)
-    return mine
+    """The transform jobs a run may have made: `<run_key>` or, one per job group,
+    `<run_key>-j<G>`, each with its attempts `-r<n>`."""
+    mine = re.compile(re.escape(run_key) + r"(-j\d+)?(-r\d+)?")
+    return [job for job in jobs if mine.fullmatch(job["TransformJobName"])]
 
 
 def check_jobs(jobs: list[dict]) -> RunCheck:
-    """`jobs`: this run's ListTransformJobs summaries, after the run ended."""
+    """`jobs`: this run's ListTransformJobs summaries, after the run ended. Per job group
+    (a name without its `-r<n>`): one job did the work, and none is left running."""
     states = Counter(job["TransformJobStatus"] for job in jobs)
     out = RunCheck(orphan_jobs=sum(states[s] for s in LIVE_JOB_STATES))
-    working = sum(states[s] for s in WORKING_JOB_STATES)
-    out.duplicated = max(0, working - 1)
     if out.orphan_jobs:
         out.problems.append(f"transform jobs still running after the run: {dict(states)}")
-    if out.duplicated:
-        out.problems.append(f"{working} transform jobs did the run's work: "
-                            f"{[j['TransformJobName'] for j in jobs]}")
-    if states["Completed"] != 1:
-        out.problems.append(f"expected one Completed transform job, found {dict(states)}")
+    groups: dict[str, list[dict]] = {}
+    for job in jobs:
+        groups.setdefault(_ATTEMPT.sub("", job["TransformJobName"]), []).append(job)
+    for base, group in sorted(groups.items()):
+        working = [j for j in group if j["TransformJobStatus"] in WORKING_JOB_STATES]
+        out.duplicated += max(0, len(working) - 1)
+        if len(working) > 1:
+            out.problems.append(f"{len(working)} transform jobs did the work of {base}: "
+                                f"{[j['TransformJobName'] for j in group]}")
+        done = sum(j["TransformJobStatus"] == "Completed" for j in group)
+        if done != 1:
+            out.problems.append(f"expected one Completed transform job for {base}, found "
+                                f"{dict(Counter(j['TransformJobStatus'] for j in group))}")
+    if not groups:
+        out.problems.append("no transform job at all")
     return out
 
 

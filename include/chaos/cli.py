@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--seed", type=int, default=None, help="seed for kill targets and moments")
     p.add_argument("--records", type=int, default=300, help="valid input records per run (300)")
     p.add_argument("--shards", type=int, default=2, help="input shards = index_shard tasks (2)")
+    p.add_argument("--job-groups", type=int, default=2,
+                   help="transform jobs per run (max_records_per_job = records / this; 2)")
     p.add_argument("--retries", type=int, default=3, help="task retries (BATCHVEC_RETRIES, 3)")
     p.add_argument("--modes", default="", help="comma-separated kill modes used in turn instead "
                    f"of a weighted draw: {', '.join([*kills.MODES, *kills.CELERY_MODES])} or "
@@ -41,8 +43,8 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
                    help="stop what an earlier --keep session left running in DIR, and exit")
     p.add_argument("--dir", type=Path, default=None, help="work dir (default: a new temp dir)")
     a = p.parse_args(argv)
-    if a.runs < 1 or not 10 <= a.records <= 9000 or a.shards < 1:
-        p.error("--runs >= 1, --records 10..9000 and --shards >= 1")
+    if a.runs < 1 or not 10 <= a.records <= 9000 or a.shards < 1 or a.job_groups < 1:
+        p.error("--runs >= 1, --records 10..9000, --shards >= 1 and --job-groups >= 1")
     modes = [m for m in a.modes.split(",") if m]
     for m in modes:
         if m not in kills.MODES and m not in kills.CELERY_MODES and not m.startswith("task:"):
@@ -52,7 +54,7 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     if a.seed is None:
         a.seed = int(time.time()) % 100000
     return Options(runs=a.runs, seed=a.seed, records=a.records, shards=a.shards,
-                   retries=a.retries, modes=modes, keep=a.keep, executor=a.executor), a
+                   job_groups=a.job_groups, retries=a.retries, modes=modes, keep=a.keep, executor=a.executor), a
 
 
 def stop_dir(root: Path) -> int:

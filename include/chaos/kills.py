@@ -19,11 +19,16 @@ window. The watcher is fed the run's task instances (REST) and the stack's task 
                         so the retry must find that job and attach, not submit another
   batch_predict_resume  the batch_predict runner that resumed after the deferral
                         (execute_complete): the retry must attach to the Completed job
+  job_group             the batch_predict runner of job group 1 (the runs have 2 groups)
+                        resumed after its deferral: its retry must attach to that group's
+                        Completed job, and group 0's job and shards go on untouched
   task                  any other task (plan, list_input, stage_group, stage_shard, stage,
-                        ensure_model, check_outputs, prepare_index, restore_index,
-                        switch_alias, report, cleanup) at a random point of its process's life
-  triggerer             the whole triggerer (SIGKILL) while batch_predict is deferred; a new
-                        triggerer takes the trigger over (no task retry: the wait resumes)
+                        job_list, shard_list, ensure_model, check_outputs, prepare_index,
+                        restore_index, switch_alias, report, cleanup) at a random point of
+                        its process's life
+  triggerer             the whole triggerer (SIGKILL) while a batch_predict is deferred; a new
+                        triggerer takes the triggers over (the job waits, the shards' waits
+                        on them: no task retry, the waits resume)
   worker                (--executor celery only) the whole Celery worker running an
                         index_shard, mid-bulk: its main process, pool, supervisors and runners
                         at once, so no one reports the tries failed; the scheduler finds them
@@ -46,17 +51,19 @@ MODES: dict[str, int] = {  # weights
     "stage_group_mid_file": 2,
     "batch_predict_submit": 3,
     "batch_predict_resume": 2,
+    "job_group": 2,
     "task": 6,
     "triggerer": 1,
 }
 # Drawn only under the CeleryExecutor (weighted with MODES).
 CELERY_MODES: dict[str, int] = {"worker": 4}
-OTHER_TASKS = ("plan", "list_input", "stage_group", "stage_shard", "stage", "ensure_model",
-               "check_outputs", "prepare_index", "restore_index", "switch_alias", "report",
+OTHER_TASKS = ("plan", "list_input", "stage_group", "stage_shard", "stage", "job_list",
+               "shard_list", "ensure_model", "check_outputs", "prepare_index", "restore_index", "switch_alias", "report",
                "cleanup")
 # Seconds a task runner process lives (its title is set after the fork, so this is parse +
 # execute), measured here; each session updates them from what it sees.
 PRIOR_SECONDS = {"plan": 1.7, "list_input": 1.2, "stage_group": 2.0, "stage_shard": 1.2,
+                 "job_list": 0.8, "shard_list": 0.8,
                  "stage": 1.2, "ensure_model": 1.5, "check_outputs": 1.0,
                  "prepare_index": 1.4, "restore_index": 0.9, "switch_alias": 1.2, "report": 1.3, "cleanup": 1.0,
                  "batch_predict": 1.5, "batch_predict_resume": 0.7, "index_shard": 3.0}
@@ -87,7 +94,8 @@ def choose(rng: random.Random, modes: list[str] | None = None, run_index: int = 
     task = {"index_shard_bulk": "index_shard", "index_shard_checkpoint": "index_shard",
             "worker": "index_shard", "stage_group_mid_file": "stage_group",
             "batch_predict_submit": "batch_predict",
-            "batch_predict_resume": "batch_predict", "triggerer": "batch_predict"}.get(mode)
+            "batch_predict_resume": "batch_predict", "job_group": "batch_predict",
+            "triggerer": "batch_predict"}.get(mode)
     if mode.startswith("task:"):
         mode, task = "task", mode.split(":", 1)[1]
     elif mode == "task":
@@ -133,6 +141,7 @@ class Watcher:
     started: float = field(default_factory=time.monotonic)
     fallback: bool = False
     deferred_seen: bool = False
+    groups_deferred: set[int] = field(default_factory=set)  # batch_predict map indexes seen so
     _moment: float | None = None
     _seen: set[str] = field(default_factory=set)
     _fallback_ti: str | None = None
@@ -159,17 +168,21 @@ class Watcher:
         `checkpoints`: index_shard checkpoint objects of the run now in S3; `staged`: group ->
         its GroupStage in S3 now (empty until the listing is written)."""
         now = time.monotonic()
-        if any(t.get("task_id") == "batch_predict" and t.get("state") == "deferred" for t in tis.values()):
-            self.deferred_seen = True
+        for t in tis.values():
+            if t.get("task_id") == "batch_predict" and t.get("state") == "deferred":
+                self.deferred_seen = True
+                self.groups_deferred.add(t.get("map_index", -1))
         if self.fallback:
             return self._tick_fallback(now, tis, workers)
         plan = self.plan
         if plan.mode == "stage_group_mid_file":
             return self._tick_stage_group(now, tis, workers, staged or {})
         candidates = self._workers_of(plan.task, tis, workers)
+        if plan.mode == "job_group":  # the second group's runner only
+            candidates = [i for i in candidates if tis[i].get("map_index") == 1]
         if plan.mode == "triggerer":
             bp = [t for t in tis.values() if t.get("task_id") == "batch_predict"]
-            deferred = bool(bp) and bp[0].get("state") == "deferred"
+            deferred = any(t.get("state") == "deferred" for t in bp)
             if self._moment is None and deferred:
                 self._moment = now + plan.u * 4.0
             if self._moment is not None and now >= self._moment:
@@ -192,6 +205,9 @@ class Watcher:
             elif plan.mode == "batch_predict_resume":
                 ready = ready and self.deferred_seen
                 window = WINDOW_SHARE * self.estimates.get("batch_predict_resume", 0.7)
+            elif plan.mode == "job_group":
+                ready = ready and 1 in self.groups_deferred
+                window = WINDOW_SHARE * self.estimates.get("batch_predict_resume", 0.7)
             else:
                 window = WINDOW_SHARE * self.estimates.get(plan.task, 1.5)
             if ready:
@@ -210,6 +226,7 @@ class Watcher:
                                             "shards with one in S3)",
                   "batch_predict_submit": "while its _batch_predict request was in flight",
                   "batch_predict_resume": "resumed after the deferral",
+                  "job_group": "of job group 1, resumed after the deferral",
                   "task": "random point", "worker": "mid-bulk"}[plan.mode]
         proc = workers[ti_id]
         if plan.mode == "worker" and self.kill_worker is not None:

@@ -44,6 +44,9 @@ class Options:
     # file its own segment (staging_commit_mb 0), so each group commits several times.
     stage_files: int = 48
     stage_groups: int = 2
+    # Transform jobs per run (max_records_per_job = records / this): the batch_predict kills
+    # land in one job group of several, whose retry must attach to that group's job alone.
+    job_groups: int = 2
     bulk_latency_ms: int = 600
     submit_latency_ms: int = 4000
     run_timeout: float = 600.0
@@ -98,13 +101,15 @@ def staging_conf(sizes: list[int], groups: int) -> dict:
 
 
 def run_conf(i: int, input_path: Path, index: str, shards: int,
-             staging: dict | None = None) -> dict:
+             staging: dict | None = None, records_per_job: int | None = None) -> dict:
     """Run i's DAG conf: its own index, and its own tag, which is part of the model's
     definition, so the run registers a model of its own; `staging`: staging params
-    (stage_group_mid_file's runs), else the defaults."""
+    (stage_group_mid_file's runs), else the defaults; `records_per_job`: cuts the shards
+    into several transform jobs."""
+    jobs = {"max_records_per_job": records_per_job} if records_per_job else {}
     return {"input_uri": str(input_path), "index_name": index, "metadata_fields": ["topic"],
             "shards": shards, "max_reject_ratio": 0.5, "tags": {"batchvec-chaos-run": f"{i:03d}"},
-            **(staging or {})}
+            **(staging or {}), **jobs}
 
 
 class Services:
@@ -272,11 +277,12 @@ class Session:
             kill_worker=self._kill_worker if opts.executor == "celery" else None)
         key = make_run_key("batch_embeddings", run_id)
         mid_group = plan.mode == "stage_group_mid_file"
+        per_job = -(-opts.records // max(1, opts.job_groups))
         if mid_group:
             conf = run_conf(i, self.input_files, index, opts.shards,
-                            staging_conf(self.file_sizes, opts.stage_groups))
+                            staging_conf(self.file_sizes, opts.stage_groups), per_job)
         else:
-            conf = run_conf(i, self.input, index, opts.shards)
+            conf = run_conf(i, self.input, index, opts.shards, records_per_job=per_job)
         segments: dict[int, int] = {}
         before: dict[str, tuple[str, str]] | None = None  # the killed group's commits then
         started = time.monotonic()
