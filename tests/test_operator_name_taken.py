@@ -108,7 +108,7 @@ def test_a_retry_that_finds_its_job_completed_returns_without_deferring(monkeypa
     cluster = SelfManagedCluster(monkeypatch)
     script(monkeypatch, op, [("task-1", "COMPLETED")], [])
     assert op.execute({}) == {"job_name": "k", "task_id": "task-1", "output_s3_uri": "s3://bkt/o/",
-                              "elapsed": 0.0}
+                              "elapsed": 0.0, "job_group": 0}
     assert cluster.pushes == ["push"]  # fresh keys on the model before anything else
 
 
