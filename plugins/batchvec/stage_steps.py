@@ -113,6 +113,8 @@ def stage_group(plan_data: dict, group: int) -> dict:
             spec=plan.record_spec, stamp=stamp, version=plan.version, version_of=version_of,
             carried=carried, manifest_name=groups.COMMIT,
             rejected_key=groups.rejected_key(plan.run_prefix, group, n),
+            # S3's smallest part: each shard holds one filling and one in flight (P7 memory)
+            part_size=s3io.MIN_PART_SIZE,
             progress=lambda p, size=size, label=label: log.info(
                 "staging %s: %s", label, staging.progress_line(p, size)))
         commits.append(staged.to_dict())
