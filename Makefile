@@ -67,7 +67,7 @@ bench: bootstrap
 	@$(PY) bench/run.py
 
 sagemaker-model: bootstrap
-	@$(PY) -m batchvec.sagemaker_model $(ARGS)
+	@$(PY) -m batchvec.model.container $(ARGS)
 
 chaos: bootstrap
 	@$(PY) scripts/chaos.py $(CHAOS_ARGS)

@@ -147,6 +147,6 @@ def free_disk_bytes(path: Path) -> int:
 
 def bench_spec():
     """The records write_input makes: id, text and the metadata field lang."""
-    from batchvec.records import RecordSpec
+    from batchvec.ingest.records import RecordSpec
 
     return RecordSpec("id", "text", ("lang",))

@@ -10,7 +10,7 @@ import json
 
 import orjson
 
-from batchvec.outputs import ActionBuilder
+from batchvec.outputs.convert import ActionBuilder
 from bench.common import DIM, OUTPUT_KEY, OutLines, Row, cpu_time, interleaved
 
 INDEX = "bench-index"

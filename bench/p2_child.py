@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    from batchvec import sources, staging
+    from batchvec.ingest import sources, staging
     from bench.common import bench_spec
     from bench.stack import s3_client
 

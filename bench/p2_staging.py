@@ -27,7 +27,7 @@ SHARDS = 2  # the DAG's default for one SageMaker instance
 
 
 def stage_ours(s3, bucket: str, path: Path, prefix: str) -> dict:
-    from batchvec import sources, staging
+    from batchvec.ingest import sources, staging
 
     spec = bench_spec()
     manifest = staging.stage(sources.open_input(str(path), s3_client=s3, spec=spec),

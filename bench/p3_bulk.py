@@ -53,8 +53,8 @@ class Docs:
 
 def send_ours(server: NullBulk, docs: Docs) -> float:
     """Our BulkWriter through the OpenSearchHook, as indexing.index_shard wires them."""
-    from batchvec.bulk import BulkWriter
-    from batchvec.opensearch_hook import OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchHook
+    from batchvec.index.bulk_writer import BulkWriter
 
     os.environ["AIRFLOW_CONN_BENCH_BULK"] = json.dumps(server.connection())
     hook = OpenSearchHook("bench_bulk", pool_size=6)

@@ -45,14 +45,14 @@ def s3_of(endpoints: dict):
 
 
 def stage(path: str, endpoints: dict) -> dict:
-    from batchvec import sources, staging
+    from batchvec.ingest import sources, staging
 
     s3 = s3_of(endpoints)
     baseline = rss_mb()
     spec = bench_spec()
     source = sources.open_input(path, s3_client=s3, spec=spec)
     total = sum(f.size for f in source.files)
-    log = logging.getLogger("batchvec.steps")
+    log = logging.getLogger("batchvec.tasks.common")
     manifest = staging.stage(
         source, s3_client=s3, bucket=endpoints["bucket"], prefix=f"bench-p4/{Path(path).stem}",
         shards=2, spec=spec,
@@ -104,9 +104,9 @@ class StreamedOutputs:
 
 
 def index(records: int, endpoints: dict, bulk_port: int) -> dict:
-    from batchvec import indexing
-    from batchvec.opensearch_hook import OpenSearchHook
-    from batchvec.plan import Plan
+    from batchvec.hooks.opensearch import OpenSearchHook
+    from batchvec.index import indexing
+    from batchvec.plan.run_plan import Plan
 
     os.environ["AIRFLOW_CONN_BENCH_BULK"] = json.dumps({
         "conn_type": "generic", "host": "127.0.0.1", "port": bulk_port, "schema": "http",

@@ -4,7 +4,7 @@
     python -m bench.p5_child model <input.jsonl>          the model alone, same texts
 
 The model alone is what the transform job's model container runs, without the container:
-sentence-transformers on the package's model (`batchvec.sagemaker_model.package`), fed the
+sentence-transformers on the package's model (`batchvec.model.container.package`), fed the
 job's MultiRecord requests (records packed up to MaxPayloadInMB = 1 MiB) in forward passes
 of 32 (the container's BATCHVEC_BATCH_SIZE), all cores; loading the weights is not timed
 (the container loads them before its first request).
@@ -28,7 +28,7 @@ def model(path: str) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from batchvec.sagemaker_model import package as pkg
+    from batchvec.model.container import package as pkg
     from bench.p6_container import _bodies
 
     torch.set_num_threads(os.cpu_count() or 1)

@@ -44,7 +44,7 @@ def run(docs: int, repeats: int) -> Row:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from batchvec.sagemaker_model import package as pkg
+    from batchvec.model.container import package as pkg
     from devstack.container import venv
     from devstack.container.process import Container
 

@@ -271,7 +271,7 @@ def index_count(endpoints: dict, alias: str) -> int:
 
 
 def report_of(endpoints: dict, run_id: str) -> dict | None:
-    from batchvec.naming import run_key
+    from batchvec.plan.naming import run_key
 
     s3 = s3_client(endpoints)
     try:

@@ -20,11 +20,11 @@ from airflow.sdk import (
     task_group,
 )
 
-from batchvec import stage_steps, steps
-from batchvec.executors import executor_config  # pod resources under Kubernetes, else {}
-from batchvec.job_waits import IndexSensor, ShardOutputSensor
-from batchvec.operators import BatchPredictOperator
-from batchvec.plan import param_schema
+from batchvec.batch.job_waits import IndexSensor, ShardOutputSensor
+from batchvec.batch.operators import BatchPredictOperator
+from batchvec.plan.run_plan import param_schema
+from batchvec.tasks import common, staging
+from batchvec.tasks.pod_resources import executor_config  # pod resources under Kubernetes, else {}
 
 # Each run's report adds an event for the index it wrote, opensearch://<host>/<index>;
 # schedule on this alias for every index, or on that Asset for one (README).
@@ -56,13 +56,13 @@ with DAG(
     # dry_run: plan logs the preview, keeps it in its XCom, and skips every other task.
     @task(multiple_outputs=True)
     def plan(params=None):
-        return steps.make_plan(params, get_current_context())
+        return common.make_plan(params, get_current_context())
 
     # Staging (README: Staging at scale): list and group the input, each group in parallel,
     # then each shard against the index, then the manifest.
     @task
     def list_input(plan: dict):
-        return stage_steps.list_input(plan)["groups"]
+        return staging.list_input(plan)["groups"]
 
     # Mapped over: a task's return value, not a key of the plan's or the manifest's.
     @task
@@ -79,23 +79,23 @@ with DAG(
 
     @task(max_active_tis_per_dagrun=8, executor_config=executor_config("stage_group"))
     def stage_group(plan: dict, group: int):
-        return stage_steps.stage_group(plan, group)
+        return staging.stage_group(plan, group)
 
     @task(max_active_tis_per_dagrun=8, executor_config=executor_config("stage_shard"))
     def stage_shard(plan: dict, shard: int):
-        return stage_steps.stage_shard(plan, shard)
+        return staging.stage_shard(plan, shard)
 
     @task(multiple_outputs=True)
     def stage(plan: dict):
-        return stage_steps.stage(plan)
+        return staging.stage(plan)
 
     @task(multiple_outputs=True)
     def ensure_model(plan: dict):
-        return steps.ensure_model(plan)
+        return common.ensure_model(plan)
 
     @task(max_active_tis_per_dagrun=4, executor_config=executor_config("index_shard"))
     def index_shard(plan: dict, index: dict, shard: dict):
-        return steps.index_shard(plan, shard, index)
+        return common.index_shard(plan, shard, index)
 
     # Jobs per group of shards (README: Jobs per shard group): each shard waits for its own
     # group's job only (after a Failed one too: the files it did transform are indexed).
@@ -107,20 +107,20 @@ with DAG(
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def restore_index(plan: dict, manifest: dict):
-        return steps.restore_index(plan, manifest)
+        return common.restore_index(plan, manifest)
 
     # A model switch's new index goes live only when every shard indexed and it verifies.
     @task
     def switch_alias(plan: dict, manifest: dict, index: dict):
-        return steps.switch_alias(plan, manifest, index)
+        return common.switch_alias(plan, manifest, index)
 
     @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[INDEX_ALIAS])
     def report(plan: dict, manifest: dict):
-        return steps.report(plan, manifest, get_current_context(), INDEX_ALIAS)
+        return common.report(plan, manifest, get_current_context(), INDEX_ALIAS)
 
     @task
     def cleanup(plan: dict):
-        return steps.cleanup(plan)
+        return common.cleanup(plan)
 
     the_plan = plan()
     listed = list_input(the_plan)

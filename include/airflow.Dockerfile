@@ -14,5 +14,5 @@ RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /tmp/batc
 
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/
 COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
-# include/: the ML Commons blueprints (plugins/batchvec/connectors.py finds them beside plugins/).
+# include/: what tasks read at run time besides the code (the sample documents, the pod template).
 COPY --chown=airflow:0 include/ /opt/airflow/include/

@@ -17,15 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "include"), str(REPO / "plugins"), str(REPO / "scripts")]
-
 import requests  # noqa: E402
 from demo_progress import watch  # noqa: E402
 
-from batchvec.report import RunReport, render_table  # noqa: E402
+from batchvec.report.accounting import RunReport, render_table  # noqa: E402
 from devstack import config, launcher, seed  # noqa: E402
 from devstack_connections import airflow_env as devstack_airflow_env  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "include"), str(REPO / "plugins"), str(REPO / "scripts")]
 
 QUERIES = ["a cat sleeping in the sun", "what happened to interest rates and shares"]
 

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 import requests
 
+import batchvec.hooks.mlcommons
 from devstack import faults
 
 SETTING = "plugins.ml_commons.max_batch_inference_tasks"
@@ -70,8 +71,8 @@ def limited_to(devstack, free_slots: int):
 def hold_a_slot(devstack, model_id: str) -> str:
     """Another run's batch task, its job held InProgress (hold_job) so it keeps its slot;
     `free_slot` lets it finish. Returns its ML Commons task id."""
-    from batchvec.opensearch_hook import OpenSearchHook
-    from batchvec.operators import BatchPredictOperator
+    from batchvec.batch.operators import BatchPredictOperator
+    from batchvec.hooks.opensearch import OpenSearchHook
 
     key = f"blocker-{uuid.uuid4().hex[:8]}"
     bucket = devstack.s3.bucket
@@ -100,7 +101,7 @@ def free_on_first_refusal(monkeypatch, devstack, task_id: str) -> list[str]:
     """When `_batch_predict` is first refused for the limit, free the blocker's slot before
     the refusal reaches the operator (so its next try finds a slot: no race). Returns the
     refusals seen."""
-    from batchvec import mlcommons
+    from batchvec.hooks import mlcommons
 
     real, refusals = mlcommons.batch_predict, []
 
@@ -113,5 +114,5 @@ def free_on_first_refusal(monkeypatch, devstack, task_id: str) -> list[str]:
                 free_slot(devstack, task_id)
             raise
 
-    monkeypatch.setattr(mlcommons, "batch_predict", batch_predict)
+    monkeypatch.setattr(batchvec.hooks.mlcommons, "batch_predict", batch_predict)
     return refusals

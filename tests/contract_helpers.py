@@ -34,7 +34,7 @@ def opensearch_conn(ep: dict, *, ca: bool = True, **extra) -> dict:
 def devstack_spec(ep: dict, **overrides):
     """The ModelSpec a devstack run of the DAG uses (seeded model and endpoint), changed by
     `overrides`; a `contract` tag makes its model this session's own."""
-    from batchvec.connectors import ModelSpec
+    from batchvec.model.connectors import ModelSpec
     from devstack import seed
 
     fields = dict(role_arn=seed.CONNECTOR_ROLE_ARN, region=ep["region"],
@@ -65,7 +65,7 @@ def stage_input(devstack, prefix: str, texts: list[str]) -> tuple[str, str]:
 
 def wait_task(hook, task_id: str, until, timeout: float = 120.0) -> tuple[dict, list[str]]:
     """Poll mlcommons.get_task until `until(task)`; (last task, states seen in order)."""
-    from batchvec import mlcommons
+    from batchvec.hooks import mlcommons
 
     seen: list[str] = []
     deadline = time.monotonic() + timeout

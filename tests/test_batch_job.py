@@ -14,9 +14,10 @@ import uuid
 import pytest
 from airflow.exceptions import TaskDeferred
 
-from batchvec import connectors, naming
-from batchvec.opensearch_hook import OpenSearchHook
-from batchvec.operators import BatchJobFailed, BatchPredictOperator
+from batchvec.batch.operators import BatchJobFailed, BatchPredictOperator
+from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.model import connectors
+from batchvec.plan import naming
 from devstack import faults
 from tests import batch_task_limit
 from tests.contract_helpers import devstack_spec
@@ -51,7 +52,7 @@ def deferred_event(op: BatchPredictOperator, **overrides) -> dict:
         op.execute({})
     trigger = deferred.value.trigger
     cls_path, kwargs = trigger.serialize()  # what the triggerer stores and rebuilds from
-    assert cls_path == "batchvec.triggers.BatchJobTrigger"
+    assert cls_path == "batchvec.batch.triggers.BatchJobTrigger"
     kwargs = {**kwargs, **overrides}
 
     async def first_event():
@@ -137,7 +138,7 @@ def test_sagemaker_throttling_backs_off_then_succeeds_once(airflow_env, model_id
     faults.set_faults(airflow_env.state_dir, sagemaker_throttle={"count": 2})
     run_key = key()
     op = operator(airflow_env, run_key, model_id, submit_retry_window=60)
-    with caplog.at_level("WARNING", logger="batchvec.operators"):
+    with caplog.at_level("WARNING", logger="batchvec.batch.operators"):
         assert deferred_event(op)["status"] == "success"
     backoffs = [r.getMessage() for r in caplog.records if "throttled" in r.getMessage()]
     assert len(backoffs) == 2, backoffs
@@ -163,7 +164,7 @@ def test_batch_task_limit_429_waits_for_a_free_slot(airflow_env, model_id, caplo
         refusals = batch_task_limit.free_on_first_refusal(monkeypatch, devstack, blocker)
         run_key = key()
         op = operator(devstack, run_key, model_id, submit_retry_window=120)
-        with caplog.at_level("WARNING", logger="batchvec.operators"):
+        with caplog.at_level("WARNING", logger="batchvec.batch.operators"):
             event = deferred_event(op)
     assert event["status"] == "success", event
     assert refusals == ["Exceeded maximum limit for BATCH_PREDICTION tasks. To increase the "

@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import pytest
 
-from batchvec.bulk import (
+from batchvec.index.bulk_writer import (
     BulkProtocolError,
     BulkTransientError,
     BulkUnavailable,

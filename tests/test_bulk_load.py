@@ -1,4 +1,4 @@
-"""Overlapping runs on one index share its bulk load (batchvec.bulk_load), on the devstack's
+"""Overlapping runs on one index share its bulk load (batchvec.index.load_settings), on the devstack's
 OpenSearch: whatever the order they enter and leave in, and however they retry, the index
 ends with the settings it had before the first of them started."""
 
@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from batchvec import bulk_load
-from batchvec.opensearch_hook import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.index import load_settings
 
 pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
 
@@ -28,46 +28,46 @@ def index(airflow_env):
 
 
 def settings(index: str) -> dict:
-    return bulk_load.current_settings(OpenSearchHook(), index)
+    return load_settings.current_settings(OpenSearchHook(), index)
 
 
 def lease(index: str):
-    return OpenSearchHook().get_versioned(bulk_load.LEASE_INDEX, index)
+    return OpenSearchHook().get_versioned(load_settings.LEASE_INDEX, index)
 
 
 def test_the_second_run_does_not_take_the_firsts_bulk_settings_for_the_originals(index):
     hook = OpenSearchHook()
-    assert bulk_load.enter(hook, index, "run-a") == ORIGINAL
+    assert load_settings.enter(hook, index, "run-a") == ORIGINAL
     assert settings(index) == BULK
-    assert bulk_load.enter(hook, index, "run-b") == ORIGINAL  # not the bulk settings
-    assert bulk_load.leave(hook, index, "run-a") is None  # b still loading
+    assert load_settings.enter(hook, index, "run-b") == ORIGINAL  # not the bulk settings
+    assert load_settings.leave(hook, index, "run-a") is None  # b still loading
     assert settings(index) == BULK
-    assert bulk_load.leave(hook, index, "run-b") == ORIGINAL
+    assert load_settings.leave(hook, index, "run-b") == ORIGINAL
     assert settings(index) == ORIGINAL and lease(index) is None
 
 
 def test_whichever_leaves_last_restores_and_retries_change_nothing(index):
     hook = OpenSearchHook()
-    bulk_load.enter(hook, index, "run-a")
-    bulk_load.enter(hook, index, "run-a")  # prepare_index retried
-    bulk_load.enter(hook, index, "run-b")
+    load_settings.enter(hook, index, "run-a")
+    load_settings.enter(hook, index, "run-a")  # prepare_index retried
+    load_settings.enter(hook, index, "run-b")
     assert sorted(lease(index)[0]["holders"]) == ["run-a", "run-b"]
-    assert bulk_load.leave(hook, index, "run-b") is None
-    assert bulk_load.leave(hook, index, "run-b") is None  # restore_index retried
+    assert load_settings.leave(hook, index, "run-b") is None
+    assert load_settings.leave(hook, index, "run-b") is None  # restore_index retried
     assert settings(index) == BULK
-    assert bulk_load.leave(hook, index, "run-a") == ORIGINAL
-    assert bulk_load.leave(hook, index, "run-a") is None  # nothing left to restore
+    assert load_settings.leave(hook, index, "run-a") == ORIGINAL
+    assert load_settings.leave(hook, index, "run-a") is None  # nothing left to restore
     assert settings(index) == ORIGINAL
 
 
 def test_a_run_that_enters_after_the_last_left_reads_the_real_originals(index):
     hook = OpenSearchHook()
-    bulk_load.enter(hook, index, "run-a")
-    bulk_load.leave(hook, index, "run-a")
+    load_settings.enter(hook, index, "run-a")
+    load_settings.leave(hook, index, "run-a")
     hook.put_settings(index, {"refresh_interval": "3s"})  # a user changed it in between
-    assert bulk_load.enter(hook, index, "run-c") == {"refresh_interval": "3s",
+    assert load_settings.enter(hook, index, "run-c") == {"refresh_interval": "3s",
                                                      "number_of_replicas": 1}
-    bulk_load.leave(hook, index, "run-c")
+    load_settings.leave(hook, index, "run-c")
     assert settings(index)["refresh_interval"] == "3s"
 
 
@@ -79,10 +79,10 @@ def test_many_runs_entering_and_leaving_at_once_leave_the_originals(index):
         try:
             hook = OpenSearchHook()
             for _ in range(3):
-                bulk_load.enter(hook, index, f"run-{n}")
+                load_settings.enter(hook, index, f"run-{n}")
                 if rng.random() < 0.5:
-                    bulk_load.enter(hook, index, f"run-{n}")  # a retry
-                bulk_load.leave(hook, index, f"run-{n}")
+                    load_settings.enter(hook, index, f"run-{n}")  # a retry
+                load_settings.leave(hook, index, f"run-{n}")
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

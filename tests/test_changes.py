@@ -1,4 +1,4 @@
-"""Fingerprints, versions and the per-shard diff (batchvec.changes), without servers."""
+"""Fingerprints, versions and the per-shard diff (batchvec.ingest.changes), without servers."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import zlib
 import orjson
 import pytest
 
-from batchvec import changes, staging
-from batchvec.bulk import BulkWriter
-from batchvec.bulk_format import classify_item
-from batchvec.outputs import ActionBuilder
-from batchvec.records import RecordSpec, make_validator
+from batchvec.index.bulk_format import classify_item
+from batchvec.index.bulk_writer import BulkWriter
+from batchvec.ingest import changes, staging
+from batchvec.ingest.records import RecordSpec, make_validator
+from batchvec.outputs.convert import ActionBuilder
 
 
 def staged(doc: dict, stamp, version: int = 100) -> bytes:
@@ -106,7 +106,7 @@ def test_version_reader_takes_integers_and_iso_dates():
 
 
 def test_a_bad_version_field_rejects_the_record_at_staging():
-    from batchvec.staging import _stamping
+    from batchvec.ingest.staging import _stamping
 
     check = _stamping(make_validator(RecordSpec()), changes.make_stamper("m", "s"), 5,
                       changes.version_reader("v"))

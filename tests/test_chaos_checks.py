@@ -112,7 +112,8 @@ def test_the_session_checks_models_and_groups_and_each_run_registers_its_own_mod
     """The connector lives inside the model: nothing standalone to count. A run's tag is
     part of the model's definition, so each run creates (and a killed ensure_model retries
     creating) a model of its own."""
-    from batchvec import connectors, plan
+    from batchvec.model import connectors
+    from batchvec.plan import run_plan
     from chaos import runner
 
     assert runner.ML_KINDS == ("models", "model_groups")
@@ -123,7 +124,7 @@ def test_the_session_checks_models_and_groups_and_each_run_registers_its_own_mod
         conf = {**runner.run_conf(i, source, f"chaos-{i:03d}", 2),
                 "sagemaker_model_name": "minilm-embedder",
                 "sagemaker_endpoint_name": "devstack-minilm"}
-        p = plan.resolve_plan(conf, dag_id="batch_embeddings", run_id=f"chaos-{i:03d}",
+        p = run_plan.resolve_plan(conf, dag_id="batch_embeddings", run_id=f"chaos-{i:03d}",
                               ds="2026-01-01", region="us-east-1")
         names.add(connectors.connector_definition(connectors.ModelSpec(**p.model))["name"])
     assert len(names) == 2
@@ -429,7 +430,7 @@ def test_mid_group_kill_of_a_process_already_gone_is_a_miss(clock):
 def test_the_mid_group_input_is_the_same_lines_in_several_files_and_segments(tmp_path, records):
     """stage_group_mid_file's runs read the session's input split into files, cut into
     groups of several one-file segments; the other modes keep the one file and the defaults."""
-    from batchvec import staging_groups
+    from batchvec.ingest import staging_groups
     from chaos import runner
 
     sample = Path(runner.__file__).resolve().parents[1] / "sample" / "documents.jsonl"

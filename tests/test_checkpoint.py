@@ -1,4 +1,4 @@
-"""The pure parts of resumable indexing (batchvec.checkpoint): the contiguous-ack prefix,
+"""The pure parts of resumable indexing (batchvec.index.checkpoint): the contiguous-ack prefix,
 line offsets, the checkpoint's (de)serialisation, and BulkWriter telling each action's fate
 by its input position."""
 
@@ -12,9 +12,10 @@ import threading
 
 import pytest
 
-from batchvec import checkpoint, outputs
-from batchvec.bulk import BulkWriter
-from batchvec.checkpoint import AckPrefix, Checkpoint, StreamState
+from batchvec.index import checkpoint
+from batchvec.index.bulk_writer import BulkWriter
+from batchvec.index.checkpoint import AckPrefix, Checkpoint, StreamState
+from batchvec.outputs import convert
 
 
 def _prefix(dlq=None):
@@ -74,12 +75,12 @@ def test_iter_lines_at_gives_each_line_and_offsets_resume(seed):
             yield blob[i:i + n]
             i += n
 
-    got = list(outputs.iter_lines_at(chunks(data)))
+    got = list(convert.iter_lines_at(chunks(data)))
     assert [line for line, _ in got] == [line for line in lines if line] + [b"tail"]
     assert got[-1][1] == len(data)
     for k in (0, 5, len(got) // 2, len(got) - 1):
         end = got[k][1]  # resuming there reads exactly the lines after line k
-        rest = list(outputs.iter_lines_at(chunks(data[end:]), end))
+        rest = list(convert.iter_lines_at(chunks(data[end:]), end))
         assert rest == got[k + 1:]
 
 
@@ -159,7 +160,7 @@ def test_indexed_digests_fold_in_order_and_skip_writes_that_indexed_nothing():
 
 def test_id_digest_is_the_same_in_every_process():
     """hash() of a str changes with PYTHONHASHSEED; the saved digests must not."""
-    code = "from batchvec.checkpoint import id_digest; print(id_digest('d-1'))"
+    code = "from batchvec.index.checkpoint import id_digest; print(id_digest('d-1'))"
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
             for seed in ("1", "2")}

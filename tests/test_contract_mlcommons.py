@@ -14,10 +14,12 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from batchvec import connectors, indexing, mlcommons
-from batchvec.bulk import BulkWriter
-from batchvec.opensearch_hook import OpenSearchError, OpenSearchHook
-from batchvec.operators import transform_parameters
+from batchvec.batch.operators import transform_parameters
+from batchvec.hooks import mlcommons
+from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook
+from batchvec.index import indexing
+from batchvec.index.bulk_writer import BulkWriter
+from batchvec.model import connectors
 from devstack import faults
 from tests.contract_helpers import (
     devstack_spec,

@@ -10,9 +10,10 @@ import json
 
 import pytest
 
-from batchvec import bulk_format, bulk_load, indexing, outputs
-from batchvec.bulk import BulkWriter
-from batchvec.opensearch_hook import OpenSearchError, OpenSearchHook, VersionConflict
+from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook, VersionConflict
+from batchvec.index import bulk_format, indexing, load_settings
+from batchvec.index.bulk_writer import BulkWriter
+from batchvec.outputs import convert
 from devstack import faults
 from tests.contract_helpers import unique
 
@@ -94,7 +95,7 @@ def test_bulk_item_outcomes_are_classified_as_the_writer_expects(hook, index):
 def test_vector_text_the_converter_keeps_unparsed_is_refused_per_document(hook, index):
     """outputs.py leaves the number grammar to the node: each bad vector fails its own
     document with mapper_parsing_exception, the rest of the request is written."""
-    builder = outputs.ActionBuilder(index, "emb", 3)
+    builder = convert.ActionBuilder(index, "emb", 3)
     lines = [b'{"_id": "ok", "text": "t", "SageMakerOutput": [[0.1, 0.2, 0.3]]}',
              b'{"_id": "dots", "text": "t", "SageMakerOutput": [[1.2.3, 0.2, 0.3]]}',
              b'{"_id": "commas", "text": "t", "SageMakerOutput": [[1,,2]]}',
@@ -147,19 +148,19 @@ def test_compare_and_set_documents(hook):
 
 
 def test_bulk_load_settings_are_set_and_restored(hook, index):
-    assert bulk_load.current_settings(hook, index) == {"refresh_interval": "1s",
+    assert load_settings.current_settings(hook, index) == {"refresh_interval": "1s",
                                                        "number_of_replicas": 1}
-    original = bulk_load.enter(hook, index, "run-a")
+    original = load_settings.enter(hook, index, "run-a")
     assert original == {"refresh_interval": "1s", "number_of_replicas": 1}
     settings = hook.get_settings(index)
     assert (settings["refresh_interval"], settings["number_of_replicas"]) == ("-1", "0")
-    bulk_load.enter(hook, index, "run-b")
-    assert bulk_load.leave(hook, index, "run-a") is None  # run-b still loading
+    load_settings.enter(hook, index, "run-b")
+    assert load_settings.leave(hook, index, "run-a") is None  # run-b still loading
     assert hook.get_settings(index)["refresh_interval"] == "-1"
-    assert bulk_load.leave(hook, index, "run-b") == original
+    assert load_settings.leave(hook, index, "run-b") == original
     settings = hook.get_settings(index)
     assert (settings["refresh_interval"], settings["number_of_replicas"]) == ("1s", "1")
-    assert hook.get_versioned(bulk_load.LEASE_INDEX, index) is None
+    assert hook.get_versioned(load_settings.LEASE_INDEX, index) is None
 
 
 def test_index_api_errors_carry_the_type_the_pipeline_branches_on(hook, index):

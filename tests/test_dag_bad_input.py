@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchvec import naming
-from batchvec.records import DEFAULT_MAX_TEXT_BYTES
+from batchvec.ingest.records import DEFAULT_MAX_TEXT_BYTES
+from batchvec.plan import naming
 from tests.dag_helpers import load_dag, os_get, reports, run, transform_jobs
 
 pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
@@ -271,11 +271,11 @@ def test_params_that_make_no_sense_fail_the_plan_with_one_message(dag, airflow_e
 def test_an_input_of_blank_lines_only_says_so():
     from airflow.sdk.exceptions import AirflowFailException
 
-    from batchvec import plan, stage_steps
+    from batchvec import run_plan, staging
 
-    p = plan.resolve_plan({}, dag_id="d", run_id="r", ds="2026-04-06", region="us-east-1")
+    p = run_plan.resolve_plan({}, dag_id="d", run_id="r", ds="2026-04-06", region="us-east-1")
     manifest = {"shards": [], "records_in": 0, "rejected": {}, "rejected_keys": [],
                 "sources": [{"name": "a.jsonl"}, {"name": "b.jsonl"}]}
     with pytest.raises(AirflowFailException, match="no records in s3://batchvec/input/"
                        r"ds=2026-04-06/: its 2 file\(s\) are empty or hold only blank lines"):
-        stage_steps._require_records(p, manifest)
+        staging._require_records(p, manifest)

@@ -57,7 +57,7 @@ def wait_run(stack: CeleryStack, run_id: str, timeout: float = 600) -> dict:
 def test_the_dag_under_celery_balances_and_its_shards_run_on_both_workers(airflow_env, tmp_path):
     devstack = airflow_env
     sys.path.insert(0, str(REPO / "scripts"))
-    from batchvec.naming import run_key
+    from batchvec.plan.naming import run_key
     from devstack_connections import airflow_env as devstack_airflow_env
 
     assert SHARDS > WORKER_CONCURRENCY

@@ -125,8 +125,9 @@ def test_parquet_and_csv_with_their_own_columns_index_with_typed_metadata(dag, a
 
 
 def test_predict_through_ml_commons_answers_a_vector_per_text(airflow_env):
-    from batchvec import connectors, mlcommons
-    from batchvec.opensearch_hook import OpenSearchHook
+    from batchvec.hooks import mlcommons
+    from batchvec.hooks.opensearch import OpenSearchHook
+    from batchvec.model import connectors
     from devstack import seed
     from tests.contract_helpers import devstack_spec
 

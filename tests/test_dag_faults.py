@@ -196,8 +196,8 @@ def test_batch_task_limit_429_waits_for_a_free_slot(dag, airflow_env, tmp_path, 
 
 def blocker_model(devstack) -> str:
     """A model of another pipeline (the devstack's SageMaker model), for the blocking task."""
-    from batchvec import connectors
-    from batchvec.opensearch_hook import OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchHook
+    from batchvec.model import connectors
 
     ep = devstack.endpoints
     spec = connectors.ModelSpec(

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from batchvec import index_alias
-from batchvec.opensearch_hook import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.index import aliases
 from devstack import faults, seed
 from devstack.model import HashEmbedder
 from tests.dag_helpers import docs, os_get, reports, run, transform_jobs, write_jsonl
@@ -205,7 +205,7 @@ def test_a_model_switch_builds_a_new_index_and_moves_the_alias_only_after_verifi
     doc = os_get(devstack, "/inc-switch/_doc/ms-7")["_source"]
     assert len(doc["embedding"]) == 256
     assert cosine(doc["embedding"], HashEmbedder(256).embed([doc["text"]])[0]) >= 0.9999
-    assert [r["index"] for r in index_alias.retired(hook, "inc-switch")] == [old]
+    assert [r["index"] for r in aliases.retired(hook, "inc-switch")] == [old]
 
     # A build that fails (its job does) leaves the alias where it was.
     model384, endpoint384 = seed.ensure_hash_model(devstack.endpoints, "hash-embedder-384")
@@ -231,7 +231,7 @@ def test_a_model_switch_builds_a_new_index_and_moves_the_alias_only_after_verifi
     assert os_get(devstack, "/inc-switch/_count")["count"] == 80
 
     # The rollback is one call: the alias goes back to the index the switch replaced.
-    index_alias.rollback(hook, "inc-switch")
+    aliases.rollback(hook, "inc-switch")
     assert served(devstack, "inc-switch") == [new]
     assert os_get(devstack, "/inc-switch/_count")["count"] == 80
     assert len(os_get(devstack, "/inc-switch/_doc/ms-7")["_source"]["embedding"]) == 256

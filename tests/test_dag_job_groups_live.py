@@ -47,7 +47,7 @@ def _until(stack: AirflowStack, run_id: str, done, what: str, timeout: float = 6
 def test_a_done_groups_shards_index_while_another_groups_job_runs(airflow_env, tmp_path):
     devstack = airflow_env
     sys.path.insert(0, str(REPO / "scripts"))
-    from batchvec.naming import run_key
+    from batchvec.plan.naming import run_key
     from devstack_connections import airflow_env as devstack_airflow_env
 
     source = write_jsonl(tmp_path / "in.jsonl", docs("live", DOCS))

@@ -18,8 +18,9 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from batchvec import connectors, mlcommons
-from batchvec.opensearch_hook import OpenSearchHook
+from batchvec.hooks import mlcommons
+from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.model import connectors
 from devstack import faults
 from tests.batch_task_limit import task_state
 from tests.test_batch_job import deferred_event, jobs_named, key, operator
@@ -30,8 +31,8 @@ def model_id(airflow_env):
     """A model of these tests' own (a tag makes its definition differ): they put temporary
     keys on it, and a session token, once stored, stays in a model's credential (a model
     update is a partial document update), so a model other tests share must never get one."""
-    from batchvec import connectors
-    from batchvec.opensearch_hook import OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchHook
+    from batchvec.model import connectors
     from tests.contract_helpers import devstack_spec
 
     spec = devstack_spec(airflow_env.endpoints,
@@ -209,7 +210,7 @@ def test_ml_commons_refreshes_with_the_fresh_keys_the_trigger_puts_on_the_model(
 
     watcher, met = hold_until(devstack, first_keys_expired_then_two_more_pushes)
     try:
-        with caplog.at_level("WARNING", logger="batchvec.triggers"):
+        with caplog.at_level("WARNING", logger="batchvec.batch.triggers"):
             event = deferred_event(op)
     finally:
         watcher.join(timeout=310)
@@ -240,7 +241,7 @@ def test_without_fresh_keys_ml_commons_refresh_fails_once_they_expire(
     op, run_key = expiring_job(devstack, model_id, monkeypatch)
     watcher, met = hold_until(devstack, lambda: any(EXPIRED in e for e in record.errors()))
     try:
-        with caplog.at_level("WARNING", logger="batchvec.triggers"):
+        with caplog.at_level("WARNING", logger="batchvec.batch.triggers"):
             event = deferred_event(op, refresh_keys=False)
         assert met.is_set(), f"ML Commons never failed to refresh: {record.refreshes[-5:]}"
         assert event["status"] == "success", event  # SageMaker's own status carried the wait

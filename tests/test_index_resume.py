@@ -1,4 +1,4 @@
-"""index_shard resumes from its S3 checkpoint (batchvec.checkpoint), on the devstack's real
+"""index_shard resumes from its S3 checkpoint (batchvec.index.checkpoint), on the devstack's real
 S3 and OpenSearch node: a try stopped right after its first checkpoint (the next bulk request
 raises, no clock involved), then a retry. Nothing lost, nothing doubled, the counts and the
 DLQ exact, and the retry re-sends at most one checkpoint interval, reading the `.out` from
@@ -13,11 +13,12 @@ import uuid
 import orjson
 import pytest
 
-from batchvec import indexing, s3io
-from batchvec.opensearch_hook import OpenSearchHook
-from batchvec.outputs import iter_lines
-from batchvec.plan import Plan
-from batchvec.report import ShardReport
+from batchvec.hooks import s3io
+from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.index import indexing
+from batchvec.outputs.convert import iter_lines
+from batchvec.plan.run_plan import Plan
+from batchvec.report.accounting import ShardReport
 
 pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
 
@@ -161,7 +162,7 @@ def test_a_shard_stopped_after_its_first_checkpoint_resumes_there(shard_setup, c
     # What a try killed between a DLQ part and its checkpoint leaves: the retry drops it.
     s3.put_object(Bucket=plan.bucket, Key=plan.key("dlq", SHARD + ".part-0001.jsonl"),
                   Body=b'{"_id": "orphan", "reason": "x"}\n')
-    caplog.set_level(logging.INFO, logger="batchvec.indexing")
+    caplog.set_level(logging.INFO, logger="batchvec.index.indexing")
     spy2, again = S3Spy(s3), BulkSpy(hook)
     result = indexing.index_shard(plan, shard, again, spy2, info)
     assert f"resuming shard {SHARD} at line {at['line']} of {LINES}" in caplog.text

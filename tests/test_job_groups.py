@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from batchvec import job_groups as jg
-from batchvec import naming
+from batchvec.batch import job_groups as jg
+from batchvec.plan import naming
 
 
 def _shards(*counts):

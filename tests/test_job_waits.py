@@ -9,7 +9,7 @@ import importlib
 
 import pytest
 
-from batchvec import job_waits
+from batchvec.batch import job_waits
 
 
 def _run(trigger, answers):

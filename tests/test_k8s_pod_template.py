@@ -1,6 +1,6 @@
 """The KubernetesExecutor setup, statically: include/k8s/pod_template.yaml is a Pod whose task
 container is `base` (where Airflow puts the command and merges pod_override) running the
-project's image, and plugins/batchvec/executors.py sizes the heavy task kinds above the
+project's image, and plugins/batchvec/tasks/pod_resources.py sizes the heavy task kinds above the
 bench's measured RSS."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import re
 import pytest
 import yaml
 
-from batchvec import executors
+from batchvec.tasks import pod_resources
 from tests.compose_helpers import AIRFLOW_VERSION, ROOT, interpolate
 
 TEMPLATE = ROOT / "include" / "k8s" / "pod_template.yaml"
@@ -47,28 +47,28 @@ def test_the_image_carries_dags_plugins_and_include() -> None:
         assert re.search(rf"^COPY .*\b{folder}/ /opt/airflow/{folder}/$", text, re.M), folder
 
 
-@pytest.mark.parametrize("kind", sorted(executors.RESOURCES))
+@pytest.mark.parametrize("kind", sorted(pod_resources.RESOURCES))
 def test_resources_per_task_kind(kind: str) -> None:
-    res = executors.RESOURCES[kind]
+    res = pod_resources.RESOURCES[kind]
     request, limit = mebibytes(res["requests"]["memory"]), mebibytes(res["limits"]["memory"])
     assert request <= limit
     # The supervisor shares the pod: twice the measured task RSS still fits under the request.
     assert request >= 2 * MEASURED_RSS_MB.get(kind, 150), kind
     assert "cpu" not in res["limits"], "a CPU limit only throttles the JSON loop"
-    assert executors.pod_override_spec(kind)["spec"]["containers"] == [
+    assert pod_resources.pod_override_spec(kind)["spec"]["containers"] == [
         {"name": "base", "resources": res}]
 
 
 def test_executor_config_is_empty_off_kubernetes(monkeypatch) -> None:
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")
-    assert executors.executor_config("index_shard") == {}
+    assert pod_resources.executor_config("index_shard") == {}
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "KubernetesExecutor")
-    assert executors.executor_config("plan") == {}  # the template's defaults
+    assert pod_resources.executor_config("plan") == {}  # the template's defaults
 
 
 def test_executor_config_under_kubernetes(monkeypatch) -> None:
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "KubernetesExecutor")
-    override = executors.executor_config("index_shard")["pod_override"]
+    override = pod_resources.executor_config("index_shard")["pod_override"]
     assert override.spec.containers[0].name == "base"
     assert override.spec.containers[0].resources.limits == {"memory": "1Gi"}
 
@@ -81,5 +81,5 @@ def test_the_dags_heavy_tasks_ask_for_their_resources_under_kubernetes(monkeypat
     for task_id in ("stage_group", "stage_shard", "index_shard", "batch_predict"):
         [base] = dag.get_task(task_id).executor_config["pod_override"].spec.containers
         assert base.name == "base"
-        assert base.resources.requests == executors.RESOURCES[task_id]["requests"], task_id
+        assert base.resources.requests == pod_resources.RESOURCES[task_id]["requests"], task_id
     assert not dag.get_task("plan").executor_config  # the template's defaults

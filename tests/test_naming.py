@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from batchvec.naming import (
+from batchvec.plan.naming import (
     join_key,
     join_s3,
     parse_s3_uri,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchvec.opensearch_hook import OpenSearchError, OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook
 from devstack import tls
 from tests.contract_helpers import opensearch_conn, set_conn, unique
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import pytest
 from airflow.exceptions import TaskDeferred
 
-from batchvec import mlcommons, operators
-from batchvec.opensearch_hook import OpenSearchError
-from batchvec.operators import BatchJobFailed, BatchPredictOperator
+from batchvec.batch import operators
+from batchvec.batch.operators import BatchJobFailed, BatchPredictOperator
+from batchvec.hooks import mlcommons
+from batchvec.hooks.opensearch import OpenSearchError
 
 # The real node's answer (400 status_exception) when SageMaker refuses a taken name.
 TAKEN = ('Error from remote service: {"__type": "ValidationException", "message": "Job name '

@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from batchvec import outputs
-from batchvec.outputs import (
+from batchvec.outputs import convert
+from batchvec.outputs.convert import (
     ActionBuilder,
     OutputRejected,
     convert_line,
@@ -280,9 +280,9 @@ def test_iter_lines_edge_cases() -> None:
 
 
 def test_convert_line_reuses_builders() -> None:
-    outputs._builder.cache_clear()
+    convert._builder.cache_clear()
     for _ in range(3):
         convert_line(
             b'{"_id":"a","SageMakerOutput":[1]}', index=INDEX, vector_field=FIELD, dimension=1
         )
-    assert outputs._builder.cache_info().misses == 1
+    assert convert._builder.cache_info().misses == 1

@@ -7,8 +7,10 @@ import secrets
 
 import pytest
 
-from batchvec import connectors, mlcommons, plan
-from batchvec.connectors import ModelSpec
+from batchvec.hooks import mlcommons
+from batchvec.model import connectors
+from batchvec.model.connectors import ModelSpec
+from batchvec.plan import run_plan
 
 SPEC = ModelSpec(role_arn="arn:aws:iam::123456789012:role/ml-sagemaker", region="eu-west-1",
                  model_name="minilm-embedder", endpoint_name="minilm-rt")  # aws_keys mode
@@ -22,14 +24,14 @@ REQUIRED = {"sagemaker_model_name": "minilm-embedder", "sagemaker_endpoint_name"
 def resolve(tmp_path, opensearch_service=None, **params):
     source = tmp_path / "in.jsonl"
     source.write_text('{"id": 1, "text": "x"}\n')
-    return plan.resolve_plan({"input_uri": str(source), **REQUIRED, **params},
+    return run_plan.resolve_plan({"input_uri": str(source), **REQUIRED, **params},
                              dag_id="batch_embeddings",
                              run_id="manual__2026-02-01T00:00:00+00:00", ds="2026-02-01",
                              region="eu-west-1", opensearch_service=opensearch_service)
 
 
 def test_default_input_is_the_runs_own_day_partition():
-    p = plan.resolve_plan(dict(REQUIRED), dag_id="d",
+    p = run_plan.resolve_plan(dict(REQUIRED), dag_id="d",
                           run_id="scheduled__2026-03-02T00:00:00+00:00",
                           ds="2026-03-02", region="us-east-1")
     assert p.input_uri == "s3://batchvec/input/ds=2026-03-02/"
@@ -40,7 +42,7 @@ def test_default_input_is_the_runs_own_day_partition():
 def test_same_run_same_plan_names_other_run_other_names(tmp_path):
     a, b = resolve(tmp_path), resolve(tmp_path)
     assert a == b
-    other = plan.resolve_plan({"input_uri": a.input_uri, **REQUIRED}, dag_id="batch_embeddings",
+    other = run_plan.resolve_plan({"input_uri": a.input_uri, **REQUIRED}, dag_id="batch_embeddings",
                               run_id="manual__2026-02-02T00:00:00+00:00", ds="2026-02-02",
                               region="eu-west-1")
     assert other.run_key != a.run_key and other.run_prefix != a.run_prefix
@@ -66,7 +68,7 @@ def test_bad_params_fail_before_anything_runs(tmp_path, params, fragment):
     source.write_text("{}\n")
     params = {"input_uri": str(source), **REQUIRED, **params}
     with pytest.raises(ValueError, match="invalid params") as err:
-        plan.resolve_plan(params, dag_id="d", run_id="r", ds="2026-01-01", region="us-east-1",
+        run_plan.resolve_plan(params, dag_id="d", run_id="r", ds="2026-01-01", region="us-east-1",
                           connector_credentials="role_arn")
     assert fragment in str(err.value)
 
@@ -192,14 +194,14 @@ def no_presets(monkeypatch):
 
 
 def test_production_defaults_point_at_nothing_and_plan_names_what_is_missing(tmp_path, no_presets):
-    schema = plan.param_schema()
+    schema = run_plan.param_schema()
     for name in ("sagemaker_model_name", "sagemaker_endpoint_name", "connector_role_arn"):
         assert schema[name]["default"] == "", name
     assert "devstack" not in json.dumps(schema) and "000000000000" not in json.dumps(schema)
     source = tmp_path / "in.jsonl"
     source.write_text('{"id": 1, "text": "x"}\n')
     with pytest.raises(ValueError) as exc:
-        plan.resolve_plan({"input_uri": str(source)}, dag_id="d", run_id="manual__x",
+        run_plan.resolve_plan({"input_uri": str(source)}, dag_id="d", run_id="manual__x",
                           ds="2026-02-01", region="eu-west-1", connector_credentials="role_arn")
     message = str(exc.value)
     for name, env in (("sagemaker_model_name", "BATCHVEC_SAGEMAKER_MODEL"),
@@ -215,7 +217,7 @@ def test_a_deployment_presets_the_required_values_from_its_environment(tmp_path,
     monkeypatch.setenv("BATCHVEC_CONNECTOR_ROLE_ARN", "arn:aws:iam::123456789012:role/ml")
     source = tmp_path / "in.jsonl"
     source.write_text('{"id": 1, "text": "x"}\n')
-    p = plan.resolve_plan({"input_uri": str(source)}, dag_id="d", run_id="manual__x",
+    p = run_plan.resolve_plan({"input_uri": str(source)}, dag_id="d", run_id="manual__x",
                           ds="2026-02-01", region="eu-west-1")
     assert (p.model_spec.model_name, p.model_spec.endpoint_name) == ("prod-embedder", "prod-rt")
 
@@ -234,8 +236,8 @@ def test_max_reject_ratio_means_the_same_in_the_readme_and_the_code(tmp_path):
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     (row,) = [line for line in readme.splitlines() if line.startswith("| `max_reject_ratio`")]
-    assert plan.REJECT_RATIO_MEANING in row
-    assert plan.param_schema()["max_reject_ratio"]["description"] == plan.REJECT_RATIO_MEANING
+    assert run_plan.REJECT_RATIO_MEANING in row
+    assert run_plan.param_schema()["max_reject_ratio"]["description"] == run_plan.REJECT_RATIO_MEANING
 
 
 def test_predict_answers_one_vector_per_text_from_one_inference_result():
@@ -283,8 +285,8 @@ def test_deploy_waits_for_deployed_and_key_updates_wait_out_a_deploy(monkeypatch
     """ML Commons answers 409 "Model is deploying" to an update while the model deploys
     (seen on the 3.6 node right after _deploy): the deploy waits for DEPLOYED, and new keys
     wait out another run's deploy."""
-    from batchvec import mlcommons
-    from batchvec.opensearch_hook import OpenSearchError
+    from batchvec.hooks import mlcommons
+    from batchvec.hooks.opensearch import OpenSearchError
 
     monkeypatch.setattr(mlcommons.time, "sleep", lambda s: None)
     states = iter(["DEPLOYING", "DEPLOYING", "DEPLOYED"])
@@ -350,18 +352,18 @@ def test_the_role_is_required_only_where_the_connector_assumes_it(tmp_path, no_p
     source = tmp_path / "in.jsonl"
     source.write_text('{"id": 1, "text": "x"}\n')
     params = {"input_uri": str(source), "sagemaker_model_name": "m", "sagemaker_endpoint_name": "e"}
-    keyed = plan.resolve_plan(params, dag_id="d", run_id="r", ds="2026-02-01", region="eu-west-1",
+    keyed = run_plan.resolve_plan(params, dag_id="d", run_id="r", ds="2026-02-01", region="eu-west-1",
                               connector_credentials="aws_keys")
     assert keyed.model_spec.credentials == "aws_keys"
     with pytest.raises(ValueError, match="connector_role_arn: not set"):
-        plan.resolve_plan(params, dag_id="d", run_id="r", ds="2026-02-01", region="eu-west-1",
+        run_plan.resolve_plan(params, dag_id="d", run_id="r", ds="2026-02-01", region="eu-west-1",
                           connector_credentials="role_arn")
 
 
 def test_the_credential_mode_follows_where_opensearch_runs(monkeypatch):
     from airflow.models import Connection
 
-    from batchvec.opensearch_hook import OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchHook
 
     cases = [({"auth": "basic"}, "aws_keys"),
              ({"auth": "sigv4", "region": "eu-west-1", "service": "es"}, "role_arn"),
@@ -381,7 +383,7 @@ def test_incremental_params_are_checked_and_documented(tmp_path):
     assert (p.reembed, p.sync_mode, p.max_delete_ratio, p.keep_previous_index) == \
         ("changed", "upsert", 0.05, 7.0)
     assert p.source_id == p.input_uri  # a literal input_uri is its own source
-    templated = plan.resolve_plan({**REQUIRED, "input_uri": "s3://bkt/in/ds={{ ds }}/"},
+    templated = run_plan.resolve_plan({**REQUIRED, "input_uri": "s3://bkt/in/ds={{ ds }}/"},
                                   dag_id="d", run_id="r", ds="2026-02-01", region="eu-west-1")
     assert templated.source_id == "s3://bkt/in/ds={{ ds }}/"  # every day one source
     assert templated.input_uri == "s3://bkt/in/ds=2026-02-01/"
@@ -401,6 +403,6 @@ def test_incremental_params_are_checked_and_documented(tmp_path):
     assert resolve(tmp_path, sagemaker_endpoint_name="new-rt").model_identity == p.model_identity
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     (row,) = [line for line in readme.splitlines() if line.startswith("| `max_delete_ratio`")]
-    assert plan.DELETE_RATIO_MEANING in row
+    assert run_plan.DELETE_RATIO_MEANING in row
     for name in ("reembed", "sync_mode", "source_id", "version_field", "keep_previous_index"):
         assert f"| `{name}`" in readme, name

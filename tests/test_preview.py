@@ -1,5 +1,5 @@
 """Plan preview: the estimate math (pure), sampling real files, the preview against the
-devstack's real S3, and the CLI (python -m batchvec.preview --json)."""
+devstack's real S3, and the CLI (python -m batchvec.plan.preview --json)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from batchvec import estimates, plan, preview
-from batchvec.estimates import Sample
-from batchvec.sources import SourceFile
+from batchvec.ingest.sources import SourceFile
+from batchvec.plan import estimates, preview, run_plan
+from batchvec.plan.estimates import Sample
 
 REPO = Path(__file__).resolve().parents[1]
 # The estimate from ~1 MiB of a few files, on records of varying length: within 5%.
@@ -127,12 +127,12 @@ def test_plan_takes_dry_run_and_the_rates(tmp_path):
     source.write_text('{"id": 1, "text": "x"}\n')
     base = {"input_uri": str(source), "sagemaker_model_name": "m", "sagemaker_endpoint_name": "e"}
     kw = {"dag_id": "d", "run_id": "manual__x", "ds": "2026-04-20", "region": "us-east-1"}
-    p = plan.resolve_plan(base, **kw)
+    p = run_plan.resolve_plan(base, **kw)
     assert not p.dry_run and p.index_docs_per_s == estimates.INDEX_DOCS_PER_S
-    p = plan.resolve_plan({**base, "dry_run": True, "embed_docs_per_s_per_instance": 900}, **kw)
+    p = run_plan.resolve_plan({**base, "dry_run": True, "embed_docs_per_s_per_instance": 900}, **kw)
     assert p.dry_run and p.embed_docs_per_s_per_instance == 900.0
     with pytest.raises(ValueError) as err:
-        plan.resolve_plan({**base, "dry_run": "yes", "index_docs_per_s": 0,
+        run_plan.resolve_plan({**base, "dry_run": "yes", "index_docs_per_s": 0,
                            "stage_mb_per_s": float("inf")}, **kw)
     text = str(err.value)
     assert "dry_run: must be a boolean" in text and "index_docs_per_s: must be a number > 0" \
@@ -222,7 +222,7 @@ def test_cli_prints_json_and_a_table(s3_stack, fresh_bucket):
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'plugins'}:{REPO / 'include'}",
            "AWS_ACCESS_KEY_ID": s3_stack.access_key, "AWS_SECRET_ACCESS_KEY": s3_stack.secret_key}
     env.pop("AIRFLOW_CONN_AWS_DEFAULT", None)
-    base = [sys.executable, "-m", "batchvec.preview", "--input", f"s3://{fresh_bucket}/in/",
+    base = [sys.executable, "-m", "batchvec.plan.preview", "--input", f"s3://{fresh_bucket}/in/",
             "--endpoint-url", s3_stack.endpoint, "--region", s3_stack.region,
             "--instance-count", "3", "--index-docs-per-s", "1000"]
     out = subprocess.run([*base, "--json"], env=env, capture_output=True, text=True, timeout=120)

@@ -5,7 +5,7 @@ import decimal
 import orjson
 import pytest
 
-from batchvec.records import (
+from batchvec.ingest.records import (
     DEFAULT_MAX_TEXT_BYTES,
     RecordSpec,
     Rejected,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from batchvec.report import RunReport, ShardReport, render_table
+from batchvec.report.accounting import RunReport, ShardReport, render_table
 
 
 def _report(**kw) -> RunReport:
@@ -141,7 +141,7 @@ def _hashes(ids: list[str]):
 
 
 def test_count_duplicates_per_id_minus_one_and_refused_copies_supersede_nothing() -> None:
-    from batchvec.duplicates import count_duplicates
+    from batchvec.index.duplicates import count_duplicates
 
     sent = ["a", "b", "a", "c", "a", "b", "d"]  # a x3, b x2: 3 superseded
     assert count_duplicates(_hashes(sent)) == 3
@@ -154,7 +154,7 @@ def test_count_duplicates_per_id_minus_one_and_refused_copies_supersede_nothing(
 
 
 def test_duplicate_counter_spilling_to_disk_counts_the_same_as_in_memory() -> None:
-    from batchvec.duplicates import DuplicateCounter, count_duplicates
+    from batchvec.index.duplicates import DuplicateCounter, count_duplicates
 
     ids = [f"doc-{i % 7_000}" for i in range(20_000)] + ["x", "x", "y"]  # 13,001 superseded
     refused = ["doc-1", "doc-1", "x", "never-sent"]

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from batchvec import outputs
-from batchvec.sagemaker_model import package as pkg
+from batchvec.model.container import package as pkg
+from batchvec.outputs import convert
 from devstack import launcher, seed
 from tests.sagemaker_helpers import keys, put_jsonl, read_lines, unique_name, wait
 
@@ -124,7 +124,7 @@ def test_ours_equals_sentence_transformers_in_order(stack, strategy, concurrency
         lines = read_lines(stack["s3"], "batchvec", f"{desc['_out']}{name}.out")
         assert [line["_id"] for line in lines] == [f"{name}-{i}" for i in range(len(want))]
         for line in lines:
-            assert outputs.check_output_shape(json.dumps(line).encode(), 384) == 384
+            assert convert.check_output_shape(json.dumps(line).encode(), 384) == 384
             got.append(line["SageMakerOutput"])
         texts += want
     got, want = np.array(got), _reference(texts)
@@ -177,9 +177,9 @@ def test_stock_feature_extraction_single_record_fails_the_output_check(stack, st
                 content_type="application/json", input_filter="$")
     assert desc["TransformJobStatus"] == "Completed", desc.get("FailureReason")
     raw = stack["s3"].get_object(Bucket="batchvec", Key=f"{desc['_out']}a.jsonl.out")["Body"].read()
-    with pytest.raises(outputs.OutputShapeError, match=r"per-token vectors \(shape \[1, \d+, 384\]\)"
-                       r".*HF_TASK=feature-extraction.*python -m batchvec.sagemaker_model"):
-        outputs.check_output_shape(raw.splitlines()[0], 384)
+    with pytest.raises(convert.OutputShapeError, match=r"per-token vectors \(shape \[1, \d+, 384\]\)"
+                       r".*HF_TASK=feature-extraction.*python -m batchvec.model.container"):
+        convert.check_output_shape(raw.splitlines()[0], 384)
 
 
 def test_record_over_max_payload_fails_that_file(stack):

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
-from batchvec.sagemaker_model import package as pkg
-from batchvec.sagemaker_model.cli import main
-from batchvec.transform_settings import resolve
+from batchvec.model.container import package as pkg
+from batchvec.model.container.cli import main
+from batchvec.plan.transform_settings import resolve
 
 _spec = importlib.util.spec_from_file_location(
-    "inference", pkg.resources.files("batchvec.sagemaker_model") / "code" / "inference.py")
+    "inference", pkg.resources.files("batchvec.model.container") / "code" / "inference.py")
 inference = importlib.util.module_from_spec(_spec)
 sys.modules["inference"] = inference  # dataclasses look their module up there
 _spec.loader.exec_module(inference)
@@ -197,29 +197,29 @@ def test_transform_settings_defaults_pass_and_single_record_skips_the_size_check
     ("text", "answered str per record"),
 ])
 def test_output_check_says_what_the_container_returned(output, message):
-    from batchvec import outputs
+    from batchvec.outputs import convert
 
     line = json.dumps({"_id": "1", "text": "t", "SageMakerOutput": output}).encode()
-    with pytest.raises(outputs.OutputShapeError, match=message):
-        outputs.check_output_shape(line, 3)
+    with pytest.raises(convert.OutputShapeError, match=message):
+        convert.check_output_shape(line, 3)
     for good in ([0.1, 0.2, 0.3], [[0.1, 0.2, 0.3]]):
         ok = json.dumps({"_id": "1", "SageMakerOutput": good}).encode()
-        assert outputs.check_output_shape(ok, 3) == 3
+        assert convert.check_output_shape(ok, 3) == 3
 
 
 def test_plan_refuses_combinations_naming_every_fix(tmp_path):
-    from batchvec import plan
+    from batchvec.plan import run_plan
 
     source = tmp_path / "in.jsonl"
     source.write_text('{"id": 1, "text": "x"}\n')
     with pytest.raises(ValueError) as err:
-        plan.resolve_plan({"input_uri": str(source), "max_concurrent_transforms": 30,
+        run_plan.resolve_plan({"input_uri": str(source), "max_concurrent_transforms": 30,
                            "max_payload_mb": 6}, dag_id="d", run_id="r", ds="2026-01-01",
                           region="us-east-1")
     text = str(err.value)
     assert "SageMaker refuses more than 100" in text and "response limit" in text
     assert text.count("SageMaker refuses more than 100") == 1
-    p = plan.resolve_plan({"input_uri": str(source), "tags": {"team": "search"}}, dag_id="d",
+    p = run_plan.resolve_plan({"input_uri": str(source), "tags": {"team": "search"}}, dag_id="d",
                           run_id="r", ds="2026-01-01", region="us-east-1")
     assert p.model["tags"] == [{"Key": "team", "Value": "search"}]
     assert (p.content_type, p.accept, p.dimension) == ("application/jsonlines",) * 2 + (384,)

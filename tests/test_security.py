@@ -104,7 +104,7 @@ def test_a_run_leaks_no_credential_anywhere(dag_with, airflow_env, capture_logs,
     out, err = capfd.readouterr()
     assert dagrun.state == "success", out[-3000:] + err[-3000:]
 
-    from batchvec import naming
+    from batchvec.plan import naming
 
     key = naming.run_key(dag.dag_id, dagrun.run_id)
     places = {**capture_logs.places(), "stdout": out, "stderr": err}
@@ -126,7 +126,7 @@ def test_a_run_leaks_no_credential_anywhere(dag_with, airflow_env, capture_logs,
     assert key in capture_logs.ours and key in out
     assert f"put fresh AWS keys on model {model_id}" in capture_logs.ours
     if auth == "sigv4":  # and the token really travelled, signed, on every OpenSearch call
-        from batchvec.opensearch_hook import OpenSearchHook
+        from batchvec.hooks.opensearch import OpenSearchHook
 
         sent = []
         hook = OpenSearchHook("opensearch_default")
@@ -180,7 +180,7 @@ def _secret_needles(ep: dict) -> dict[str, str]:
 
 def test_opensearch_signature_errors_do_not_echo_the_session_token(airflow_env, monkeypatch,
                                                                    capture_logs):
-    from batchvec.opensearch_hook import OpenSearchError, OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook
 
     ep = airflow_env.endpoints
     host, port = ep["opensearch"].rsplit(":", 1)
@@ -200,9 +200,9 @@ def test_opensearch_signature_errors_do_not_echo_the_session_token(airflow_env, 
 
 def test_sagemaker_errors_while_polling_or_cancelling_do_not_echo_the_session_token(
         airflow_env, monkeypatch, capture_logs):
-    from batchvec.opensearch_hook import OpenSearchHook
-    from batchvec.operators import BatchPredictOperator
-    from batchvec.triggers import cancel_job, poll_job
+    from batchvec.batch.operators import BatchPredictOperator
+    from batchvec.batch.triggers import cancel_job, poll_job
+    from batchvec.hooks.opensearch import OpenSearchHook
 
     ep = airflow_env.endpoints
     _set_conn(monkeypatch, "aws_bad", _bad_aws(ep))
@@ -222,7 +222,7 @@ def test_sagemaker_errors_while_polling_or_cancelling_do_not_echo_the_session_to
 
 
 def test_unreachable_endpoint_errors_carry_no_password(airflow_env, monkeypatch, capture_logs):
-    from batchvec.opensearch_hook import OpenSearchError, OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook
     from devstack.launcher import free_port
 
     ep = airflow_env.endpoints
@@ -249,7 +249,7 @@ def test_credentials_the_sigv4_signer_fetches_itself_are_masked_in_task_logs():
     import requests
     from airflow.sdk._shared.secrets_masker import redact
 
-    from batchvec.opensearch_hook import _AwsAuth
+    from batchvec.hooks.opensearch import _AwsAuth
 
     secret, token = "fetched-secret-" + secrets.token_hex(8), "FetchedToken" + secrets.token_hex(8)
     session = botocore.session.Session()

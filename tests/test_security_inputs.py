@@ -14,11 +14,12 @@ import threading
 
 import pytest
 
-from batchvec import connectors, naming, plan
-from batchvec.connectors import ModelSpec
-from batchvec.opensearch_hook import OpenSearchError, OpenSearchHook
-from batchvec.operators import transform_parameters
-from batchvec.redact import scrub
+from batchvec.batch.operators import transform_parameters
+from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook
+from batchvec.model import connectors
+from batchvec.model.connectors import ModelSpec
+from batchvec.plan import naming, run_plan
+from batchvec.util.redact import scrub
 
 # -- TLS ----------------------------------------------------------------------------------------
 
@@ -101,7 +102,7 @@ def test_a_private_ca_is_trusted_when_named(https_server, monkeypatch):
 def test_only_an_explicit_verify_certs_false_turns_tls_off_and_it_warns(https_server, monkeypatch,
                                                                         caplog, off):
     _https_conn(monkeypatch, "os_tls_off", https_server["port"], verify_certs=off)
-    with caplog.at_level(logging.WARNING, logger="batchvec.opensearch_hook"):
+    with caplog.at_level(logging.WARNING, logger="batchvec.hooks.opensearch"):
         hook = OpenSearchHook("os_tls_off", max_retries=0)
         assert hook.count("anything") == 3
     assert hook.session.verify is False
@@ -115,7 +116,7 @@ def test_only_an_explicit_verify_certs_false_turns_tls_off_and_it_warns(https_se
 ])
 def test_verification_stays_on_for_everything_else(monkeypatch, caplog, extra, verify):
     _https_conn(monkeypatch, "os_tls_on", 443, **extra)
-    with caplog.at_level(logging.WARNING, logger="batchvec.opensearch_hook"):
+    with caplog.at_level(logging.WARNING, logger="batchvec.hooks.opensearch"):
         assert OpenSearchHook("os_tls_on").session.verify == verify
     assert not [r for r in caplog.records if "TLS" in r.getMessage()]
 
@@ -206,8 +207,8 @@ def test_legitimate_model_values_fill_the_real_ml_commons_templates_as_valid_jso
     `_batch_predict`: the body ML Commons fills in and sends (escaping, recursive
     substitution) is valid JSON with exactly the expected keys. `role_arn` reaches no template
     on a self-managed cluster (the node refuses a role-only credential: "Missing credential")."""
-    from batchvec import mlcommons
-    from batchvec.opensearch_hook import OpenSearchHook
+    from batchvec.hooks import mlcommons
+    from batchvec.hooks.opensearch import OpenSearchHook
 
     url, seen = capture_sagemaker
     value = url if field == "sagemaker_api_url" else FIELDS[field][1]
@@ -282,7 +283,7 @@ def test_resolve_plan_reports_injection_attempts_with_every_other_bad_param():
               "instance_type": "ml.m5.xlarge}", "staging_prefix": 'runs/"}', "shards": -1,
               "index_name": "BAD"}
     with pytest.raises(ValueError) as err:
-        plan.resolve_plan(params, dag_id="d", run_id="r", ds="2026-01-01", region="us-east-1\n",
+        run_plan.resolve_plan(params, dag_id="d", run_id="r", ds="2026-01-01", region="us-east-1\n",
                           sagemaker_api_url='http://h", "u": "',
                           connector_credentials="role_arn")  # where the role reaches the connector
     text = str(err.value)
@@ -318,7 +319,7 @@ def test_scrub_leaves_ordinary_text_alone():
 
 
 def test_job_failure_reasons_are_scrubbed_before_they_reach_events_and_messages():
-    from batchvec import mlcommons
+    from batchvec.hooks import mlcommons
 
     echo = "InvalidSignatureException ... x-amz-security-token:IQoJsecretToken123\nsigned"
     task = {"state": "FAILED", "error": echo, "remote_job": {}}

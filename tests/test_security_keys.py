@@ -21,6 +21,8 @@ import time
 
 import pytest
 
+import batchvec.hooks.mlcommons
+import batchvec.model.connectors
 from devstack import faults
 from tests.dag_helpers import os_session
 from tests.security_helpers import Capture, DevstackLogs, leaks, ml_model_places, needles
@@ -65,15 +67,16 @@ async def _trigger_until(trigger, done) -> list:
 
 
 def test_the_key_refresh_path_leaks_no_assumed_role_key(airflow_env, sts_conn, monkeypatch):
-    from batchvec import connectors, mlcommons
-    from batchvec.opensearch_hook import OpenSearchHook
-    from batchvec.operators import transform_parameters
-    from batchvec.triggers import BatchJobTrigger, cancel_job
+    from batchvec.batch.operators import transform_parameters
+    from batchvec.batch.triggers import BatchJobTrigger, cancel_job
+    from batchvec.hooks import mlcommons
+    from batchvec.hooks.opensearch import OpenSearchHook
+    from batchvec.model import connectors
 
     devstack, ep = airflow_env, airflow_env.endpoints
     issued: list[dict] = []  # every set of keys handed to ML Commons
     keys_of = connectors.keys_of
-    monkeypatch.setattr(connectors, "keys_of", lambda frozen: issued.append(keys_of(frozen)) or issued[-1])
+    monkeypatch.setattr(batchvec.model.connectors, "keys_of", lambda frozen: issued.append(keys_of(frozen)) or issued[-1])
     capture = Capture(monkeypatch)
     devstack_logs = DevstackLogs(devstack)
     s3 = devstack.s3.client()

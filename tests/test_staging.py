@@ -13,9 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchvec import sources
-from batchvec.records import RecordSpec, Rejected
-from batchvec.s3io import (
+from batchvec.hooks.s3io import (
     MIN_PART_SIZE,
     S3LineWriter,
     S3RangeFile,
@@ -24,8 +22,10 @@ from batchvec.s3io import (
     list_keys,
     put_json,
 )
-from batchvec.sources import InputError, detect_format, open_input
-from batchvec.staging import Manifest, shard_name, shard_of, stage
+from batchvec.ingest import sources
+from batchvec.ingest.records import RecordSpec, Rejected
+from batchvec.ingest.sources import InputError, detect_format, open_input
+from batchvec.ingest.staging import Manifest, shard_name, shard_of, stage
 
 pytestmark = pytest.mark.devstack
 
@@ -375,7 +375,7 @@ def test_stage_param_errors(s3, fresh_bucket) -> None:
 
 
 def test_progress_line_gives_records_mb_rate_and_eta():
-    from batchvec.staging import format_eta, progress_line
+    from batchvec.ingest.staging import format_eta, progress_line
 
     p = {"records": 1_234_567, "accepted": 1_234_000, "rejected": 567, "mb": 420.5,
          "elapsed_s": 10.0, "mb_per_s": 42.1, "records_per_s": 123_456}

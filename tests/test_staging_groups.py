@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import orjson
 import pytest
 
-from batchvec import plan as plan_module
-from batchvec import staging_groups as groups
+from batchvec.ingest import staging_groups as groups
+from batchvec.plan import run_plan as plan_module
 from tests.dag_helpers import write_jsonl
 
 
@@ -73,7 +73,7 @@ def test_a_group_summary_keeps_pieces_in_segment_order():
 
 
 def _plan(airflow_env, tmp, run: str, **params) -> dict:
-    from batchvec.steps import make_plan
+    from batchvec.tasks.common import make_plan
 
     class _Dag:
         dag_id = "batch_embeddings"
@@ -96,16 +96,16 @@ def _files(tmp):
 
 
 def _stage_all(plan_data, before_group=None):
-    from batchvec import stage_steps
+    from batchvec.tasks import staging
 
-    listed = stage_steps.list_input(plan_data)
+    listed = staging.list_input(plan_data)
     for g in listed["groups"]:
         if before_group:
             before_group(g)
-        stage_steps.stage_group(plan_data, g)
+        staging.stage_group(plan_data, g)
     for n in listed["shards"]:
-        stage_steps.stage_shard(plan_data, n)
-    return listed, stage_steps.stage(plan_data)
+        staging.stage_shard(plan_data, n)
+    return listed, staging.stage(plan_data)
 
 
 def _shard_lines(s3, bucket, plan_data, manifest):
@@ -119,7 +119,7 @@ def _shard_lines(s3, bucket, plan_data, manifest):
 @pytest.mark.devstack
 def test_a_group_resumes_after_its_committed_segment_and_any_grouping_stages_the_same(
         airflow_env, tmp_path):
-    from batchvec import stage_steps
+    from batchvec.tasks import staging
 
     devstack = airflow_env
     s3 = devstack.s3.client()
@@ -130,15 +130,15 @@ def test_a_group_resumes_after_its_committed_segment_and_any_grouping_stages_the
     assert single["records_in"] == 72 and single["accepted"] == 72
 
     many = _plan(devstack, src, "groups-many", staging_group_mb=0.0005, staging_commit_mb=0)
-    listed = stage_steps.list_input(many)
+    listed = staging.list_input(many)
     assert listed["groups"] == [0, 1, 2]  # two files of ~500 bytes each
-    stage_steps.stage_group(many, 0)
+    staging.stage_group(many, 0)
     # Group 1 dies in its second file (it vanished), after its first file was committed...
     second = src / "f3.jsonl"
     saved = second.read_bytes()
     second.unlink()
     with pytest.raises(OSError):
-        stage_steps.stage_group(many, 1)
+        staging.stage_group(many, 1)
     prefix = groups.segment_prefix(many["run_prefix"], 1, 0)
     assert s3.head_object(Bucket=bucket, Key=f"{prefix}/{groups.COMMIT}")
     # ... and its retry does not read that file again: it is gone now, the lost one is back.
@@ -147,15 +147,15 @@ def test_a_group_resumes_after_its_committed_segment_and_any_grouping_stages_the
     kept = first.read_bytes()
     first.unlink()
     try:
-        assert stage_steps.stage_group(many, 1)["records_in"] == 24
+        assert staging.stage_group(many, 1)["records_in"] == 24
     finally:
         first.write_bytes(kept)
-    stage_steps.stage_group(many, 2)
+    staging.stage_group(many, 2)
     for n in listed["shards"]:
-        stage_steps.stage_shard(many, n)
-    manifest = stage_steps.stage(many)
+        staging.stage_shard(many, n)
+    manifest = staging.stage(many)
     assert manifest["records_in"] == 72 and manifest["embed_total"] == 72
-    full = stage_steps.stage(many)  # a retry of the last task reuses the manifest
+    full = staging.stage(many)  # a retry of the last task reuses the manifest
     assert full == manifest
     run_manifest = orjson.loads(s3.get_object(
         Bucket=bucket, Key=f"{many['run_prefix']}/manifest.json")["Body"].read())

@@ -261,7 +261,7 @@ class Session:
 
     # -- one run ----------------------------------------------------------------------------
     def run_one(self, i: int) -> RunResult:
-        from batchvec.naming import run_key as make_run_key
+        from batchvec.plan.naming import run_key as make_run_key
 
         opts = self.opts
         plan = kills.choose(self.rng, opts.modes, i, opts.executor)

@@ -1,5 +1,5 @@
 """What a user sets up once in their AWS account, done for the devstack the way the README
-tells users to do it: `python -m batchvec.sagemaker_model` (the package with batchvec's
+tells users to do it: `python -m batchvec.model.container` (the package with batchvec's
 inference code uploaded to S3, the SageMaker model, and the real-time endpoint neural
 queries use). Rerunning it reuses everything (same package hash). Also the BATCHVEC_*
 presets and the sample partitions a default run of the DAG reads."""
@@ -31,7 +31,7 @@ def clients(endpoints: dict) -> tuple:
 
 def ensure_sagemaker_model(endpoints: dict, name: str = DEFAULT_MODEL,
                            endpoint: str | None = DEFAULT_ENDPOINT, quiet: bool = True) -> str:
-    from batchvec.sagemaker_model.cli import main
+    from batchvec.model.container.cli import main
 
     argv = ["--name", name, "--bucket", endpoints["bucket"], "--role-arn", EXECUTION_ROLE,
             "--region", endpoints["region"]]

@@ -1,0 +1,184 @@
+"""Async wait for a batch job: polls the ML Commons task and the SageMaker job behind it.
+
+Lives in plugins/ because the triggerer imports triggers from outside the dag bundle. It has
+no side effects (a trigger may run more than once): cancelling on timeout is the operator's
+job when it resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from batchvec.hooks.mlcommons import JobStatus
+from batchvec.util.redact import scrub
+
+log = logging.getLogger(__name__)
+
+# Give up only after this many polls in a row AND this long with neither ML Commons nor
+# SageMaker answering: a restart of either (minutes) must not fail a long job.
+MAX_BLIND_POLLS = 30
+MAX_BLIND_SECONDS = 600.0
+
+
+def poll_job(opensearch_conn_id: str, aws_conn_id: str | None, task_id: str | None,
+             job_name: str) -> JobStatus:
+    """One synchronous observation. SageMaker's own status wins when we can read it: it is
+    authoritative, and older ML Commons releases map failed jobs to RUNNING."""
+    from batchvec.hooks import mlcommons
+    from batchvec.hooks.opensearch import OpenSearchHook
+
+    task_status = sm_status = None
+    errors = []
+    if task_id:
+        try:
+            hook = OpenSearchHook(opensearch_conn_id, max_retries=1)
+            task_status = mlcommons.status_from_task(mlcommons.get_task(hook, task_id))
+        except Exception as exc:  # keep polling through blips; counted by the caller
+            errors.append(f"ML Commons: {scrub(exc)}")
+            # Said even when SageMaker answers: ML Commons' own refreshes failing (say, with
+            # expired keys) end in UNREACHABLE after ten of them.
+            log.warning("ML Commons could not refresh task %s: %s", task_id, scrub(exc))
+    if aws_conn_id:
+        try:
+            sm_status = mlcommons.status_from_sagemaker(describe_transform_job(aws_conn_id, job_name))
+        except Exception as exc:
+            errors.append(f"SageMaker: {scrub(exc)}")  # AWS echoes the signed token
+    if sm_status and (sm_status.terminal or not task_status or not task_status.terminal):
+        return sm_status
+    if task_status:
+        return task_status
+    raise ConnectionError("; ".join(errors) or "nothing to poll")
+
+
+def cancel_job(opensearch_conn_id: str, aws_conn_id: str | None, job_name: str,
+               task_id: str | None) -> None:
+    """Stop the remote job (through ML Commons when it has a task), so nothing runs that
+    nobody waits for. Errors are logged, not raised: the caller is already failing."""
+    from batchvec.hooks import mlcommons
+    from batchvec.hooks.opensearch import OpenSearchHook
+
+    if task_id:
+        try:
+            mlcommons.cancel_task(OpenSearchHook(opensearch_conn_id), task_id)
+            log.warning("cancelled transform job %s (ML Commons task %s)", job_name, task_id)
+            return
+        except Exception as exc:  # e.g. ML Commons 3.6 refusing a private-address endpoint
+            log.warning("ML Commons could not cancel task %s: %s; stopping the job in "
+                        "SageMaker directly", task_id, scrub(exc))
+    if not aws_conn_id:
+        log.error("could not cancel job %s: no AWS connection to stop it with (stop it by "
+                  "hand)", job_name)
+        return
+    try:
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+        AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sagemaker").conn \
+            .stop_transform_job(TransformJobName=job_name)
+        log.warning("cancelled transform job %s", job_name)
+    except Exception as exc:
+        log.error("could not cancel job %s: %s (stop it by hand)", job_name, scrub(exc))
+
+
+def describe_transform_job(aws_conn_id: str, job_name: str) -> dict:
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    client = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sagemaker").conn
+    return client.describe_transform_job(TransformJobName=job_name)
+
+
+class BatchJobTrigger(BaseTrigger):
+    def __init__(self, *, job_name: str, task_id: str | None, opensearch_conn_id: str,
+                 aws_conn_id: str | None, poll_interval: float, deadline: float,
+                 started_at: float, model_id: str | None = None,
+                 refresh_keys: bool = False):
+        super().__init__()
+        # With `refresh_keys`, the AWS connection's keys are put on the model's connector
+        # whenever they change (connectors.KeyRefresher): ML Commons never refreshes them.
+        self.model_id = model_id
+        self.refresh_keys = bool(refresh_keys and model_id and aws_conn_id)
+        self.job_name = job_name
+        self.task_id = task_id
+        self.opensearch_conn_id = opensearch_conn_id
+        self.aws_conn_id = aws_conn_id
+        self.poll_interval = poll_interval
+        self.deadline = deadline  # epoch seconds: the wait_timeout, across trigger restarts
+        self.started_at = started_at
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return ("batchvec.batch.triggers.BatchJobTrigger", {
+            "job_name": self.job_name, "task_id": self.task_id,
+            "opensearch_conn_id": self.opensearch_conn_id, "aws_conn_id": self.aws_conn_id,
+            "poll_interval": self.poll_interval, "deadline": self.deadline,
+            "started_at": self.started_at, "model_id": self.model_id,
+            "refresh_keys": self.refresh_keys,
+        })
+
+    def _event(self, status: str, job: JobStatus | None, message: str) -> TriggerEvent:
+        return TriggerEvent({
+            "status": status, "job_name": self.job_name, "task_id": self.task_id,
+            "state": job.state if job else None, "remote_status": job.remote_status if job else None,
+            "failure_reason": job.failure_reason if job else None, "message": message,
+            "elapsed": round(time.time() - self.started_at, 1),
+        })
+
+    async def on_kill(self) -> None:
+        """The user killed the deferred task (mark failed / clear): stop the job too. Not
+        called on triggerer restarts, where the wait simply moves to another triggerer."""
+        await asyncio.to_thread(cancel_job, self.opensearch_conn_id, self.aws_conn_id,
+                                self.job_name, self.task_id)
+
+    async def _refresh_keys(self, refresher) -> None:
+        try:
+            if await asyncio.to_thread(refresher.push_if_changed):
+                self.log.info("job %s: put fresh AWS keys on model %s (%d so far)",
+                              self.job_name, self.model_id, refresher.pushes)
+        except Exception as exc:  # the poll below says what that costs
+            self.log.warning("job %s: could not put fresh AWS keys on model %s: %s",
+                             self.job_name, self.model_id, scrub(exc))
+
+    async def run(self):
+        from batchvec.model.connectors import KeyRefresher
+
+        last_state = None
+        blind, blind_since = 0, 0.0
+        refresher = (KeyRefresher(self.aws_conn_id, self.opensearch_conn_id, self.model_id)
+                     if self.refresh_keys else None)
+        while True:
+            if refresher is not None:
+                await self._refresh_keys(refresher)
+            try:
+                job = await asyncio.to_thread(poll_job, self.opensearch_conn_id, self.aws_conn_id,
+                                              self.task_id, self.job_name)
+                blind = 0
+            except Exception as exc:
+                blind += 1
+                blind_since = blind_since if blind > 1 else time.time()
+                self.log.warning("poll %d of %s failed: %s", blind, self.job_name, scrub(exc))
+                if blind >= MAX_BLIND_POLLS and time.time() - blind_since >= MAX_BLIND_SECONDS:
+                    yield self._event("error", None,
+                                      f"job {self.job_name} unreachable: {scrub(exc)}")
+                    return
+                job = None
+            elapsed = time.time() - self.started_at
+            if job and (job.state, job.remote_status) != last_state:
+                self.log.info("job %s: %s (SageMaker %s) after %.0fs", self.job_name, job.state,
+                              job.remote_status or "-", elapsed)
+                last_state = (job.state, job.remote_status)
+            if job and job.done:
+                yield self._event("success", job, f"job {self.job_name} completed in {elapsed:.0f}s")
+                return
+            if job and job.failed:
+                yield self._event("failed", job, f"job {self.job_name} ended {job.state}: "
+                                  f"{job.failure_reason or 'no reason given'}")
+                return
+            if time.time() >= self.deadline:
+                state = f"{job.state} (SageMaker {job.remote_status or '-'})" if job else "unknown"
+                yield self._event("timeout", job, f"job {self.job_name} still {state} after "
+                                  f"{elapsed:.0f}s, past the wait_timeout")
+                return
+            await asyncio.sleep(min(self.poll_interval, max(0.1, self.deadline - time.time())))

@@ -1,8 +1,0 @@
-"""`python -m batchvec.sagemaker_model` (see cli.py)."""
-
-from batchvec.sagemaker_model.cli import run
-
-# Airflow imports every file under plugins/ with the file's stem as its module name, so
-# `__name__ == "__main__"` alone would run the CLI inside the scheduler: check the package.
-if __name__ == "__main__" and (__spec__ is None or __spec__.name.endswith(".__main__")):
-    run()

@@ -1,0 +1,276 @@
+"""The pipeline's stages as plain functions of (plan, context); the DAG wires them as tasks.
+
+Each stage reads what earlier stages left in S3 under the run prefix (manifest, shard
+reports, saved index settings) rather than trusting XCom, which a retry clears.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from batchvec.hooks import s3io
+from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.index import indexing
+from batchvec.model import connectors
+from batchvec.plan.run_plan import Plan, resolve_plan
+
+log = logging.getLogger(__name__)
+
+AWS_CONN_ID = "aws_default"
+OPENSEARCH_CONN_ID = "opensearch_default"
+MANIFEST_KEY = "manifest.json"
+REPORT_KEY = "report.json"
+
+
+def aws_hook(client_type: str):
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    return AwsBaseHook(aws_conn_id=AWS_CONN_ID, client_type=client_type)
+
+
+def s3_client():
+    return aws_hook("s3").conn
+
+
+def fail_for_good(message: str) -> Exception:
+    """For problems a retry cannot fix (bad params, nothing to read): no retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(message)
+
+
+def run_date(context: dict) -> str:
+    """The day a run processes: its logical date, or for manual runs without one, when it ran."""
+    return _run_time(context).strftime("%Y-%m-%d")
+
+
+def _run_time(context: dict):
+    return context.get("logical_date") or context["dag_run"].run_after
+
+
+def run_version(context: dict) -> int:
+    """The external version of a run's writes: its logical date in epoch seconds, so a
+    backfill's older day never overwrites a newer day's documents (changes.py)."""
+    return int(_run_time(context).timestamp())
+
+
+def make_plan(params: dict, context: dict) -> dict:
+    hook = aws_hook("sagemaker")
+    endpoint = hook.conn_config.get_service_endpoint_url
+    target = OpenSearchHook(OPENSEARCH_CONN_ID).target()
+    try:
+        plan = resolve_plan(
+            params, dag_id=context["dag"].dag_id, run_id=context["run_id"], ds=run_date(context),
+            region=hook.conn_region_name or "us-east-1",
+            sagemaker_api_url=endpoint("sagemaker") or "",
+            sagemaker_runtime_url=endpoint("sagemaker-runtime") or "",
+            opensearch_service=target["service"],
+            connector_credentials=target["connector_credentials"],
+            version=run_version(context),
+        )
+    except ValueError as exc:
+        raise fail_for_good(str(exc)) from None
+    log.info("run %s -> key %s, input %s, staging s3://%s/%s, index %s", plan.run_id,
+             plan.run_key, plan.input_uri, plan.bucket, plan.run_prefix, plan.index_name)
+    data = {**plan.to_dict(), "staged_input_uri": plan.uri("input/"),
+            "output_uri": plan.uri("output/")}
+    if plan.dry_run:  # logs the preview, puts it in XCom, skips everything downstream
+        from batchvec.plan import preview
+
+        preview.stop_run(data, s3_client(), context)
+    return data
+
+
+def index_asset(base_url: str, index: str):
+    """The Asset of one index: ``opensearch://<host>[:<port>]/<index>`` (no credentials:
+    the connection's URL is built from host and port only)."""
+    from airflow.sdk import Asset
+
+    host = base_url.split("://", 1)[-1].rstrip("/")
+    return Asset(uri=f"opensearch://{host}/{index}", name=f"opensearch://{host}/{index}")
+
+
+def plan_of(data: dict) -> Plan:
+    return Plan.from_dict({k: v for k, v in data.items() if k in Plan.__dataclass_fields__})
+
+
+def ensure_model(plan_data: dict) -> dict:
+    started = time.monotonic()
+    spec = plan_of(plan_data).model_spec
+    keys = connectors.aws_connection_keys(AWS_CONN_ID) if spec.credentials == "aws_keys" else None
+    result = connectors.ensure_model(OpenSearchHook(OPENSEARCH_CONN_ID), spec, keys)
+    return {**result, "seconds": round(time.monotonic() - started, 2)}
+
+
+def index_shard(plan_data: dict, shard: dict, index: dict) -> dict:
+    plan = plan_of(plan_data)
+    hook = OpenSearchHook(OPENSEARCH_CONN_ID, pool_size=plan.bulk_concurrency + 2)
+    return indexing.index_shard(plan, shard, hook, s3_client(), index)
+
+
+def restore_index(plan_data: dict | None, manifest: dict | None) -> Any:
+    if plan_data is None or manifest is None:  # runs after any failure
+        log.info("nothing was staged: no index settings to restore")
+        return None
+    return indexing.restore_index(manifest, OpenSearchHook(OPENSEARCH_CONN_ID), plan_of(plan_data))
+
+
+def switch_alias(plan_data: dict, manifest: dict, index: dict) -> dict:
+    """A build is served only once it is complete and checked (index_alias.verify)."""
+    from batchvec.index import aliases
+    from batchvec.report import assemble
+
+    plan = plan_of(plan_data)
+    target = aliases.Target.from_dict(manifest["target"])
+    hook = OpenSearchHook(OPENSEARCH_CONN_ID)
+    if target.mode != "build":
+        return {"moved": False, "alias": plan.index_name, "index": target.physical,
+                "why": f"{target.mode}: the alias already serves it" if target.mode ==
+                "incremental" else "legacy: index_name is a concrete index (README: migrate)"}
+    rows, sample = assemble.shard_reports(plan, s3_client(), manifest, {})
+    checked = assemble.check_build(hook, plan, manifest, rows, sample, index["dimension"])
+    if not checked["ok"]:
+        raise fail_for_good(f"{target.physical} failed verification, the alias stays on "
+                            f"{target.previous or 'nothing'}: {checked['problems']}")
+    moved = aliases.switch(hook, plan.index_name, target.physical, target.previous)
+    dropped = aliases.drop_expired(hook, plan.index_name, plan.keep_previous_index)
+    aliases.release_build(hook, target.physical, plan.run_key)
+    log.info("alias %s -> %s (was %s); verified: %s; retired indices dropped: %s",
+             plan.index_name, target.physical, target.previous, checked, dropped or "none")
+    return {**moved, "index": target.physical, "verified": checked, "dropped": dropped}
+
+
+def cleanup(plan_data: dict) -> int:
+    """Delete staged input and the jobs' ManifestFiles (and outputs unless keep_outputs);
+    manifest, rejects, DLQ and reports stay. Outputs are kept by default so a rerun re-indexes without a second job."""
+    plan = plan_of(plan_data)
+    s3 = s3_client()
+    keys = [] if plan.keep_staging else [
+        k for sub in ("input/", "staged/", "jobs/")
+        for k in s3io.list_keys(s3, plan.bucket, plan.key(sub))]
+    if not plan.keep_outputs:
+        keys += s3io.list_keys(s3, plan.bucket, plan.key("output/"))
+    deleted = s3io.delete_keys(s3, plan.bucket, keys) if keys else 0
+    log.info("deleted %d staged objects under s3://%s/%s", deleted, plan.bucket, plan.run_prefix)
+    return deleted
+
+
+def report(plan_data: dict, manifest: dict, context: dict, asset) -> dict:
+    """Assemble and publish the run report; fails the run (after writing it) when off."""
+    if plan_data is None:
+        raise fail_for_good("no report: the plan task failed (its log names the bad params)")
+    plan = plan_of(plan_data)
+    s3 = s3_client()
+    hook = OpenSearchHook(OPENSEARCH_CONN_ID)
+    try:  # the whole manifest, from S3 (stage may have failed after counting: all rejected)
+        manifest = s3io.get_json(s3, plan.bucket, plan.key(MANIFEST_KEY))
+    except s3.exceptions.NoSuchKey:
+        _release_build(hook, plan)
+        raise fail_for_good(f"no report: nothing was staged from {plan.input_uri} "
+                            "(the stage task's log says why)") from None
+    try:
+        return _report(plan, s3, hook, manifest, context, asset)
+    finally:  # the run is over: whatever became of its build, another run may take it on
+        _release_build(hook, plan, manifest)
+
+
+def _release_build(hook: OpenSearchHook, plan: Plan, manifest: dict | None = None) -> None:
+    from batchvec.index import aliases
+
+    physical = (manifest or {}).get("index") or aliases.physical_index_name(
+        plan.index_name, plan.model_identity, plan.dimension)
+    aliases.release_build(hook, physical, plan.run_key)
+
+
+def _mapped(ti, task_id: str) -> list[dict]:
+    """Every map index's XCom of a mapped task (one value, not a list, when a single map
+    index left one: the others failed)."""
+    pulled = ti.xcom_pull(task_ids=task_id) or []
+    return [r for r in ([pulled] if isinstance(pulled, dict) else pulled) if r]
+
+
+def _one_job(jobs: list[dict], manifest: dict) -> dict:
+    """The run's job for the report: the one job; with jobs per group, the first completed
+    one with `records` summed over the completed groups (each is in `transform_jobs`)."""
+    groups = manifest.get("jobs")
+    if groups is not None and not groups:  # nothing to embed: no job at all
+        return {"skipped": "no transform job: every record is unchanged or superseded in "
+                "the index"}
+    if len(groups or [None]) == 1:
+        return jobs[0] if jobs else {}
+    done = {j["job_group"]: j for j in jobs if j.get("job_name")}
+    if not done:
+        return {}
+    return {**done[min(done)], "elapsed": max(j.get("elapsed") or 0.0 for j in done.values()),
+            "records": sum(g["records_to_embed"] for g in groups if g["job_group"] in done)}
+
+
+def _job_rows(manifest: dict, jobs: list[dict]) -> list[dict]:
+    done = {j.get("job_group", 0): j for j in jobs}
+    return [{"group": g["job_group"], "records": g["records_to_embed"],
+             "job_name": done.get(g["job_group"], {}).get("job_name"),
+             "completed": g["job_group"] in done,
+             "seconds": done.get(g["job_group"], {}).get("elapsed")} for g in manifest["jobs"]]
+
+
+def _report(plan: Plan, s3, hook: OpenSearchHook, manifest: dict, context: dict, asset) -> dict:
+    from batchvec.report import assemble
+
+    ti = context["ti"]
+    model = ti.xcom_pull(task_ids="ensure_model") or {}
+    jobs = _mapped(ti, "batch_predict")
+    job = _one_job(jobs, manifest)
+    shards = _mapped(ti, "check_outputs") or None
+    if shards is None:  # no outputs were checked: every staged record failed
+        present = {s["name"]: False for s in manifest["shards"]}
+        reasons = {}
+    else:
+        present = {s["name"]: s["output_present"] for s in shards}
+        reasons = {s["name"]: s["missing_reason"] for s in shards if s.get("missing_reason")}
+    shard_results = _mapped(ti, "index_shard")
+    stage_seconds = {
+        "stage": manifest.get("seconds", 0.0),
+        "connector_model": model.get("seconds", 0.0),
+        "batch_predict": max((j.get("elapsed") or 0.0 for j in jobs), default=0.0),
+        "index (slowest shard)": max((r.get("seconds", 0.0) for r in shard_results), default=0.0),
+    }
+    switched = ti.xcom_pull(task_ids="switch_alias") or {}
+    result = assemble.build_report(plan, s3, hook, manifest=manifest, shards_present=present,
+                                 model=model, job=job, stage_seconds=stage_seconds,
+                                 missing_reason="batch_job_failed" if shards is None
+                                 else "output_missing", missing_reasons=reasons)
+    from batchvec.index import aliases
+
+    result.alias_moved = bool(switched.get("moved"))
+    # Whether the alias serves what this run wrote (true after a retried switch as well).
+    result.extra["alias_serves_it"] = aliases.resolve(
+        hook, plan.index_name, manifest["index"]).mode != "build"
+    result.extra["alias"] = switched or {"moved": False,
+                                         "why": "switch_alias did not run (a task failed)"}
+    if len(manifest.get("jobs") or ()) > 1:  # one row per group's job
+        result.extra["transform_jobs"] = _job_rows(manifest, jobs)
+    if job.get("skipped"):
+        result.extra["batch_job"] = job["skipped"]
+    elif shards is None:
+        result.extra["batch_job"] = "failed or not run: see the batch_predict task log"
+    failed_shards = {s["name"]: s["failure"] for s in shards or [] if s.get("failure")}
+    if failed_shards:  # which shards the failed job did not transform, and why
+        result.extra["failed_shards"] = failed_shards
+    try:
+        uri = assemble.publish(plan, s3, result)
+    except assemble.RunFailed as exc:
+        if exc.retryable:
+            raise
+        raise fail_for_good(str(exc)) from exc  # a retry would only say it again
+    totals = result.totals
+    # The event names the index this run wrote, on its host, so a downstream DAG can
+    # schedule on one index (its Asset) or on every index (the alias).
+    context["outlet_events"][asset].add(
+        index_asset(hook.target()["url"], plan.index_name),
+        extra={"index": plan.index_name, "physical_index": result.physical_index,
+               "alias_moved": result.alias_moved, "run_key": plan.run_key,
+               "created": totals.created, "updated": totals.updated,
+               "unchanged": totals.unchanged, "deleted": totals.deleted, "report": uri})
+    return {"report_uri": uri, **result.to_dict()}
