@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 VENV := .venv
 PY := $(VENV)/bin/python
-export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include:$(CURDIR)/dags
+export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/dags:$(CURDIR):$(CURDIR)/tools
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 # Demo inputs: `make demo INPUT=s3://bucket/prefix/ INDEX=my-index ID_FIELD=doc_id

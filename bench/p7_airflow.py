@@ -3,7 +3,7 @@
 A fresh devstack like P8's (S3, SageMaker with the devstack's hash-embedder-384 model: exact,
 weightless vectors, so the model is not what the run waits on; the real OpenSearch node with
 ML Commons behind its HTTPS front) and the private Airflow that `make chaos` uses
-(include/chaos/airflow_stack.py: api-server, scheduler with the LocalExecutor, dag-processor,
+(tools/chaos/airflow_stack.py: api-server, scheduler with the LocalExecutor, dag-processor,
 triggerer; every task try its own process), not `dag.test()`, which runs every task in one
 process. The input is FILES JSONL files in the devstack S3, grouped two files per staging
 group, so the `stage_group` tasks run side by side.

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-for sub in ("plugins", "include", "dags", ""):
+for sub in ("plugins", "tools", "dags", ""):
     if str(REPO / sub) not in sys.path:
         sys.path.insert(0, str(REPO / sub))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -25,7 +25,7 @@ from bench.common import REPO
 def python_env(**extra: str) -> dict[str, str]:
     """The environment a child Python needs to import the library, the devstack and bench."""
     env = dict(os.environ)
-    paths = [str(REPO / p) for p in ("plugins", "include", "dags")] + [str(REPO)]
+    paths = [str(REPO / p) for p in ("plugins", "tools", "dags")] + [str(REPO)]
     env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -12,7 +12,7 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
   exit 1
 fi
 # redis-server: the Celery broker of the CeleryExecutor test and `make chaos --executor
-# celery`, started privately by include/chaos/celery_stack.py, never as the system service.
+# celery`, started privately by tools/chaos/celery_stack.py, never as the system service.
 if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "bootstrap: installing redis-server (apt-get)"
@@ -22,7 +22,7 @@ if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; 
     echo "bootstrap: redis-server missing (apt-get install redis-server); the Celery tests need it" >&2
   fi
 fi
-want=$( (cat requirements.txt requirements-dev.txt include/devstack/requirements.txt 2>/dev/null; "$PYTHON" --version) | sha256sum | cut -d' ' -f1)
+want=$( (cat requirements.txt requirements-dev.txt devstack/requirements.txt 2>/dev/null; "$PYTHON" --version) | sha256sum | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   exit 0
 fi

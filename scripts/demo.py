@@ -25,7 +25,7 @@ from devstack import config, launcher, seed  # noqa: E402
 from devstack_connections import airflow_env as devstack_airflow_env  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "include"), str(REPO / "plugins"), str(REPO / "scripts")]
+sys.path[:0] = [str(REPO), str(REPO / "tools"), str(REPO / "plugins"), str(REPO / "scripts")]
 
 QUERIES = ["a cat sleeping in the sun", "what happened to interest rates and shares"]
 

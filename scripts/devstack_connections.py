@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devstack import seed  # noqa: E402
 from devstack.config import load_endpoints  # noqa: E402

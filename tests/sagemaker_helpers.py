@@ -38,7 +38,7 @@ class Service:
     def start(self) -> None:
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.s3.access_key,
                    AWS_SECRET_ACCESS_KEY=self.s3.secret_key, DEVSTACK_REGION=self.s3.region,
-                   HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO / "include"))
+                   HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
         env.pop("AWS_SESSION_TOKEN", None)
         log = open(self.state / "service.log", "ab")
         self.proc = subprocess.Popen(

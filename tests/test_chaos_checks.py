@@ -433,7 +433,7 @@ def test_the_mid_group_input_is_the_same_lines_in_several_files_and_segments(tmp
     from batchvec.ingest import staging_groups
     from chaos import runner
 
-    sample = Path(runner.__file__).resolve().parents[1] / "sample" / "documents.jsonl"
+    sample = Path(runner.__file__).resolve().parents[2] / "include" / "sample" / "documents.jsonl"
     source = tmp_path / "input.jsonl"
     ids = runner.write_input(source, records, sample)
     sizes = runner.split_input(source, tmp_path / "files", runner.Options.stage_files)

@@ -242,7 +242,7 @@ def test_connection_credentials_come_from_interpolation(services: dict[str, dict
         ".env.example",
         "include/seaweedfs-s3.json",
         "include/airflow.Dockerfile",
-        "include/devstack/Dockerfile",
+        "devstack/Dockerfile",
     ],
 )
 def test_no_secret_looking_literals(path: str) -> None:

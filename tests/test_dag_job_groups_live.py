@@ -1,4 +1,4 @@
-"""Jobs per group of shards under the real scheduler and triggerer (include/chaos/
+"""Jobs per group of shards under the real scheduler and triggerer (tools/chaos/
 airflow_stack.py), where tasks run side by side as in production (dag.test runs one at a
 time): the shards of a done job index while another group's job is still running (no barrier
 on the slowest job), and with max_parallel_jobs 1 the second group's job is submitted only

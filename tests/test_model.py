@@ -118,7 +118,7 @@ def test_hash_embedder_deterministic_across_instances_and_processes():
     # Another interpreter with another str hash seed: blake2b, not hash(), picks the buckets.
     code = ("import json, sys; from devstack import model; "
             "print(json.dumps(model.HashEmbedder(256).embed(json.loads(sys.argv[1])).tolist()))")
-    include = str(Path(__file__).resolve().parents[1] / "include")
+    include = str(Path(__file__).resolve().parents[1])
     out = subprocess.run([sys.executable, "-c", code, json.dumps(TEXTS)], check=True,
                          capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": include, "PYTHONHASHSEED": "12345"})

@@ -219,7 +219,7 @@ def test_preview_against_real_s3_lists_exactly_and_estimates_within_tolerance(s3
 
 def test_cli_prints_json_and_a_table(s3_stack, fresh_bucket):
     bodies = _upload(s3_stack, fresh_bucket)
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'plugins'}:{REPO / 'include'}",
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'plugins'}:{REPO}",
            "AWS_ACCESS_KEY_ID": s3_stack.access_key, "AWS_SECRET_ACCESS_KEY": s3_stack.secret_key}
     env.pop("AIRFLOW_CONN_AWS_DEFAULT", None)
     base = [sys.executable, "-m", "batchvec.plan.preview", "--input", f"s3://{fresh_bucket}/in/",

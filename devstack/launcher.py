@@ -30,7 +30,8 @@ PROCESSES = {"s3": ("s3",), "sagemaker": ("sagemaker",),
 MARKERS = {"s3": "weed", "sagemaker": "devstack.sagemaker",
            "opensearch_front": "devstack.opensearch_front"}
 LEGACY_STAND_IN = "-m devstack.opensearch --host"  # pids/opensearch.pid of an older devstack
-REPO_INCLUDE = Path(__file__).resolve().parents[1]
+# The folder devstack/ is in: the services are started as `python -m devstack...`.
+DEVSTACK_PARENT = Path(__file__).resolve().parents[1]
 
 
 class DevstackError(RuntimeError):
@@ -128,7 +129,7 @@ def _service_env(creds: config.Credentials, state: Path) -> dict[str, str]:
         DEVSTACK_DIR=str(state),
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_INCLUDE), env.get("PYTHONPATH")])),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(DEVSTACK_PARENT), env.get("PYTHONPATH")])),
     )
     env.pop("AWS_SESSION_TOKEN", None)
     return env

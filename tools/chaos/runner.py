@@ -235,7 +235,7 @@ class Session:
         self.estimates = dict(kills.PRIOR_SECONDS)
         self.input = root / "input.jsonl"
         self.expected = write_input(self.input, opts.records,
-                                    Path(__file__).resolve().parents[1] / "sample" / "documents.jsonl")
+                                    Path(__file__).resolve().parents[2] / "include" / "sample" / "documents.jsonl")
         self.input_files = root / "input-files"  # the same lines, for stage_group_mid_file
         self.file_sizes = split_input(self.input, self.input_files, opts.stage_files)
 

@@ -16,7 +16,7 @@ DEFAULT_ENDPOINT = "devstack-minilm"
 EXECUTION_ROLE = "arn:aws:iam::000000000000:role/devstack-sagemaker-execution"
 # The role ML Commons is told to assume, in the devstack's make-believe account.
 CONNECTOR_ROLE_ARN = "arn:aws:iam::000000000000:role/batchvec-sagemaker"
-SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "documents.jsonl"
+SAMPLE = Path(__file__).resolve().parents[1] / "include" / "sample" / "documents.jsonl"
 # SageMaker model name -> (devstack.model registry key its HF_MODEL_ID names, dimension).
 HASH_MODELS = {"hash-embedder-256": ("batchvec/hash-embedder-256", 256),
                "hash-embedder-384": ("batchvec/hash-embedder-384", 384)}

@@ -40,7 +40,7 @@ def airflow_env(home: Path, api_port: int, devstack_env: dict[str, str], stack_i
                 retries: int, base: dict | None = None) -> dict[str, str]:
     """The environment every component (and so every task process) runs with."""
     env = dict(os.environ if base is None else base)
-    paths = [str(REPO / "plugins"), str(REPO / "include"), str(REPO / "dags")]
+    paths = [str(REPO / "plugins"), str(REPO / "dags"), str(REPO), str(REPO / "tools")]
     env.update({
         procs.MARKER_ENV: stack_id,
         "AIRFLOW_HOME": str(home),
