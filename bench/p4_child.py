@@ -52,7 +52,7 @@ def stage(path: str, endpoints: dict) -> dict:
     spec = bench_spec()
     source = sources.open_input(path, s3_client=s3, spec=spec)
     total = sum(f.size for f in source.files)
-    log = logging.getLogger("batchvec.tasks.common")
+    log = logging.getLogger("batchvec.tasks.staging")
     manifest = staging.stage(
         source, s3_client=s3, bucket=endpoints["bucket"], prefix=f"bench-p4/{Path(path).stem}",
         shards=2, spec=spec,

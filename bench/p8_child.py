@@ -24,7 +24,7 @@ def report_of(run_id: str) -> dict:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
-    from batchvec.tasks import common
+    from batchvec.hooks.aws import s3_client
 
     with create_session() as session:
         rows = session.scalars(XComModel.get_many(run_id=run_id, key="return_value",
@@ -34,7 +34,7 @@ def report_of(run_id: str) -> dict:
         raise RuntimeError(f"run {run_id} left no report_uri (its report task did not finish)")
     uri = returned[0]["report_uri"]
     bucket, key = uri.split("://", 1)[1].split("/", 1)
-    body = common.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    body = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
     return json.loads(body)
 
 

@@ -23,7 +23,7 @@ from airflow.sdk import (
 from batchvec.batch.job_waits import IndexSensor, ShardOutputSensor
 from batchvec.batch.operators import BatchPredictOperator
 from batchvec.plan.run_plan import param_schema
-from batchvec.tasks import common, staging
+from batchvec.tasks import finishing, indexing, model, planning, staging
 from batchvec.tasks.pod_resources import executor_config  # pod resources under Kubernetes, else {}
 
 # Each run's report adds an event for the index it wrote, opensearch://<host>/<index>;
@@ -56,7 +56,7 @@ with DAG(
     # dry_run: plan logs the preview, keeps it in its XCom, and skips every other task.
     @task(multiple_outputs=True)
     def plan(params=None):
-        return common.make_plan(params, get_current_context())
+        return planning.make_plan(params, get_current_context())
 
     # Staging (README: Staging at scale): list and group the input, each group in parallel,
     # then each shard against the index, then the manifest.
@@ -91,11 +91,11 @@ with DAG(
 
     @task(multiple_outputs=True)
     def ensure_model(plan: dict):
-        return common.ensure_model(plan)
+        return model.ensure_model(plan)
 
     @task(max_active_tis_per_dagrun=4, executor_config=executor_config("index_shard"))
     def index_shard(plan: dict, index: dict, shard: dict):
-        return common.index_shard(plan, shard, index)
+        return indexing.index_shard(plan, shard, index)
 
     # Jobs per group of shards (README: Jobs per shard group): each shard waits for its own
     # group's job only (after a Failed one too: the files it did transform are indexed).
@@ -107,20 +107,20 @@ with DAG(
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def restore_index(plan: dict, manifest: dict):
-        return common.restore_index(plan, manifest)
+        return indexing.restore_index(plan, manifest)
 
     # A model switch's new index goes live only when every shard indexed and it verifies.
     @task
     def switch_alias(plan: dict, manifest: dict, index: dict):
-        return common.switch_alias(plan, manifest, index)
+        return indexing.switch_alias(plan, manifest, index)
 
     @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[INDEX_ALIAS])
     def report(plan: dict, manifest: dict):
-        return common.report(plan, manifest, get_current_context(), INDEX_ALIAS)
+        return finishing.report(plan, manifest, get_current_context(), INDEX_ALIAS)
 
     @task
     def cleanup(plan: dict):
-        return common.cleanup(plan)
+        return finishing.cleanup(plan)
 
     the_plan = plan()
     listed = list_input(the_plan)
@@ -129,10 +129,10 @@ with DAG(
     grouped >> sharded
     manifest = stage(the_plan)
     sharded >> manifest
-    model = ensure_model(the_plan)
+    the_model = ensure_model(the_plan)
     jobs = BatchPredictOperator.partial(
         task_id="batch_predict",
-        model_id=model["model_id"],
+        model_id=the_model["model_id"],
         output_s3_uri=the_plan["output_uri"],
         content_type=the_plan["content_type"],
         accept=the_plan["accept"],

@@ -73,7 +73,7 @@ def test_a_group_summary_keeps_pieces_in_segment_order():
 
 
 def _plan(airflow_env, tmp, run: str, **params) -> dict:
-    from batchvec.tasks.common import make_plan
+    from batchvec.tasks.planning import make_plan
 
     class _Dag:
         dag_id = "batch_embeddings"

@@ -54,7 +54,7 @@ def test_progress_lines_are_picked_out_of_the_log_as_they_are_written(tmp_path):
     lines: list[str] = []
     tail = ProgressTail(log, out=lines.append)
     log.write_bytes(b"INFO some airflow chatter\n"
-                    b"[x] INFO - staging: 10 records (0 rejected), 1.0 MB [batchvec.tasks.common] "
+                    b"[x] INFO - staging: 10 records (0 rejected), 1.0 MB [batchvec.tasks.staging] "
                     b"loc=steps.py:107\n"
                     b"job k: RUNNING (SageMaker InProgress) after 3s [batchvec.batch.triggers] loc=t.py:1\n"
                     b"shard part-0: 12/40 docs sent (half a li")

@@ -16,13 +16,13 @@ reschedule sensor there can be failed by a late executor event of its previous p
 from __future__ import annotations
 
 import asyncio
-import os
 from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from batchvec import settings
 from batchvec.batch import job_groups
 
 # A wait ends with its job: batch_predict cancels past wait_timeout. This only backstops.
@@ -30,7 +30,7 @@ JOB_WAIT_TIMEOUT = timedelta(days=14)
 
 
 def _deferrable() -> bool:
-    return os.environ.get("BATCHVEC_JOB_WAIT", "defer") != "reschedule"
+    return settings.job_waits_defer()
 
 
 def _states(context) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import os
 import threading
 from array import array
 from collections import deque
@@ -28,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from batchvec import settings
 from batchvec.hooks import s3io
 from batchvec.index.duplicates import SPILL_EVERY, DuplicateCounter
 
@@ -42,10 +42,7 @@ FORMAT = 1
 
 def checkpoint_every() -> int:
     """`BATCHVEC_CHECKPOINT_LINES` (default DEFAULT_CHECKPOINT_LINES)."""
-    value = int(os.environ.get("BATCHVEC_CHECKPOINT_LINES", DEFAULT_CHECKPOINT_LINES))
-    if value < 1:
-        raise ValueError(f"BATCHVEC_CHECKPOINT_LINES must be >= 1, got {value}")
-    return value
+    return settings.env_int("BATCHVEC_CHECKPOINT_LINES", DEFAULT_CHECKPOINT_LINES)
 
 
 @dataclass

@@ -7,11 +7,11 @@ settings, and each shard's result.
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import orjson
 
+from batchvec import settings
 from batchvec.hooks import s3io
 from batchvec.hooks.opensearch import OpenSearchHook
 from batchvec.index import checkpoint, load_settings
@@ -36,10 +36,7 @@ class ShardFailed(Exception):
 def bulk_max_actions() -> int:
     """Documents per bulk request at most (`BATCHVEC_BULK_MAX_ACTIONS`; requests are also
     capped at BULK_MAX_BYTES). Small values make many requests per shard, as `make chaos` uses."""
-    value = int(os.environ.get("BATCHVEC_BULK_MAX_ACTIONS", DEFAULT_MAX_ACTIONS))
-    if value < 1:
-        raise ValueError(f"BATCHVEC_BULK_MAX_ACTIONS must be >= 1, got {value}")
-    return value
+    return settings.env_int("BATCHVEC_BULK_MAX_ACTIONS", DEFAULT_MAX_ACTIONS)
 
 
 def index_body(dimension: int, vector_field: str, space_type: str, engine: str = "faiss",

@@ -22,9 +22,9 @@ before ``restore_index``) stops counting after ``BATCHVEC_BULK_LOAD_LEASE_HOURS`
 from __future__ import annotations
 
 import logging
-import os
 from datetime import UTC, datetime, timedelta
 
+from batchvec import settings
 from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook, VersionConflict
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ _ATTEMPTS = 50  # compare-and-set rounds: each lost round means another run just
 
 
 def _lease_ttl() -> timedelta:
-    return timedelta(hours=float(os.environ.get("BATCHVEC_BULK_LOAD_LEASE_HOURS", 48)))
+    return settings.bulk_load_lease()
 
 
 def _now() -> datetime:

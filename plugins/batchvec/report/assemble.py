@@ -12,6 +12,7 @@ from batchvec.hooks import s3io
 from batchvec.hooks.opensearch import OpenSearchHook
 from batchvec.plan.run_plan import Plan
 from batchvec.report.accounting import RunReport, ShardReport, render_table
+from batchvec.settings import REPORT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +147,9 @@ def build_report(plan: Plan, s3, hook: OpenSearchHook, *, manifest: dict,
     return report
 
 
-
 def publish(plan: Plan, s3, report: RunReport) -> str:
     """Write the report to S3 and the log; raise when the run must fail."""
-    key = plan.key("report.json")
+    key = plan.key(REPORT_KEY)
     s3io.put_json(s3, plan.bucket, key, report.to_dict())
     log.info("run report (s3://%s/%s):\n%s", plan.bucket, key, render_table(report))
     problems = []

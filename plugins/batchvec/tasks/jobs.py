@@ -17,12 +17,15 @@ from __future__ import annotations
 import logging
 
 from batchvec.batch import job_groups
+from batchvec.errors import fail_for_good
 from batchvec.hooks import s3io
+from batchvec.hooks.aws import s3_client
 from batchvec.hooks.opensearch import OpenSearchHook
 from batchvec.index import indexing
 from batchvec.outputs import convert
 from batchvec.plan import naming
-from batchvec.tasks.common import AWS_CONN_ID, OPENSEARCH_CONN_ID, fail_for_good, plan_of, s3_client
+from batchvec.settings import AWS_CONN_ID, OPENSEARCH_CONN_ID
+from batchvec.tasks.context import plan_of
 
 log = logging.getLogger(__name__)
 

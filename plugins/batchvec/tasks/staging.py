@@ -17,18 +17,15 @@ import logging
 import time
 
 from batchvec.batch import job_groups
+from batchvec.errors import fail_for_good
 from batchvec.hooks import s3io
+from batchvec.hooks.aws import s3_client
 from batchvec.hooks.opensearch import OpenSearchHook
 from batchvec.index import aliases
 from batchvec.ingest import changes, incremental, sources, staging
 from batchvec.ingest import staging_groups as groups
-from batchvec.tasks.common import (
-    MANIFEST_KEY,
-    OPENSEARCH_CONN_ID,
-    fail_for_good,
-    plan_of,
-    s3_client,
-)
+from batchvec.settings import MANIFEST_KEY, OPENSEARCH_CONN_ID
+from batchvec.tasks.context import plan_of
 
 log = logging.getLogger(__name__)
 

@@ -1,145 +1,22 @@
-"""The pipeline's stages as plain functions of (plan, context); the DAG wires them as tasks.
-
-Each stage reads what earlier stages left in S3 under the run prefix (manifest, shard
-reports, saved index settings) rather than trusting XCom, which a retry clears.
-"""
+"""The run's last tasks: ``report`` (accounting from what S3 holds, published even when
+upstream tasks failed) and ``cleanup`` (staged objects deleted)."""
 
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any
 
+from batchvec.errors import fail_for_good
 from batchvec.hooks import s3io
+from batchvec.hooks.aws import s3_client
 from batchvec.hooks.opensearch import OpenSearchHook
-from batchvec.index import indexing
-from batchvec.model import connectors
-from batchvec.plan.run_plan import Plan, resolve_plan
+from batchvec.index import aliases
+from batchvec.plan.run_plan import Plan
+from batchvec.report import assemble
+from batchvec.settings import MANIFEST_KEY, OPENSEARCH_CONN_ID
+from batchvec.tasks.context import plan_of
+from batchvec.tasks.planning import index_asset
 
 log = logging.getLogger(__name__)
-
-AWS_CONN_ID = "aws_default"
-OPENSEARCH_CONN_ID = "opensearch_default"
-MANIFEST_KEY = "manifest.json"
-REPORT_KEY = "report.json"
-
-
-def aws_hook(client_type: str):
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-    return AwsBaseHook(aws_conn_id=AWS_CONN_ID, client_type=client_type)
-
-
-def s3_client():
-    return aws_hook("s3").conn
-
-
-def fail_for_good(message: str) -> Exception:
-    """For problems a retry cannot fix (bad params, nothing to read): no retries."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    return AirflowFailException(message)
-
-
-def run_date(context: dict) -> str:
-    """The day a run processes: its logical date, or for manual runs without one, when it ran."""
-    return _run_time(context).strftime("%Y-%m-%d")
-
-
-def _run_time(context: dict):
-    return context.get("logical_date") or context["dag_run"].run_after
-
-
-def run_version(context: dict) -> int:
-    """The external version of a run's writes: its logical date in epoch seconds, so a
-    backfill's older day never overwrites a newer day's documents (changes.py)."""
-    return int(_run_time(context).timestamp())
-
-
-def make_plan(params: dict, context: dict) -> dict:
-    hook = aws_hook("sagemaker")
-    endpoint = hook.conn_config.get_service_endpoint_url
-    target = OpenSearchHook(OPENSEARCH_CONN_ID).target()
-    try:
-        plan = resolve_plan(
-            params, dag_id=context["dag"].dag_id, run_id=context["run_id"], ds=run_date(context),
-            region=hook.conn_region_name or "us-east-1",
-            sagemaker_api_url=endpoint("sagemaker") or "",
-            sagemaker_runtime_url=endpoint("sagemaker-runtime") or "",
-            opensearch_service=target["service"],
-            connector_credentials=target["connector_credentials"],
-            version=run_version(context),
-        )
-    except ValueError as exc:
-        raise fail_for_good(str(exc)) from None
-    log.info("run %s -> key %s, input %s, staging s3://%s/%s, index %s", plan.run_id,
-             plan.run_key, plan.input_uri, plan.bucket, plan.run_prefix, plan.index_name)
-    data = {**plan.to_dict(), "staged_input_uri": plan.uri("input/"),
-            "output_uri": plan.uri("output/")}
-    if plan.dry_run:  # logs the preview, puts it in XCom, skips everything downstream
-        from batchvec.plan import preview
-
-        preview.stop_run(data, s3_client(), context)
-    return data
-
-
-def index_asset(base_url: str, index: str):
-    """The Asset of one index: ``opensearch://<host>[:<port>]/<index>`` (no credentials:
-    the connection's URL is built from host and port only)."""
-    from airflow.sdk import Asset
-
-    host = base_url.split("://", 1)[-1].rstrip("/")
-    return Asset(uri=f"opensearch://{host}/{index}", name=f"opensearch://{host}/{index}")
-
-
-def plan_of(data: dict) -> Plan:
-    return Plan.from_dict({k: v for k, v in data.items() if k in Plan.__dataclass_fields__})
-
-
-def ensure_model(plan_data: dict) -> dict:
-    started = time.monotonic()
-    spec = plan_of(plan_data).model_spec
-    keys = connectors.aws_connection_keys(AWS_CONN_ID) if spec.credentials == "aws_keys" else None
-    result = connectors.ensure_model(OpenSearchHook(OPENSEARCH_CONN_ID), spec, keys)
-    return {**result, "seconds": round(time.monotonic() - started, 2)}
-
-
-def index_shard(plan_data: dict, shard: dict, index: dict) -> dict:
-    plan = plan_of(plan_data)
-    hook = OpenSearchHook(OPENSEARCH_CONN_ID, pool_size=plan.bulk_concurrency + 2)
-    return indexing.index_shard(plan, shard, hook, s3_client(), index)
-
-
-def restore_index(plan_data: dict | None, manifest: dict | None) -> Any:
-    if plan_data is None or manifest is None:  # runs after any failure
-        log.info("nothing was staged: no index settings to restore")
-        return None
-    return indexing.restore_index(manifest, OpenSearchHook(OPENSEARCH_CONN_ID), plan_of(plan_data))
-
-
-def switch_alias(plan_data: dict, manifest: dict, index: dict) -> dict:
-    """A build is served only once it is complete and checked (index_alias.verify)."""
-    from batchvec.index import aliases
-    from batchvec.report import assemble
-
-    plan = plan_of(plan_data)
-    target = aliases.Target.from_dict(manifest["target"])
-    hook = OpenSearchHook(OPENSEARCH_CONN_ID)
-    if target.mode != "build":
-        return {"moved": False, "alias": plan.index_name, "index": target.physical,
-                "why": f"{target.mode}: the alias already serves it" if target.mode ==
-                "incremental" else "legacy: index_name is a concrete index (README: migrate)"}
-    rows, sample = assemble.shard_reports(plan, s3_client(), manifest, {})
-    checked = assemble.check_build(hook, plan, manifest, rows, sample, index["dimension"])
-    if not checked["ok"]:
-        raise fail_for_good(f"{target.physical} failed verification, the alias stays on "
-                            f"{target.previous or 'nothing'}: {checked['problems']}")
-    moved = aliases.switch(hook, plan.index_name, target.physical, target.previous)
-    dropped = aliases.drop_expired(hook, plan.index_name, plan.keep_previous_index)
-    aliases.release_build(hook, target.physical, plan.run_key)
-    log.info("alias %s -> %s (was %s); verified: %s; retired indices dropped: %s",
-             plan.index_name, target.physical, target.previous, checked, dropped or "none")
-    return {**moved, "index": target.physical, "verified": checked, "dropped": dropped}
 
 
 def cleanup(plan_data: dict) -> int:
@@ -177,8 +54,6 @@ def report(plan_data: dict, manifest: dict, context: dict, asset) -> dict:
 
 
 def _release_build(hook: OpenSearchHook, plan: Plan, manifest: dict | None = None) -> None:
-    from batchvec.index import aliases
-
     physical = (manifest or {}).get("index") or aliases.physical_index_name(
         plan.index_name, plan.model_identity, plan.dimension)
     aliases.release_build(hook, physical, plan.run_key)
@@ -216,8 +91,6 @@ def _job_rows(manifest: dict, jobs: list[dict]) -> list[dict]:
 
 
 def _report(plan: Plan, s3, hook: OpenSearchHook, manifest: dict, context: dict, asset) -> dict:
-    from batchvec.report import assemble
-
     ti = context["ti"]
     model = ti.xcom_pull(task_ids="ensure_model") or {}
     jobs = _mapped(ti, "batch_predict")
@@ -241,8 +114,6 @@ def _report(plan: Plan, s3, hook: OpenSearchHook, manifest: dict, context: dict,
                                  model=model, job=job, stage_seconds=stage_seconds,
                                  missing_reason="batch_job_failed" if shards is None
                                  else "output_missing", missing_reasons=reasons)
-    from batchvec.index import aliases
-
     result.alias_moved = bool(switched.get("moved"))
     # Whether the alias serves what this run wrote (true after a retried switch as well).
     result.extra["alias_serves_it"] = aliases.resolve(

@@ -1,0 +1,51 @@
+"""``plan``: the params resolved into a validated run plan (or a preview, with ``dry_run``),
+and the Asset a run's report names."""
+
+from __future__ import annotations
+
+import logging
+
+from batchvec.errors import fail_for_good
+from batchvec.hooks.aws import aws_hook, s3_client
+from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.plan.run_plan import resolve_plan
+from batchvec.settings import OPENSEARCH_CONN_ID
+from batchvec.tasks.context import run_date, run_version
+
+log = logging.getLogger(__name__)
+
+
+def make_plan(params: dict, context: dict) -> dict:
+    hook = aws_hook("sagemaker")
+    endpoint = hook.conn_config.get_service_endpoint_url
+    target = OpenSearchHook(OPENSEARCH_CONN_ID).target()
+    try:
+        plan = resolve_plan(
+            params, dag_id=context["dag"].dag_id, run_id=context["run_id"], ds=run_date(context),
+            region=hook.conn_region_name or "us-east-1",
+            sagemaker_api_url=endpoint("sagemaker") or "",
+            sagemaker_runtime_url=endpoint("sagemaker-runtime") or "",
+            opensearch_service=target["service"],
+            connector_credentials=target["connector_credentials"],
+            version=run_version(context),
+        )
+    except ValueError as exc:
+        raise fail_for_good(str(exc)) from None
+    log.info("run %s -> key %s, input %s, staging s3://%s/%s, index %s", plan.run_id,
+             plan.run_key, plan.input_uri, plan.bucket, plan.run_prefix, plan.index_name)
+    data = {**plan.to_dict(), "staged_input_uri": plan.uri("input/"),
+            "output_uri": plan.uri("output/")}
+    if plan.dry_run:  # logs the preview, puts it in XCom, skips everything downstream
+        from batchvec.plan import preview
+
+        preview.stop_run(data, s3_client(), context)
+    return data
+
+
+def index_asset(base_url: str, index: str):
+    """The Asset of one index: ``opensearch://<host>[:<port>]/<index>`` (no credentials:
+    the connection's URL is built from host and port only)."""
+    from airflow.sdk import Asset
+
+    host = base_url.split("://", 1)[-1].rstrip("/")
+    return Asset(uri=f"opensearch://{host}/{index}", name=f"opensearch://{host}/{index}")
