@@ -15,7 +15,7 @@ import pytest
 from batchvec.index import checkpoint
 from batchvec.index.bulk_writer import BulkWriter
 from batchvec.index.checkpoint import AckPrefix, Checkpoint, StreamState
-from batchvec.outputs import convert
+from batchvec.util.lines import iter_lines_at
 
 
 def _prefix(dlq=None):
@@ -75,12 +75,12 @@ def test_iter_lines_at_gives_each_line_and_offsets_resume(seed):
             yield blob[i:i + n]
             i += n
 
-    got = list(convert.iter_lines_at(chunks(data)))
+    got = list(iter_lines_at(chunks(data)))
     assert [line for line, _ in got] == [line for line in lines if line] + [b"tail"]
     assert got[-1][1] == len(data)
     for k in (0, 5, len(got) // 2, len(got) - 1):
         end = got[k][1]  # resuming there reads exactly the lines after line k
-        rest = list(convert.iter_lines_at(chunks(data[end:]), end))
+        rest = list(iter_lines_at(chunks(data[end:]), end))
         assert rest == got[k + 1:]
 
 

@@ -16,9 +16,9 @@ import pytest
 from batchvec.hooks import s3io
 from batchvec.hooks.opensearch import OpenSearchHook
 from batchvec.index import indexing
-from batchvec.outputs.convert import iter_lines
 from batchvec.plan.run_plan import Plan
 from batchvec.report.accounting import ShardReport
+from batchvec.util.lines import iter_lines
 
 pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
 

@@ -13,10 +13,10 @@ from batchvec.outputs.convert import (
     ActionBuilder,
     OutputRejected,
     convert_line,
-    iter_lines,
     parse_vector,
     vector_dimension,
 )
+from batchvec.util.lines import iter_lines
 
 INDEX = "docs-knn"
 FIELD = "embedding"

@@ -12,7 +12,6 @@ credentials (batchvec.util.redact).
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from typing import Any
@@ -22,6 +21,7 @@ import requests
 from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 
+from batchvec.util import backoff
 from batchvec.util.redact import scrub
 
 log = logging.getLogger(__name__)
@@ -221,27 +221,27 @@ class OpenSearchHook(BaseHook):
         data = body if isinstance(body, bytes | None) else orjson.dumps(body)
         headers = {"Content-Type": content_type} if content_type else None
         attempts = (self.max_retries if retries is None else retries) + 1
-        for attempt in range(attempts):
+
+        def once() -> tuple[int, Any]:
             try:
                 resp = self.session.request(method, self.base_url + path, data=data, params=params,
                                             headers=headers, timeout=self.timeout,
                                             verify=self.session.verify)
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt + 1 >= attempts:
-                    raise OpenSearchError(0, "connection_error", str(exc), method, path) from None
-                self._backoff(attempt, f"{method} {path}: {type(exc).__name__}")
-                continue
+                raise backoff.Retry(f"{method} {path}: {type(exc).__name__}", OpenSearchError(
+                    0, "connection_error", str(exc), method, path)) from None
             status = resp.status_code
             if status < 300 or status in ok:
                 parsed = orjson.loads(resp.content) if resp.content and method != "HEAD" else None
                 return status, parsed
             err_type, reason = self._parse_error(status, resp.content)
-            if status in RETRY_STATUSES and attempt + 1 < attempts:
-                self._backoff(attempt, f"{method} {path}: {status} {err_type}",
-                              resp.headers.get("Retry-After"))
-                continue
-            raise OpenSearchError(status, err_type, reason, method, path)
-        raise AssertionError("unreachable")
+            error = OpenSearchError(status, err_type, reason, method, path)
+            if status in RETRY_STATUSES:
+                raise backoff.Retry(f"{method} {path}: {status} {err_type}", error,
+                                    backoff.retry_after_seconds(resp.headers.get("Retry-After")))
+            raise error
+
+        return backoff.call(once, attempts=attempts)
 
     def _parse_error(self, status: int, body: bytes) -> tuple[str, str]:
         """parse_error, plus what this connection authenticates with when OpenSearch refused
@@ -250,14 +250,6 @@ class OpenSearchHook(BaseHook):
         if status in (401, 403):
             reason = f"{reason} (connection {self.conn_id!r}: {self._auth_hint})"
         return err_type, reason
-
-    @staticmethod
-    def _backoff(attempt: int, what: str, retry_after: str | None = None) -> None:
-        delay = min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
-        if retry_after and retry_after.isdigit():
-            delay = max(delay, float(retry_after))
-        log.warning("%s; retrying in %.1fs", what, delay)
-        time.sleep(delay)
 
     # -- index APIs ---------------------------------------------------------------------------
     def index_exists(self, index: str) -> bool:
@@ -369,7 +361,7 @@ class OpenSearchHook(BaseHook):
             err_type, reason = parse_error(resp.status_code, resp.content)
             retry_after = resp.headers.get("Retry-After")
             raise BulkTransientError(scrub(f"bulk {resp.status_code} {err_type}: {reason}"),
-                                     retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+                                     retry_after=backoff.retry_after_seconds(retry_after),
                                      throttled=resp.status_code == 429)
         if resp.status_code >= 300:
             err_type, reason = self._parse_error(resp.status_code, resp.content)

@@ -33,6 +33,7 @@ from batchvec.index.bulk_format import (
     join_spans,
     reason_key,
 )
+from batchvec.util import backoff
 
 __all__ = [
     "BulkCounts",
@@ -347,10 +348,9 @@ class BulkWriter:
                                    for doc_id, action, reason, seq in failures])
 
     def _backoff(self, attempt: int, retry_after: float | None) -> None:
-        """Exponential backoff with full jitter; a server's Retry-After is a floor."""
-        delay = self._rng.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
-        if retry_after:
-            delay = max(delay, min(retry_after, self.backoff_max))
+        """util.backoff's rule; a stop (another lane failed) cuts the wait short."""
+        delay = backoff.delay(attempt, retry_after, base=self.backoff_base, cap=self.backoff_max,
+                              rng=self._rng)
         if self._sleep is time.sleep:
             stopped = self._stop.wait(delay)  # wakes up at once when another lane fails
         else:

@@ -21,6 +21,7 @@ from batchvec.ingest import changes
 from batchvec.outputs import convert
 from batchvec.plan.run_plan import Plan
 from batchvec.util import malloc
+from batchvec.util.lines import iter_lines, iter_lines_at
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def existing_dimension(mapping: dict, vector_field: str) -> int | None:
 
 
 def first_output_line(s3, bucket: str, key: str) -> bytes:
-    for line in convert.iter_lines(s3io.iter_object_chunks(s3, bucket, key, chunk_size=256 * 1024)):
+    for line in iter_lines(s3io.iter_object_chunks(s3, bucket, key, chunk_size=256 * 1024)):
         return line
     raise ShardFailed(f"output s3://{bucket}/{key} is empty")
 
@@ -201,7 +202,7 @@ def _index_output(plan: Plan, hook: OpenSearchHook, s3, physical: str, dimension
         nonlocal lines
         chunks = s3io.iter_object_chunks(s3, plan.bucket, out_key, start=start) \
             if start < size else ()
-        for line, end in convert.iter_lines_at(chunks, start):
+        for line, end in iter_lines_at(chunks, start):
             lines += 1
             try:
                 doc_id, action = builder(line)
@@ -255,7 +256,7 @@ def _delete_absent(plan: Plan, hook: OpenSearchHook, s3, physical: str, key: str
     def actions():
         chunks = s3io.iter_object_chunks(s3, plan.bucket, key, start=start) \
             if start < size else ()
-        for line, end in convert.iter_lines_at(chunks, start):
+        for line, end in iter_lines_at(chunks, start):
             doc_id = orjson.loads(line)["_id"]
             prefix.action(end)
             progress.maybe_save()

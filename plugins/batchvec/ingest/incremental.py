@@ -24,8 +24,8 @@ from batchvec.hooks import s3io
 from batchvec.hooks.opensearch import OpenSearchHook
 from batchvec.ingest import changes
 from batchvec.ingest.staging import shard_name
-from batchvec.outputs import convert
 from batchvec.plan.run_plan import Plan
+from batchvec.util.lines import iter_lines
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def stage_shard(plan: Plan, hook: OpenSearchHook, s3, index: str, number: int,
     else:
         writer = s3io.S3LineWriter(s3, plan.bucket, key)
         try:
-            lines = (line for p in pieces for line in convert.iter_lines(
+            lines = (line for p in pieces for line in iter_lines(
                 s3io.iter_object_chunks(s3, plan.bucket, p["key"])))
             if diffing:
                 result = changes.diff_lines(lines, state, writer.write,

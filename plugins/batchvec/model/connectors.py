@@ -31,6 +31,7 @@ import orjson
 
 from batchvec.hooks import mlcommons
 from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.plan.naming import SAGEMAKER_NAME
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ MODEL_GROUP = "batchvec"
 # `}`, `$` or a control character, so a value cannot close the JSON string it lands in, add
 # keys, or smuggle a placeholder in. ASCII only; checked with fullmatch (a `$` anchor would
 # let a trailing newline through).
-_SAGEMAKER_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", re.ASCII)
 _INSTANCE_TYPE = re.compile(r"ml\.[a-z0-9]+\.[a-z0-9]+", re.ASCII)
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}", re.ASCII)
 _HTTP_URL = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d+)?", re.ASCII)
@@ -55,8 +55,8 @@ _CHECKS = {
     "role_arn": ("connector_role_arn", "an IAM role ARN", _ROLE_ARN),
     "region": ("region (the aws connection's region_name)", "an AWS region such as us-east-1",
                _REGION),
-    "model_name": ("sagemaker_model_name", "a SageMaker model name", _SAGEMAKER_NAME),
-    "endpoint_name": ("sagemaker_endpoint_name", "a SageMaker endpoint name", _SAGEMAKER_NAME),
+    "model_name": ("sagemaker_model_name", "a SageMaker model name", SAGEMAKER_NAME),
+    "endpoint_name": ("sagemaker_endpoint_name", "a SageMaker endpoint name", SAGEMAKER_NAME),
     "instance_type": ("instance_type", "like ml.m5.xlarge", _INSTANCE_TYPE),
     "sagemaker_api_url": ("sagemaker_api_url (the aws connection's "
                           "service_config.sagemaker.endpoint_url)", "scheme://host[:port]",

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import Any
 
 import orjson
+
+from batchvec.ingest.records import MAX_ID_BYTES
 
 __all__ = [
     "ActionBuilder",
@@ -40,13 +41,11 @@ __all__ = [
     "OutputShapeError",
     "check_output_shape",
     "convert_line",
-    "iter_lines",
     "parse_vector",
     "vector_dimension",
 ]
 
 DEFAULT_OUTPUT_KEY = "SageMakerOutput"
-MAX_ID_BYTES = 512  # OpenSearch refuses longer _id values
 
 # Bytes of a plain vector besides commas and exponents: translate() deletes them, so one C
 # pass leaves only the commas (compared with a precomputed string) and any "e". No CR/LF
@@ -356,47 +355,3 @@ def check_output_shape(line: bytes, dimension: int | None,
 def vector_dimension(line: bytes, output_key: str = DEFAULT_OUTPUT_KEY) -> int:
     """The model's dimension, learnt from one output line."""
     return len(parse_vector(line, output_key))
-
-
-def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Split a byte stream into lines without the newline (LF or CRLF); skips empty lines."""
-    for line, _ in iter_lines_at(chunks):
-        yield line
-
-
-def iter_lines_at(chunks: Iterable[bytes], start: int = 0) -> Iterator[tuple[bytes, int]]:
-    """``iter_lines``' lines, each with the byte offset just past it, counting from ``start``
-    (where the chunks begin in the object): a resume point (checkpoint.py).
-
-    Pieces of a line that spans chunks are collected in a list and joined once, so a long
-    line costs one copy rather than one per chunk.
-    """
-    pos = start
-    pending: list[bytes] = []
-    for chunk in chunks:
-        if not chunk:
-            continue
-        parts = chunk.split(b"\n")
-        if len(parts) == 1:
-            pending.append(chunk)
-            continue
-        last = parts.pop()
-        if pending:
-            pending.append(parts[0])
-            parts[0] = b"".join(pending)
-            pending = []
-        for part in parts:
-            pos += len(part) + 1
-            if part[-1:] == b"\r":
-                part = part[:-1]
-            if part:
-                yield part, pos
-        if last:
-            pending.append(last)
-    if pending:
-        tail = b"".join(pending)
-        pos += len(tail)
-        if tail[-1:] == b"\r":
-            tail = tail[:-1]
-        if tail:
-            yield tail, pos

@@ -29,7 +29,8 @@ MAX_RUN_KEY_LEN = 40
 _HASH_LEN = 10  # 40 bits of sha1: collisions among one account's runs are not a concern
 # Names that reach ML Commons request templates are matched whole (fullmatch: a `$` anchor
 # lets a trailing newline through) against ASCII allow-lists with no `"`, `\`, `{`, `}`, `$`.
-_JOB_NAME_RE = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", re.ASCII)
+# SageMaker names (jobs, models, endpoints): 1-63 alphanumerics, single or repeated dashes inside.
+SAGEMAKER_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", re.ASCII)
 _KEY_PREFIX_RE = re.compile(r"(?:[A-Za-z0-9_.=-]+/)*[A-Za-z0-9_.=-]+/?", re.ASCII)
 MAX_KEY_PREFIX_LEN = 200
 _NON_SLUG = re.compile(r"[^a-z0-9]+")
@@ -87,7 +88,7 @@ def transform_job_name(run_key: str, attempt: int = 1) -> str:
 
 def validate_job_name(name: str) -> str:
     """Return ``name`` if SageMaker accepts it as a transform job name, else raise ValueError."""
-    if not isinstance(name, str) or not _JOB_NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or not SAGEMAKER_NAME.fullmatch(name):
         raise ValueError(
             f"invalid SageMaker job name {name!r}: 1-63 chars of letters, digits and hyphens, "
             "starting and ending with a letter or digit"
