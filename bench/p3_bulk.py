@@ -52,7 +52,7 @@ class Docs:
 
 
 def send_ours(server: NullBulk, docs: Docs) -> float:
-    """Our BulkWriter through the OpenSearchHook, as indexing.index_shard wires them."""
+    """Our BulkWriter through the OpenSearchHook, as index.load.index_shard wires them."""
     from batchvec.hooks.opensearch import OpenSearchHook
     from batchvec.index.bulk_writer import BulkWriter
 

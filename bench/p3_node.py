@@ -30,7 +30,7 @@ CPU_GOAL, RATE_GOAL = 0.2, 0.9
 
 
 def create_index(session, base: str, index: str) -> None:
-    from batchvec.index.indexing import index_body
+    from batchvec.index.lifecycle import index_body
 
     body = index_body(DIM, FIELD, "cosinesimil", engine="lucene")
     body["settings"]["index"].update({"refresh_interval": "-1", "number_of_replicas": 0})
@@ -58,10 +58,10 @@ def read_back(session, base: str, index: str) -> dict:
 
 
 def send_ours(endpoints: dict, docs: Docs) -> float:
-    """BulkWriter through the OpenSearchHook, wired as indexing.index_shard wires them."""
+    """BulkWriter through the OpenSearchHook, wired as index.load.index_shard wires them."""
     from batchvec.hooks.opensearch import OpenSearchHook
     from batchvec.index.bulk_writer import BulkWriter
-    from batchvec.index.indexing import BULK_MAX_BYTES, bulk_max_actions
+    from batchvec.index.load import BULK_MAX_BYTES, bulk_max_actions
 
     os.environ["AIRFLOW_CONN_BENCH_NODE"] = json.dumps(opensearch_connection(endpoints))
     hook = OpenSearchHook("bench_node", pool_size=6)

@@ -4,7 +4,7 @@
     python -m bench.p4_child index <records> <endpoints.json> <bulk port>
 
 ``stage`` runs the staging task's code (``sources.open_input`` + ``staging.stage``) on a
-local file into the devstack's S3. ``index`` runs ``indexing.index_shard`` itself, with
+local file into the devstack's S3. ``index`` runs ``index.load.index_shard`` itself, with
 the real OpenSearchHook pointed at the null `_bulk` server and the shard's `.out` streamed
 from a generator in place of the S3 GET (10M lines are ~50 GB: no disk here holds that);
 everything else (report, DLQ) goes to the devstack's S3. Progress lines go to stderr as
@@ -105,7 +105,7 @@ class StreamedOutputs:
 
 def index(records: int, endpoints: dict, bulk_port: int) -> dict:
     from batchvec.hooks.opensearch import OpenSearchHook
-    from batchvec.index import indexing
+    from batchvec.index import load
     from batchvec.plan.run_plan import Plan
 
     os.environ["AIRFLOW_CONN_BENCH_BULK"] = json.dumps({
@@ -120,7 +120,7 @@ def index(records: int, endpoints: dict, bulk_port: int) -> dict:
                 max_reject_ratio=0.0, keep_staging=False, keep_outputs=True, bulk_concurrency=4)
     hook = OpenSearchHook("bench_bulk", pool_size=plan.bulk_concurrency + 2)
     baseline = rss_mb()
-    result = indexing.index_shard(plan, {"name": "part-00000.jsonl", "records": records},
+    result = load.index_shard(plan, {"name": "part-00000.jsonl", "records": records},
                                   hook, s3, {"index": plan.index_name, "dimension": 384})
     if result["created"] + result["updated"] != records:
         raise RuntimeError(f"indexing lost documents: {result}")

@@ -2,7 +2,7 @@
 
 Each step runs in a fresh process (``bench.p4_child``) so its peak RSS is its own: staging
 on a generated JSONL file (written in chunks, never held in memory), indexing on generated
-`.out` lines streamed through ``indexing.index_shard`` to the null `_bulk` server. Flat
+`.out` lines streamed through ``index.load.index_shard`` to the null `_bulk` server. Flat
 means the large size's peak is within 10% (or 16 MB) of the small size's.
 """
 

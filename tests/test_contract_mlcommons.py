@@ -17,7 +17,7 @@ import pytest
 from batchvec.batch.operators import transform_parameters
 from batchvec.hooks import mlcommons
 from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook
-from batchvec.index import indexing
+from batchvec.index import lifecycle
 from batchvec.index.bulk_writer import BulkWriter
 from batchvec.model import connectors
 from devstack import faults
@@ -274,7 +274,7 @@ def test_predict_answers_one_vector_per_text_in_order(hook, model):
 
 def test_a_neural_query_with_the_model_id_finds_the_nearest_text(hook, model):
     index = unique("contract-neural")
-    hook.create_index(index, indexing.index_body(384, "embedding", "cosinesimil", "lucene"))
+    hook.create_index(index, lifecycle.index_body(384, "embedding", "cosinesimil", "lucene"))
     vectors = mlcommons.predict_embeddings(hook, model["model_id"], TEXTS)
     actions = [(f"d{i}", (json.dumps({"index": {"_index": index, "_id": f"d{i}"}}) + "\n"
                           + json.dumps({"text": t, "embedding": v}) + "\n").encode())

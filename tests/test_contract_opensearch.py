@@ -11,7 +11,7 @@ import json
 import pytest
 
 from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook, VersionConflict
-from batchvec.index import bulk_format, indexing, load_settings
+from batchvec.index import bulk_format, lifecycle, load_settings
 from batchvec.index.bulk_writer import BulkWriter
 from batchvec.outputs import convert
 from devstack import faults
@@ -28,7 +28,7 @@ def hook(airflow_env):
 @pytest.fixture
 def index(hook):
     name = unique("contract-os")
-    hook.create_index(name, indexing.index_body(3, "emb", "l2", "lucene"))
+    hook.create_index(name, lifecycle.index_body(3, "emb", "l2", "lucene"))
     return name
 
 
@@ -42,12 +42,12 @@ def pair(op: str, index: str, doc_id: str, source: dict | str) -> bytes:
                                            ("innerproduct", ["c", "b", "a"])])
 def test_index_body_with_lucene_is_served_as_written(hook, space, nearest):
     name = unique(f"contract-{space}")
-    body = indexing.index_body(3, "emb", space, "lucene")
+    body = lifecycle.index_body(3, "emb", space, "lucene")
     assert hook.create_index(name, body)["acknowledged"] is True
     mapping = hook.get_mapping(name)
     assert mapping["properties"]["emb"]["method"] | {"parameters": {}} == {
         "name": "hnsw", "engine": "lucene", "space_type": space, "parameters": {}}
-    assert indexing.existing_dimension(mapping, "emb") == 3
+    assert lifecycle.existing_dimension(mapping, "emb") == 3
     assert mapping["properties"]["text"] == {"type": "text"}
     assert hook.get_settings(name)["knn"] == "true"
     # Query [1, 0.1, 0]: a is closest by distance, b by angle, c has the largest dot product.
@@ -165,7 +165,7 @@ def test_bulk_load_settings_are_set_and_restored(hook, index):
 
 def test_index_api_errors_carry_the_type_the_pipeline_branches_on(hook, index):
     with pytest.raises(OpenSearchError) as err:
-        hook.create_index(index, indexing.index_body(3, "emb", "l2", "lucene"))
+        hook.create_index(index, lifecycle.index_body(3, "emb", "l2", "lucene"))
     # prepare_index treats this as "a parallel run made it first"
     assert err.value.status == 400 and "resource_already_exists" in str(err.value)
     with pytest.raises(OpenSearchError) as err:

@@ -15,7 +15,7 @@ import pytest
 
 from batchvec.hooks import s3io
 from batchvec.hooks.opensearch import OpenSearchHook
-from batchvec.index import indexing
+from batchvec.index import lifecycle, load
 from batchvec.plan.run_plan import Plan
 from batchvec.report.accounting import ShardReport
 from batchvec.util.lines import iter_lines
@@ -108,7 +108,7 @@ def shard_setup(airflow_env, monkeypatch):
                 max_reject_ratio=0.5, keep_staging=False, keep_outputs=True,
                 bulk_concurrency=LANES, dimension=DIM, version=1000)
     hook = OpenSearchHook()
-    hook.create_index(index, indexing.index_body(DIM, "embedding", "cosinesimil",
+    hook.create_index(index, lifecycle.index_body(DIM, "embedding", "cosinesimil",
                                                  plan.knn_engine))
     body, expect = _out_lines()
     s3.put_object(Bucket=plan.bucket, Key=plan.key("output", SHARD + ".out"), Body=body)
@@ -153,7 +153,7 @@ def test_a_shard_stopped_after_its_first_checkpoint_resumes_there(shard_setup, c
     spy = S3Spy(s3)
     first = BulkSpy(hook, stop_when=lambda body: spy.checkpoints >= 1)
     with pytest.raises(Killed):
-        indexing.index_shard(plan, shard, first, spy, info)
+        load.index_shard(plan, shard, first, spy, info)
     saved = s3io.get_json(s3, plan.bucket, plan.key("checkpoints", "index", SHARD + ".json"))
     at = saved["output"]
     assert INTERVAL <= at["line"] < LINES and not at["done"] and saved["saves"] == 1
@@ -164,7 +164,7 @@ def test_a_shard_stopped_after_its_first_checkpoint_resumes_there(shard_setup, c
                   Body=b'{"_id": "orphan", "reason": "x"}\n')
     caplog.set_level(logging.INFO, logger="batchvec.index.indexing")
     spy2, again = S3Spy(s3), BulkSpy(hook)
-    result = indexing.index_shard(plan, shard, again, spy2, info)
+    result = load.index_shard(plan, shard, again, spy2, info)
     assert f"resuming shard {SHARD} at line {at['line']} of {LINES}" in caplog.text
     out_key = plan.key("output", SHARD + ".out")
     assert (out_key, f"bytes={at['offset']}-") in spy2.ranges  # a ranged GET, not from 0
@@ -181,9 +181,9 @@ def test_a_shard_stopped_in_its_deletes_sends_none_of_its_output_again(shard_set
     plan, s3, hook, shard, info, expect, n_old = shard_setup
     first = BulkSpy(hook, stop_when=lambda body: body.startswith(b'{"delete"'))
     with pytest.raises(Killed):
-        indexing.index_shard(plan, shard, first, s3, info)
+        load.index_shard(plan, shard, first, s3, info)
     assert first.index_items == LINES - expect["conversion"]
     again = BulkSpy(hook)
-    result = indexing.index_shard(plan, shard, again, s3, info)
+    result = load.index_shard(plan, shard, again, s3, info)
     assert (again.index_items, again.delete_items) == (0, n_old)
     _check_final(plan, s3, hook, shard, info, expect, n_old, result)

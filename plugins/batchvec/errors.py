@@ -15,3 +15,8 @@ def fail_for_good(message: str) -> Exception:
     from airflow.sdk.exceptions import AirflowFailException
 
     return AirflowFailException(message)
+
+
+class ShardFailed(Exception):
+    """A shard's output cannot be indexed (missing, empty, shorter than its input): the
+    shard fails with the reason, its records counted as failed."""

@@ -9,7 +9,7 @@ from typing import Any
 from batchvec.errors import fail_for_good
 from batchvec.hooks.aws import s3_client
 from batchvec.hooks.opensearch import OpenSearchHook
-from batchvec.index import aliases, indexing
+from batchvec.index import aliases, lifecycle, load
 from batchvec.report import assemble
 from batchvec.settings import OPENSEARCH_CONN_ID
 from batchvec.tasks.context import plan_of
@@ -20,14 +20,14 @@ log = logging.getLogger(__name__)
 def index_shard(plan_data: dict, shard: dict, index: dict) -> dict:
     plan = plan_of(plan_data)
     hook = OpenSearchHook(OPENSEARCH_CONN_ID, pool_size=plan.bulk_concurrency + 2)
-    return indexing.index_shard(plan, shard, hook, s3_client(), index)
+    return load.index_shard(plan, shard, hook, s3_client(), index)
 
 
 def restore_index(plan_data: dict | None, manifest: dict | None) -> Any:
     if plan_data is None or manifest is None:  # runs after any failure
         log.info("nothing was staged: no index settings to restore")
         return None
-    return indexing.restore_index(manifest, OpenSearchHook(OPENSEARCH_CONN_ID), plan_of(plan_data))
+    return lifecycle.restore_index(manifest, OpenSearchHook(OPENSEARCH_CONN_ID), plan_of(plan_data))
 
 
 def switch_alias(plan_data: dict, manifest: dict, index: dict) -> dict:

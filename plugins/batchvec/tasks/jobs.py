@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 
+from batchvec import errors
 from batchvec.batch import job_groups
 from batchvec.errors import fail_for_good
 from batchvec.hooks import s3io
 from batchvec.hooks.aws import s3_client
 from batchvec.hooks.opensearch import OpenSearchHook
-from batchvec.index import indexing
-from batchvec.outputs import convert
+from batchvec.index import lifecycle
+from batchvec.outputs import check, convert
 from batchvec.plan import naming
 from batchvec.settings import AWS_CONN_ID, OPENSEARCH_CONN_ID
 from batchvec.tasks.context import plan_of
@@ -56,7 +57,7 @@ def check_output(plan_data: dict, shard: dict, states: dict) -> dict | None:
                   f" (job group {group}: {failure})" if failure else "")
         return entry
     try:
-        convert.check_output_shape(indexing.first_output_line(s3, plan.bucket, key),
+        convert.check_output_shape(check.first_output_line(s3, plan.bucket, key),
                                    plan.dimension or None)
     except convert.OutputShapeError as exc:
         raise fail_for_good(f"shard {shard['name']} (s3://{plan.bucket}/{key}): {exc}") from None
@@ -89,14 +90,14 @@ def prepare_index(plan_data: dict, manifest: dict, first: dict | None) -> dict:
     hook = OpenSearchHook(OPENSEARCH_CONN_ID)
     target = Target.from_dict(manifest["target"])
     if first is not None:
-        line = indexing.first_output_line(s3_client(), plan.bucket, output_key(plan, first))
+        line = check.first_output_line(s3_client(), plan.bucket, output_key(plan, first))
         dimension = convert.vector_dimension(line)
     elif hook.index_exists(target.physical):  # nothing was embedded: counts and deletes
-        dimension = indexing.existing_dimension(hook.get_mapping(target.physical),
+        dimension = lifecycle.existing_dimension(hook.get_mapping(target.physical),
                                                 plan.vector_field) or plan.dimension
     else:
-        raise indexing.ShardFailed("no shard has an output: nothing to index")
-    return indexing.prepare_index(plan, hook, dimension, target)
+        raise errors.ShardFailed("no shard has an output: nothing to index")
+    return lifecycle.prepare_index(plan, hook, dimension, target)
 
 
 def last_job_failure(job_base: str) -> str | None:

@@ -1,7 +1,8 @@
-"""Index lifecycle (create, bulk-load settings, restore) and indexing one shard's output.
+"""Loading one shard's transform output into the index: streamed, converted, bulk-written
+with a checkpoint to resume from, deletes of a full sync, and the shard's accounting.
 
-Everything a retry needs is in S3 under the run prefix, not in XCom: the index's original
-settings, and each shard's result.
+What a retry needs is in S3 under the run prefix, not in XCom: each shard's checkpoint
+and result.
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ import time
 import orjson
 
 from batchvec import settings
+from batchvec.errors import ShardFailed
 from batchvec.hooks import s3io
 from batchvec.hooks.opensearch import OpenSearchHook
-from batchvec.index import checkpoint, load_settings
+from batchvec.index import checkpoint
 from batchvec.index.bulk_format import reason_key
 from batchvec.index.bulk_writer import DEFAULT_MAX_ACTIONS, BulkWriter
-from batchvec.ingest import changes
 from batchvec.outputs import convert
 from batchvec.plan.run_plan import Plan
 from batchvec.util import malloc
-from batchvec.util.lines import iter_lines, iter_lines_at
+from batchvec.util.lines import iter_lines_at
 
 log = logging.getLogger(__name__)
 
@@ -30,92 +31,10 @@ log = logging.getLogger(__name__)
 BULK_MAX_BYTES = 5 << 20
 
 
-class ShardFailed(Exception):
-    pass
-
-
 def bulk_max_actions() -> int:
     """Documents per bulk request at most (`BATCHVEC_BULK_MAX_ACTIONS`; requests are also
     capped at BULK_MAX_BYTES). Small values make many requests per shard, as `make chaos` uses."""
     return settings.env_int("BATCHVEC_BULK_MAX_ACTIONS", DEFAULT_MAX_ACTIONS)
-
-
-def index_body(dimension: int, vector_field: str, space_type: str, engine: str = "faiss",
-               text_field: str = "text") -> dict:
-    """A k-NN index for the model's vectors: HNSW on `engine`, text searchable too, and the
-    fingerprint block incremental runs compare with (changes.py)."""
-    return {
-        "settings": {"index": {"knn": True, "number_of_shards": 1}},
-        "mappings": {"properties": {
-            vector_field: {"type": "knn_vector", "dimension": dimension,
-                           "method": {"name": "hnsw", "engine": engine, "space_type": space_type}},
-            text_field: {"type": "text"},
-            changes.FIELD: changes.MAPPING,
-        }},
-    }
-
-
-def existing_dimension(mapping: dict, vector_field: str) -> int | None:
-    field = mapping.get("properties", {}).get(vector_field)
-    if field is None:
-        return None
-    if field.get("type") != "knn_vector":
-        raise ValueError(f"field {vector_field!r} exists but is {field.get('type')!r}, not knn_vector")
-    return int(field["dimension"])
-
-
-def first_output_line(s3, bucket: str, key: str) -> bytes:
-    for line in iter_lines(s3io.iter_object_chunks(s3, bucket, key, chunk_size=256 * 1024)):
-        return line
-    raise ShardFailed(f"output s3://{bucket}/{key} is empty")
-
-
-def prepare_index(plan: Plan, hook: OpenSearchHook, dimension: int, target) -> dict:
-    """Create the run's physical index if missing (or check its dimension). Only an index no
-    alias serves yet (a build) gets bulk-load settings, counted in with bulk_load.enter (the
-    originals are those from before the first run loading it); one that may be serving
-    queries keeps its replicas and refresh interval."""
-    index = target.physical
-    created = False
-    if not hook.index_exists(index):
-        try:
-            hook.create_index(index, index_body(dimension, plan.vector_field, plan.space_type,
-                                                plan.knn_engine))
-            created = True
-            log.info("created index %s (knn_vector %d-d, %s, %s)", index, dimension,
-                     plan.space_type, plan.knn_engine)
-        except Exception as exc:
-            if "resource_already_exists" not in str(exc):  # a parallel run made it first
-                raise
-    mapping = hook.get_mapping(index)
-    have = existing_dimension(mapping, plan.vector_field)
-    if have is not None and have != dimension:
-        raise ValueError(f"index {index} has {plan.vector_field} of dimension {have}, "
-                         f"but the model produces {dimension}: use another index_name"
-                         + (" (or migrate it to an alias: README)" if target.mode == "legacy"
-                            else ""))
-    if changes.FIELD not in mapping.get("properties", {}):  # an index from before fingerprints
-        hook.put_mapping(index, {"properties": {changes.FIELD: changes.MAPPING}})
-    original = None if target.serving else load_settings.enter(hook, index, plan.run_key)
-    return {"index": index, "alias": plan.index_name, "created": created,
-            "dimension": dimension, "original": original, "bulk_load": not target.serving}
-
-
-def restore_index(manifest: dict, hook: OpenSearchHook, plan: Plan) -> dict | None:
-    """This run's part of a build's bulk load is over; the last run loading the index
-    restores its settings (see bulk_load). Returns them when restored now."""
-    from batchvec.index.aliases import Target
-
-    target = Target.from_dict(manifest["target"])
-    if not hook.index_exists(target.physical):
-        log.info("index %s does not exist: the load never started", target.physical)
-        return None
-    if target.serving:  # its refresh interval may be long: make this run's writes searchable
-        hook.refresh(target.physical)
-        log.info("%s may be serving queries: its settings were never changed; refreshed",
-                 target.physical)
-        return None
-    return load_settings.leave(hook, target.physical, plan.run_key)
 
 
 def index_shard(plan: Plan, shard: dict, hook: OpenSearchHook, s3, index: dict) -> dict:
