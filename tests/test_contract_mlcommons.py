@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from batchvec.batch.operators import transform_parameters
+from batchvec.batch.job import transform_parameters
 from batchvec.hooks import mlcommons
 from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook
 from batchvec.index import lifecycle

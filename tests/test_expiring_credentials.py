@@ -210,7 +210,7 @@ def test_ml_commons_refreshes_with_the_fresh_keys_the_trigger_puts_on_the_model(
 
     watcher, met = hold_until(devstack, first_keys_expired_then_two_more_pushes)
     try:
-        with caplog.at_level("WARNING", logger="batchvec.batch.triggers"):
+        with caplog.at_level("WARNING", logger="batchvec.batch"):
             event = deferred_event(op)
     finally:
         watcher.join(timeout=310)
@@ -241,7 +241,7 @@ def test_without_fresh_keys_ml_commons_refresh_fails_once_they_expire(
     op, run_key = expiring_job(devstack, model_id, monkeypatch)
     watcher, met = hold_until(devstack, lambda: any(EXPIRED in e for e in record.errors()))
     try:
-        with caplog.at_level("WARNING", logger="batchvec.batch.triggers"):
+        with caplog.at_level("WARNING", logger="batchvec.batch"):
             event = deferred_event(op, refresh_keys=False)
         assert met.is_set(), f"ML Commons never failed to refresh: {record.refreshes[-5:]}"
         assert event["status"] == "success", event  # SageMaker's own status carried the wait

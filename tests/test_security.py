@@ -200,8 +200,8 @@ def test_opensearch_signature_errors_do_not_echo_the_session_token(airflow_env, 
 
 def test_sagemaker_errors_while_polling_or_cancelling_do_not_echo_the_session_token(
         airflow_env, monkeypatch, capture_logs):
+    from batchvec.batch.job import cancel_job, poll_job
     from batchvec.batch.operators import BatchPredictOperator
-    from batchvec.batch.triggers import cancel_job, poll_job
     from batchvec.hooks.opensearch import OpenSearchHook
 
     ep = airflow_env.endpoints

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from batchvec.batch.operators import transform_parameters
+from batchvec.batch.job import transform_parameters
 from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook
 from batchvec.model import connectors
 from batchvec.model.connectors import ModelSpec

@@ -67,8 +67,8 @@ async def _trigger_until(trigger, done) -> list:
 
 
 def test_the_key_refresh_path_leaks_no_assumed_role_key(airflow_env, sts_conn, monkeypatch):
-    from batchvec.batch.operators import transform_parameters
-    from batchvec.batch.triggers import BatchJobTrigger, cancel_job
+    from batchvec.batch.job import cancel_job, transform_parameters
+    from batchvec.batch.triggers import BatchJobTrigger
     from batchvec.hooks import mlcommons
     from batchvec.hooks.opensearch import OpenSearchHook
     from batchvec.model import connectors

@@ -18,51 +18,22 @@ from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import BaseOperator
 
 from batchvec.batch import job_groups
-from batchvec.batch.triggers import BatchJobTrigger, cancel_job, describe_transform_job, poll_job
+from batchvec.batch.job import (
+    MAX_JOB_ATTEMPTS,
+    BatchJobFailed,
+    cancel_job,
+    poll_job,
+    transform_parameters,
+)
+from batchvec.batch.triggers import BatchJobTrigger
 from batchvec.hooks import mlcommons
 from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.sagemaker import describe_transform_job
 from batchvec.model.connectors import KeyRefresher
 from batchvec.plan import naming
-from batchvec.plan.transform_settings import CONTENT_TYPES
 from batchvec.util.redact import scrub
 
 log = logging.getLogger(__name__)
-MAX_JOB_ATTEMPTS = 20
-INPUT_DATA_TYPES = ("S3Prefix", "ManifestFile")
-
-
-class BatchJobFailed(Exception):
-    pass
-
-
-def transform_parameters(job_name: str, input_s3_uri: str, output_s3_uri: str,
-                         content_type: str = "application/jsonlines",
-                         accept: str = "application/jsonlines",
-                         input_data_type: str = "S3Prefix") -> dict:
-    """`_batch_predict` parameters. ML Commons pastes them into the connector's request
-    template, so each user-derived value is checked against an allow-list first.
-    application/jsonlines by default: the stock toolkit's application/json decoder fails a
-    MultiRecord body ("Extra data"); batchvec's inference.py reads both. `input_data_type`
-    ManifestFile: `input_s3_uri` is a manifest listing the job's input objects."""
-    naming.validate_job_name(job_name)
-    if input_data_type not in INPUT_DATA_TYPES:
-        raise ValueError(f"input_data_type: {input_data_type!r} not one of {INPUT_DATA_TYPES}")
-    naming.validate_request_s3_uri(input_s3_uri)
-    naming.validate_request_s3_uri(output_s3_uri)
-    for name, value in (("content_type", content_type), ("accept", accept)):
-        if value not in CONTENT_TYPES:
-            raise ValueError(f"{name}: {value!r} not one of {CONTENT_TYPES}")
-    return {
-        "TransformJobName": job_name,
-        "TransformInput": {
-            "ContentType": content_type, "SplitType": "Line",
-            "DataSource": {"S3DataSource": {"S3DataType": input_data_type, "S3Uri": input_s3_uri}},
-        },
-        "TransformOutput": {"S3OutputPath": output_s3_uri, "Accept": accept,
-                            "AssembleWith": "Line"},
-    }
-
-
 class BatchPredictOperator(BaseOperator):
     """Run `_batch_predict` for staged input and wait (deferrable by default) for the job.
 

@@ -1,4 +1,5 @@
-"""Async wait for a batch job: polls the ML Commons task and the SageMaker job behind it.
+"""Async wait for a batch job: polls the ML Commons task and the SageMaker job behind it
+(batch/job.py's `poll_job`, in a thread).
 
 Lives in plugins/ because the triggerer imports triggers from outside the dag bundle. It has
 no side effects (a trigger may run more than once): cancelling on timeout is the operator's
@@ -14,6 +15,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from batchvec.batch.job import cancel_job, poll_job
 from batchvec.hooks.mlcommons import JobStatus
 from batchvec.util.redact import scrub
 
@@ -23,72 +25,6 @@ log = logging.getLogger(__name__)
 # SageMaker answering: a restart of either (minutes) must not fail a long job.
 MAX_BLIND_POLLS = 30
 MAX_BLIND_SECONDS = 600.0
-
-
-def poll_job(opensearch_conn_id: str, aws_conn_id: str | None, task_id: str | None,
-             job_name: str) -> JobStatus:
-    """One synchronous observation. SageMaker's own status wins when we can read it: it is
-    authoritative, and older ML Commons releases map failed jobs to RUNNING."""
-    from batchvec.hooks import mlcommons
-    from batchvec.hooks.opensearch import OpenSearchHook
-
-    task_status = sm_status = None
-    errors = []
-    if task_id:
-        try:
-            hook = OpenSearchHook(opensearch_conn_id, max_retries=1)
-            task_status = mlcommons.status_from_task(mlcommons.get_task(hook, task_id))
-        except Exception as exc:  # keep polling through blips; counted by the caller
-            errors.append(f"ML Commons: {scrub(exc)}")
-            # Said even when SageMaker answers: ML Commons' own refreshes failing (say, with
-            # expired keys) end in UNREACHABLE after ten of them.
-            log.warning("ML Commons could not refresh task %s: %s", task_id, scrub(exc))
-    if aws_conn_id:
-        try:
-            sm_status = mlcommons.status_from_sagemaker(describe_transform_job(aws_conn_id, job_name))
-        except Exception as exc:
-            errors.append(f"SageMaker: {scrub(exc)}")  # AWS echoes the signed token
-    if sm_status and (sm_status.terminal or not task_status or not task_status.terminal):
-        return sm_status
-    if task_status:
-        return task_status
-    raise ConnectionError("; ".join(errors) or "nothing to poll")
-
-
-def cancel_job(opensearch_conn_id: str, aws_conn_id: str | None, job_name: str,
-               task_id: str | None) -> None:
-    """Stop the remote job (through ML Commons when it has a task), so nothing runs that
-    nobody waits for. Errors are logged, not raised: the caller is already failing."""
-    from batchvec.hooks import mlcommons
-    from batchvec.hooks.opensearch import OpenSearchHook
-
-    if task_id:
-        try:
-            mlcommons.cancel_task(OpenSearchHook(opensearch_conn_id), task_id)
-            log.warning("cancelled transform job %s (ML Commons task %s)", job_name, task_id)
-            return
-        except Exception as exc:  # e.g. ML Commons 3.6 refusing a private-address endpoint
-            log.warning("ML Commons could not cancel task %s: %s; stopping the job in "
-                        "SageMaker directly", task_id, scrub(exc))
-    if not aws_conn_id:
-        log.error("could not cancel job %s: no AWS connection to stop it with (stop it by "
-                  "hand)", job_name)
-        return
-    try:
-        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-        AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sagemaker").conn \
-            .stop_transform_job(TransformJobName=job_name)
-        log.warning("cancelled transform job %s", job_name)
-    except Exception as exc:
-        log.error("could not cancel job %s: %s (stop it by hand)", job_name, scrub(exc))
-
-
-def describe_transform_job(aws_conn_id: str, job_name: str) -> dict:
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-    client = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sagemaker").conn
-    return client.describe_transform_job(TransformJobName=job_name)
 
 
 class BatchJobTrigger(BaseTrigger):

@@ -102,8 +102,8 @@ def prepare_index(plan_data: dict, manifest: dict, first: dict | None) -> dict:
 
 def last_job_failure(job_base: str) -> str | None:
     """FailureReason of a group's latest transform job (attempts are base, base-r2, ...)."""
-    from batchvec.batch.operators import MAX_JOB_ATTEMPTS
-    from batchvec.batch.triggers import describe_transform_job
+    from batchvec.batch.job import MAX_JOB_ATTEMPTS
+    from batchvec.hooks.sagemaker import describe_transform_job
     from batchvec.util.redact import scrub
 
     reason = None
