@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from airflow.utils.module_loading import import_string
+import importlib
 
 from batchvec.batch.job_waits import JobStatesTrigger
 from batchvec.batch.triggers import BatchJobTrigger
+
+
+def import_string(path: str):
+    """What the triggerer does with a stored classpath."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def test_the_triggers_serialise_their_new_paths() -> None:
