@@ -1,0 +1,2 @@
+"""Every record accounted for (accounting, pure) and the run report assembled and published
+(assemble)."""

@@ -1,0 +1,1 @@
+"""Small helpers with no pipeline knowledge: line splitting, backoff, redaction, malloc tuning."""
