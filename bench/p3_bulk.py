@@ -52,12 +52,12 @@ class Docs:
 
 
 def send_ours(server: NullBulk, docs: Docs) -> float:
-    """Our BulkWriter through the OpenSearchHook, as index.load.index_shard wires them."""
-    from batchvec.hooks.opensearch import OpenSearchHook
+    """Our BulkWriter through the OpenSearchDomainHook, as index.load.index_shard wires them."""
+    from batchvec.hooks.opensearch import OpenSearchDomainHook
     from batchvec.index.bulk_writer import BulkWriter
 
     os.environ["AIRFLOW_CONN_BENCH_BULK"] = json.dumps(server.connection())
-    hook = OpenSearchHook("bench_bulk", pool_size=6)
+    hook = OpenSearchDomainHook("bench_bulk", pool_size=6)
     hook.session  # noqa: B018 - connect (Airflow connection lookup) before the clock starts
     started = cpu_time()
     counts = BulkWriter(hook.bulk, concurrency=4).write(docs.actions())

@@ -58,13 +58,13 @@ def read_back(session, base: str, index: str) -> dict:
 
 
 def send_ours(endpoints: dict, docs: Docs) -> float:
-    """BulkWriter through the OpenSearchHook, wired as index.load.index_shard wires them."""
-    from batchvec.hooks.opensearch import OpenSearchHook
+    """BulkWriter through the OpenSearchDomainHook, wired as index.load.index_shard wires them."""
+    from batchvec.hooks.opensearch import OpenSearchDomainHook
     from batchvec.index.bulk_writer import BulkWriter
     from batchvec.index.load import BULK_MAX_BYTES, bulk_max_actions
 
     os.environ["AIRFLOW_CONN_BENCH_NODE"] = json.dumps(opensearch_connection(endpoints))
-    hook = OpenSearchHook("bench_node", pool_size=6)
+    hook = OpenSearchDomainHook("bench_node", pool_size=6)
     hook.session  # noqa: B018 - connect (Airflow connection lookup) before the clock starts
     started = cpu_time()
     counts = BulkWriter(hook.bulk, concurrency=4, max_bytes=BULK_MAX_BYTES,

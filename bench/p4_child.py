@@ -5,7 +5,7 @@
 
 ``stage`` runs the staging task's code (``sources.open_input`` + ``staging.stage``) on a
 local file into the devstack's S3. ``index`` runs ``index.load.index_shard`` itself, with
-the real OpenSearchHook pointed at the null `_bulk` server and the shard's `.out` streamed
+the real OpenSearchDomainHook pointed at the null `_bulk` server and the shard's `.out` streamed
 from a generator in place of the S3 GET (10M lines are ~50 GB: no disk here holds that);
 everything else (report, DLQ) goes to the devstack's S3. Progress lines go to stderr as
 the task log would show them; the last stdout line is the JSON result.
@@ -104,7 +104,7 @@ class StreamedOutputs:
 
 
 def index(records: int, endpoints: dict, bulk_port: int) -> dict:
-    from batchvec.hooks.opensearch import OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchDomainHook
     from batchvec.index import load
     from batchvec.plan.run_plan import Plan
 
@@ -118,7 +118,7 @@ def index(records: int, endpoints: dict, bulk_port: int) -> dict:
                 space_type="cosinesimil", knn_engine="faiss", bucket=endpoints["bucket"],
                 run_prefix=f"bench-p4/{records}", shards=1, wait_timeout=60,
                 max_reject_ratio=0.0, keep_staging=False, keep_outputs=True, bulk_concurrency=4)
-    hook = OpenSearchHook("bench_bulk", pool_size=plan.bulk_concurrency + 2)
+    hook = OpenSearchDomainHook("bench_bulk", pool_size=plan.bulk_concurrency + 2)
     baseline = rss_mb()
     result = load.index_shard(plan, {"name": "part-00000.jsonl", "records": records},
                                   hook, s3, {"index": plan.index_name, "dimension": 384})

@@ -47,7 +47,7 @@ class NullBulk:
         requests.post(self.url + "/_bench/reset", timeout=30).raise_for_status()
 
     def connection(self) -> dict:
-        """An Airflow connection (JSON form) for OpenSearchHook pointing here."""
+        """An Airflow connection (JSON form) for OpenSearchDomainHook pointing here."""
         return {"conn_type": "generic", "host": "127.0.0.1", "port": self.port,
                 "schema": "http", "extra": {"auth": "none"}}
 
@@ -84,7 +84,7 @@ def devstack(services: tuple[str, ...] = ("s3",), keep: bool = False) -> Iterato
 
 
 def opensearch_connection(endpoints: dict) -> dict:
-    """An Airflow connection (JSON form) for OpenSearchHook to the devstack's HTTPS front, as
+    """An Airflow connection (JSON form) for OpenSearchDomainHook to the devstack's HTTPS front, as
     the pipeline's: basic auth, TLS verified with the devstack CA."""
     host, port = endpoints["opensearch"].split("://", 1)[1].rsplit(":", 1)
     return {"conn_type": "generic", "host": host, "port": int(port), "schema": "https",

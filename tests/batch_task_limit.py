@@ -72,7 +72,7 @@ def hold_a_slot(devstack, model_id: str) -> str:
     """Another run's batch task, its job held InProgress (hold_job) so it keeps its slot;
     `free_slot` lets it finish. Returns its ML Commons task id."""
     from batchvec.batch.operators import BatchPredictOperator
-    from batchvec.hooks.opensearch import OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchDomainHook
 
     key = f"blocker-{uuid.uuid4().hex[:8]}"
     bucket = devstack.s3.bucket
@@ -82,7 +82,7 @@ def hold_a_slot(devstack, model_id: str) -> str:
     op = BatchPredictOperator(task_id="blocker", model_id=model_id, run_key=key,
                               input_s3_uri=f"s3://{bucket}/jobs/{key}/input/",
                               output_s3_uri=f"s3://{bucket}/jobs/{key}/output/")
-    _name, task_id = op.submit_or_attach(OpenSearchHook())
+    _name, task_id = op.submit_or_attach(OpenSearchDomainHook())
     return task_id
 
 

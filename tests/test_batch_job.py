@@ -15,7 +15,7 @@ import pytest
 from airflow.exceptions import TaskDeferred
 
 from batchvec.batch.operators import BatchJobFailed, BatchPredictOperator
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.model import connectors
 from batchvec.plan import naming
 from devstack import faults
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.devstack, pytest.mark.airflow,
 @pytest.fixture(scope="module")
 def model_id(airflow_env):
     spec = devstack_spec(airflow_env.endpoints)
-    return connectors.ensure_model(OpenSearchHook(), spec,
+    return connectors.ensure_model(OpenSearchDomainHook(), spec,
                                    connectors.aws_connection_keys("aws_default"))["model_id"]
 
 
@@ -90,7 +90,7 @@ def test_completed_job_and_a_second_submit_attaches(airflow_env, model_id):
     result = op.execute_complete({}, event)
     assert result["job_name"] == run_key
     # A retry of the task finds the same job instead of submitting another.
-    assert op.submit_or_attach(OpenSearchHook()) == (run_key, result["task_id"])
+    assert op.submit_or_attach(OpenSearchDomainHook()) == (run_key, result["task_id"])
     assert len(jobs_named(airflow_env, run_key)) == 1
 
 

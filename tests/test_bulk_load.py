@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.index import load_settings
 
 pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
@@ -21,22 +21,22 @@ BULK = {"refresh_interval": "-1", "number_of_replicas": 0}
 
 @pytest.fixture
 def index(airflow_env):
-    hook = OpenSearchHook()
+    hook = OpenSearchDomainHook()
     name = f"lease-{uuid.uuid4().hex[:10]}"
     hook.create_index(name, {"settings": {"index": {"number_of_shards": 1, **ORIGINAL}}})
     return name
 
 
 def settings(index: str) -> dict:
-    return load_settings.current_settings(OpenSearchHook(), index)
+    return load_settings.current_settings(OpenSearchDomainHook(), index)
 
 
 def lease(index: str):
-    return OpenSearchHook().get_versioned(load_settings.LEASE_INDEX, index)
+    return OpenSearchDomainHook().get_versioned(load_settings.LEASE_INDEX, index)
 
 
 def test_the_second_run_does_not_take_the_firsts_bulk_settings_for_the_originals(index):
-    hook = OpenSearchHook()
+    hook = OpenSearchDomainHook()
     assert load_settings.enter(hook, index, "run-a") == ORIGINAL
     assert settings(index) == BULK
     assert load_settings.enter(hook, index, "run-b") == ORIGINAL  # not the bulk settings
@@ -47,7 +47,7 @@ def test_the_second_run_does_not_take_the_firsts_bulk_settings_for_the_originals
 
 
 def test_whichever_leaves_last_restores_and_retries_change_nothing(index):
-    hook = OpenSearchHook()
+    hook = OpenSearchDomainHook()
     load_settings.enter(hook, index, "run-a")
     load_settings.enter(hook, index, "run-a")  # prepare_index retried
     load_settings.enter(hook, index, "run-b")
@@ -61,7 +61,7 @@ def test_whichever_leaves_last_restores_and_retries_change_nothing(index):
 
 
 def test_a_run_that_enters_after_the_last_left_reads_the_real_originals(index):
-    hook = OpenSearchHook()
+    hook = OpenSearchDomainHook()
     load_settings.enter(hook, index, "run-a")
     load_settings.leave(hook, index, "run-a")
     hook.put_settings(index, {"refresh_interval": "3s"})  # a user changed it in between
@@ -77,7 +77,7 @@ def test_many_runs_entering_and_leaving_at_once_leave_the_originals(index):
     def one_run(n: int) -> None:
         rng = random.Random(n)
         try:
-            hook = OpenSearchHook()
+            hook = OpenSearchDomainHook()
             for _ in range(3):
                 load_settings.enter(hook, index, f"run-{n}")
                 if rng.random() < 0.5:

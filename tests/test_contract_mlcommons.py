@@ -16,7 +16,7 @@ import pytest
 
 from batchvec.batch.job import transform_parameters
 from batchvec.hooks import mlcommons
-from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook, OpenSearchError
 from batchvec.index import lifecycle
 from batchvec.index.bulk_writer import BulkWriter
 from batchvec.model import connectors
@@ -40,7 +40,7 @@ LIMIT = "plugins.ml_commons.max_batch_inference_tasks"
 
 @pytest.fixture(scope="module")
 def hook(airflow_env):
-    return OpenSearchHook()
+    return OpenSearchDomainHook()
 
 
 @pytest.fixture(scope="module")

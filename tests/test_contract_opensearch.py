@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook, VersionConflict
+from batchvec.hooks.opensearch import OpenSearchDomainHook, OpenSearchError, VersionConflict
 from batchvec.index import bulk_format, lifecycle, load_settings
 from batchvec.index.bulk_writer import BulkWriter
 from batchvec.outputs import convert
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
 
 @pytest.fixture(scope="module")
 def hook(airflow_env):
-    return OpenSearchHook()
+    return OpenSearchDomainHook()
 
 
 @pytest.fixture

@@ -126,15 +126,15 @@ def test_parquet_and_csv_with_their_own_columns_index_with_typed_metadata(dag, a
 
 def test_predict_through_ml_commons_answers_a_vector_per_text(airflow_env):
     from batchvec.hooks import mlcommons
-    from batchvec.hooks.opensearch import OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchDomainHook
     from batchvec.model import connectors
     from devstack import seed
     from tests.contract_helpers import devstack_spec
 
     spec = devstack_spec(airflow_env.endpoints)
-    model_id = connectors.ensure_model(OpenSearchHook(), spec,
+    model_id = connectors.ensure_model(OpenSearchDomainHook(), spec,
                                        connectors.aws_connection_keys("aws_default"))["model_id"]
-    got = np.asarray(mlcommons.predict_embeddings(OpenSearchHook(), model_id, TEXTS))
+    got = np.asarray(mlcommons.predict_embeddings(OpenSearchDomainHook(), model_id, TEXTS))
     runtime = airflow_env.boto3_client("sagemaker-runtime")
     want = np.asarray(json.loads(runtime.invoke_endpoint(
         EndpointName=seed.DEFAULT_ENDPOINT, ContentType="application/json",

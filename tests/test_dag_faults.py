@@ -196,7 +196,7 @@ def test_batch_task_limit_429_waits_for_a_free_slot(dag, airflow_env, tmp_path, 
 
 def blocker_model(devstack) -> str:
     """A model of another pipeline (the devstack's SageMaker model), for the blocking task."""
-    from batchvec.hooks.opensearch import OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchDomainHook
     from batchvec.model import connectors
 
     ep = devstack.endpoints
@@ -204,7 +204,7 @@ def blocker_model(devstack) -> str:
         role_arn="arn:aws:iam::000000000000:role/batchvec-sagemaker", region=ep["region"],
         model_name="minilm-embedder", endpoint_name="devstack-minilm",
         sagemaker_api_url=ep["sagemaker"], sagemaker_runtime_url=ep["sagemaker_runtime"])
-    return connectors.ensure_model(OpenSearchHook(), spec,
+    return connectors.ensure_model(OpenSearchDomainHook(), spec,
                                    connectors.aws_connection_keys("aws_default"))["model_id"]
 
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.index import aliases
 from devstack import faults, seed
 from devstack.model import HashEmbedder
@@ -162,7 +162,7 @@ def test_a_backfill_in_reverse_order_leaves_each_document_at_its_newest_day(dag,
 def test_a_model_switch_builds_a_new_index_and_moves_the_alias_only_after_verification(
         dag, airflow_env, tmp_path):
     devstack = airflow_env
-    hook = OpenSearchHook()
+    hook = OpenSearchDomainHook()
     first = write_jsonl(tmp_path / "first.jsonl", docs("ms", 60))
     base = {"index_name": "inc-switch", "shards": 2}
     assert run(dag, day(5, 1), {**base, "input_uri": str(first)}).state == "success"

@@ -19,7 +19,7 @@ import requests
 from botocore.exceptions import ClientError
 
 from batchvec.hooks import mlcommons
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.model import connectors
 from devstack import faults
 from tests.batch_task_limit import task_state
@@ -31,13 +31,13 @@ def model_id(airflow_env):
     """A model of these tests' own (a tag makes its definition differ): they put temporary
     keys on it, and a session token, once stored, stays in a model's credential (a model
     update is a partial document update), so a model other tests share must never get one."""
-    from batchvec.hooks.opensearch import OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchDomainHook
     from batchvec.model import connectors
     from tests.contract_helpers import devstack_spec
 
     spec = devstack_spec(airflow_env.endpoints,
                          tags=({"Key": "batchvec-test", "Value": "expiring-credentials"},))
-    return connectors.ensure_model(OpenSearchHook(), spec,
+    return connectors.ensure_model(OpenSearchDomainHook(), spec,
                                    connectors.aws_connection_keys("aws_default"))["model_id"]
 pytestmark = [pytest.mark.devstack, pytest.mark.airflow]
 
@@ -226,7 +226,7 @@ def test_ml_commons_refreshes_with_the_fresh_keys_the_trigger_puts_on_the_model(
     assert "could not put fresh AWS keys" not in out
     # The task ended COMPLETED in ML Commons itself, refreshed with the pipeline's keys.
     connectors.KeyRefresher("aws_expiring", "opensearch_default", model_id).push_if_changed()
-    task = mlcommons.get_task(OpenSearchHook(), event["task_id"])
+    task = mlcommons.get_task(OpenSearchDomainHook(), event["task_id"])
     assert task["state"] == "COMPLETED" and task["remote_job"]["TransformJobStatus"] == "Completed"
     assert len(jobs_named(devstack, run_key)) == 1
 
@@ -257,7 +257,7 @@ def test_without_fresh_keys_ml_commons_refresh_fails_once_they_expire(
         watcher.join(timeout=310)
         faults.clear(devstack.state_dir)
         # Lasting keys back on the shared model: then ML Commons can refresh the task again.
-        mlcommons.update_model_credential(OpenSearchHook(), model_id,
+        mlcommons.update_model_credential(OpenSearchDomainHook(), model_id,
                                           connectors.aws_connection_keys("aws_default"))
     assert task_state(devstack, event["task_id"]) == "COMPLETED"
     assert len(jobs_named(devstack, run_key)) == 1

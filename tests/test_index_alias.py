@@ -12,7 +12,7 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.index import aliases, load_settings
 from batchvec.index.aliases import AliasMoved, Target
 from batchvec.plan.naming import validate_index_name
@@ -23,8 +23,8 @@ IDENT = "0123456789abcdef"
 
 
 @pytest.fixture
-def hook(airflow_env) -> OpenSearchHook:
-    return OpenSearchHook()
+def hook(airflow_env) -> OpenSearchDomainHook:
+    return OpenSearchDomainHook()
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def alias() -> str:
     return f"al-{uuid.uuid4().hex[:10]}"
 
 
-def make_index(hook: OpenSearchHook, name: str, docs: int = 0, *, meta: dict | None = None,
+def make_index(hook: OpenSearchDomainHook, name: str, docs: int = 0, *, meta: dict | None = None,
                settings: dict | None = None, properties: dict | None = None) -> str:
     mappings = {"properties": properties or {"n": {"type": "integer"}}}
     if meta:
@@ -52,11 +52,11 @@ def physical(alias: str, ident: str = IDENT, dim: int = 3) -> str:
     return aliases.physical_index_name(alias, ident, dim)
 
 
-def point(hook: OpenSearchHook, alias: str, index: str) -> None:
+def point(hook: OpenSearchDomainHook, alias: str, index: str) -> None:
     hook.update_aliases([{"add": {"index": index, "alias": alias}}])
 
 
-def marks(hook: OpenSearchHook, index: str) -> dict:
+def marks(hook: OpenSearchDomainHook, index: str) -> dict:
     return hook.get_mapping_meta(index).get("batchvec", {})
 
 
@@ -145,7 +145,7 @@ def _await_in_thread(hook, alias, new, run_key, **kwargs):
 
     def run() -> None:
         try:
-            result["target"] = aliases.await_build(OpenSearchHook(), alias, new, run_key,
+            result["target"] = aliases.await_build(OpenSearchDomainHook(), alias, new, run_key,
                                                        poll_s=0.05, say=say, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - asserted by the test
             result["error"] = exc
@@ -231,7 +231,7 @@ def test_searches_through_the_alias_never_find_it_empty_while_it_moves(hook, ali
     stop, counts, errors = threading.Event(), [], []
 
     def search() -> None:
-        reader = OpenSearchHook()
+        reader = OpenSearchDomainHook()
         while not stop.is_set():
             try:
                 counts.append(reader.count(alias))

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from batchvec.hooks import s3io
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.index import lifecycle, load
 from batchvec.plan.run_plan import Plan
 from batchvec.report.accounting import ShardReport
@@ -107,7 +107,7 @@ def shard_setup(airflow_env, monkeypatch):
                 run_prefix=f"runs/resume-{tag}", shards=1, wait_timeout=60,
                 max_reject_ratio=0.5, keep_staging=False, keep_outputs=True,
                 bulk_concurrency=LANES, dimension=DIM, version=1000)
-    hook = OpenSearchHook()
+    hook = OpenSearchDomainHook()
     hook.create_index(index, lifecycle.index_body(DIM, "embedding", "cosinesimil",
                                                  plan.knn_engine))
     body, expect = _out_lines()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook, OpenSearchError
 from devstack import tls
 from tests.contract_helpers import opensearch_conn, set_conn, unique
 
@@ -31,7 +31,7 @@ def test_sigv4_with_credentials_from_the_aws_connection(airflow_env, monkeypatch
     ep = airflow_env.endpoints
     set_conn(monkeypatch, "aws_signer", _aws(ep))
     set_conn(monkeypatch, "os_sigv4", _sigv4(ep, "aws_signer"))
-    hook = OpenSearchHook("os_sigv4")
+    hook = OpenSearchDomainHook("os_sigv4")
     index = unique("hook-sigv4")
     hook.create_index(index, {"mappings": {"properties": {"n": {"type": "integer"}}}})
     assert hook.index_exists(index) and hook.count(index) == 0
@@ -50,7 +50,7 @@ def test_sigv4_refusals_say_what_to_check_and_carry_no_secret(airflow_env, monke
     ep = airflow_env.endpoints
     set_conn(monkeypatch, "aws_refused", _aws(ep, secret=secret, key=key))
     set_conn(monkeypatch, "os_refused", _sigv4(ep, "aws_refused", service=service))
-    hook = OpenSearchHook("os_refused", max_retries=0)
+    hook = OpenSearchDomainHook("os_refused", max_retries=0)
     with pytest.raises(OpenSearchError) as err:
         hook.count("anything")
     assert err.value.status == 403 and expect in err.value.reason, case
@@ -65,7 +65,7 @@ def test_basic_auth_errors_carry_opensearch_type_and_reason(airflow_env, monkeyp
     ep = airflow_env.endpoints
     set_conn(monkeypatch, "os_basic", _basic(ep))
     with pytest.raises(OpenSearchError) as err:
-        OpenSearchHook("os_basic").create_index("Bad_Name", {})
+        OpenSearchDomainHook("os_basic").create_index("Bad_Name", {})
     assert err.value.type == "invalid_index_name_exception" and "Bad_Name" in err.value.reason
     assert ep["opensearch_password"] not in str(err.value)
 
@@ -75,36 +75,36 @@ def test_a_wrong_password_is_refused_with_a_clear_error(airflow_env, monkeypatch
     ep = airflow_env.endpoints
     set_conn(monkeypatch, "os_nopass", _basic(ep, password="nope-wrong-pw"))
     with pytest.raises(OpenSearchError) as err:
-        getattr(OpenSearchHook("os_nopass", max_retries=0), method)("x")
+        getattr(OpenSearchDomainHook("os_nopass", max_retries=0), method)("x")
     assert err.value.status == 401
     assert (f"connection 'os_nopass': basic auth as '{ep['opensearch_user']}': check the login "
             "and password") in err.value.reason
     assert "nope-wrong-pw" not in str(err.value)
     set_conn(monkeypatch, "os_anon", opensearch_conn(ep, auth="none"))
     with pytest.raises(OpenSearchError) as err:
-        getattr(OpenSearchHook("os_anon", max_retries=0), method)("x")
+        getattr(OpenSearchDomainHook("os_anon", max_retries=0), method)("x")
     assert err.value.status == 401 and "no credentials sent (extra.auth none)" in err.value.reason
 
 
 def test_tls_with_the_connections_ca_and_verified_by_default(airflow_env, monkeypatch, tmp_path):
     ep = airflow_env.endpoints
     set_conn(monkeypatch, "os_ca", _basic(ep))
-    hook = OpenSearchHook("os_ca", max_retries=0)
+    hook = OpenSearchDomainHook("os_ca", max_retries=0)
     assert hook.session.verify == ep["opensearch_ca"] and hook.base_url.startswith("https://")
     assert hook.index_exists("x") is False  # an answer: the TLS handshake passed
     other = tls.ensure(tmp_path).ca  # a CA of its own, that did not sign the front's cert
     set_conn(monkeypatch, "os_other_ca", _basic(ep, ca_certs=str(other)))
     # No ca_certs: verified against the system CAs (REQUESTS_CA_BUNDLE, if set), not skipped.
     set_conn(monkeypatch, "os_default_ca", {**_basic(ep), "extra": {"auth": "basic"}})
-    assert OpenSearchHook("os_default_ca").session.verify is True
+    assert OpenSearchDomainHook("os_default_ca").session.verify is True
     for conn_id in ("os_other_ca", "os_default_ca"):
         with pytest.raises(OpenSearchError) as err:
-            OpenSearchHook(conn_id, max_retries=0).index_exists("x")
+            OpenSearchDomainHook(conn_id, max_retries=0).index_exists("x")
         assert err.value.type == "connection_error" and "CERTIFICATE_VERIFY_FAILED" in err.value.reason
         assert ep["opensearch_password"] not in str(err.value)
     set_conn(monkeypatch, "os_plain", {**_basic(ep), "schema": "http"})
     with pytest.raises(OpenSearchError) as err:  # no plain HTTP on the TLS port
-        OpenSearchHook("os_plain", max_retries=0).index_exists("x")
+        OpenSearchDomainHook("os_plain", max_retries=0).index_exists("x")
     assert err.value.type == "connection_error"
 
 
@@ -112,19 +112,19 @@ def test_tls_is_verified_unless_the_connection_turns_it_off(monkeypatch):
     set_conn(monkeypatch, "os_tls", {"conn_type": "generic", "host": "search.example.com",
                                      "schema": "https", "login": "u", "password": "p",
                                      "extra": {"auth": "basic"}})
-    assert OpenSearchHook("os_tls").session.verify is True
+    assert OpenSearchDomainHook("os_tls").session.verify is True
     set_conn(monkeypatch, "os_tls_off", {"conn_type": "generic", "host": "search.example.com",
                                          "schema": "https", "login": "u", "password": "p",
                                          "extra": {"auth": "basic", "verify_certs": False}})
-    assert OpenSearchHook("os_tls_off").session.verify is False
+    assert OpenSearchDomainHook("os_tls_off").session.verify is False
     set_conn(monkeypatch, "os_bad_auth", {"conn_type": "generic", "host": "h",
                                           "extra": {"auth": "kerberos"}})
     with pytest.raises(ValueError, match="sigv4, basic or none"):
-        OpenSearchHook("os_bad_auth").session  # noqa: B018
+        OpenSearchDomainHook("os_bad_auth").session  # noqa: B018
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_verify_off_still_talks_to_the_front(airflow_env, monkeypatch):
     ep = airflow_env.endpoints
     set_conn(monkeypatch, "os_noverify", {**_basic(ep, ca=False, verify_certs=False)})
-    assert OpenSearchHook("os_noverify", max_retries=0).index_exists("x") is False
+    assert OpenSearchDomainHook("os_noverify", max_retries=0).index_exists("x") is False

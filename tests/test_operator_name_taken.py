@@ -97,7 +97,7 @@ class SelfManagedCluster:
 
     def __init__(self, monkeypatch):
         self.pushes = []
-        monkeypatch.setattr(operators, "OpenSearchHook", lambda conn_id: self)
+        monkeypatch.setattr(operators, "OpenSearchDomainHook", lambda conn_id: self)
         refresher = type("Refresher", (), {"push_if_changed": lambda _self: self.pushes.append("push")})
         monkeypatch.setattr(operators, "KeyRefresher", lambda *args: refresher())
 

@@ -363,7 +363,7 @@ def test_the_role_is_required_only_where_the_connector_assumes_it(tmp_path, no_p
 def test_the_credential_mode_follows_where_opensearch_runs(monkeypatch):
     from airflow.models import Connection
 
-    from batchvec.hooks.opensearch import OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchDomainHook
 
     cases = [({"auth": "basic"}, "aws_keys"),
              ({"auth": "sigv4", "region": "eu-west-1", "service": "es"}, "role_arn"),
@@ -373,7 +373,7 @@ def test_the_credential_mode_follows_where_opensearch_runs(monkeypatch):
         conn = Connection(conn_id="os_mode", conn_type="generic", host="search.example.com",
                           port=443, schema="https", login="u", password="p", extra=json.dumps(extra))
         monkeypatch.setenv("AIRFLOW_CONN_OS_MODE", conn.as_json())
-        assert OpenSearchHook("os_mode").target()["connector_credentials"] == mode, extra
+        assert OpenSearchDomainHook("os_mode").target()["connector_credentials"] == mode, extra
 
 
 def test_incremental_params_are_checked_and_documented(tmp_path):

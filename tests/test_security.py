@@ -126,10 +126,10 @@ def test_a_run_leaks_no_credential_anywhere(dag_with, airflow_env, capture_logs,
     assert key in capture_logs.ours and key in out
     assert f"put fresh AWS keys on model {model_id}" in capture_logs.ours
     if auth == "sigv4":  # and the token really travelled, signed, on every OpenSearch call
-        from batchvec.hooks.opensearch import OpenSearchHook
+        from batchvec.hooks.opensearch import OpenSearchDomainHook
 
         sent = []
-        hook = OpenSearchHook("opensearch_default")
+        hook = OpenSearchDomainHook("opensearch_default")
         hook.session.hooks["response"].append(lambda r, *a, **k: sent.append(r.request.headers))
         assert hook.count(f"sec-{auth}") == 6
         assert sent[0]["x-amz-security-token"] == SESSION_TOKEN
@@ -180,7 +180,7 @@ def _secret_needles(ep: dict) -> dict[str, str]:
 
 def test_opensearch_signature_errors_do_not_echo_the_session_token(airflow_env, monkeypatch,
                                                                    capture_logs):
-    from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchDomainHook, OpenSearchError
 
     ep = airflow_env.endpoints
     host, port = ep["opensearch"].rsplit(":", 1)
@@ -190,7 +190,7 @@ def test_opensearch_signature_errors_do_not_echo_the_session_token(airflow_env, 
         "extra": {"auth": "sigv4", "aws_conn_id": "aws_bad", "region": ep["region"],
                   "ca_certs": ep["opensearch_ca"]}})
     with pytest.raises(OpenSearchError) as err:
-        OpenSearchHook("os_bad_sig", max_retries=0).count("anything")
+        OpenSearchDomainHook("os_bad_sig", max_retries=0).count("anything")
     assert err.value.status == 403 and "signature" in str(err.value)
     assert "Canonical String" in str(err.value)  # the diagnosis stays, only the token goes
     found = leaks({"exception": str(err.value), "reason": err.value.reason,
@@ -202,7 +202,7 @@ def test_sagemaker_errors_while_polling_or_cancelling_do_not_echo_the_session_to
         airflow_env, monkeypatch, capture_logs):
     from batchvec.batch.job import cancel_job, poll_job
     from batchvec.batch.operators import BatchPredictOperator
-    from batchvec.hooks.opensearch import OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchDomainHook
 
     ep = airflow_env.endpoints
     _set_conn(monkeypatch, "aws_bad", _bad_aws(ep))
@@ -212,7 +212,7 @@ def test_sagemaker_errors_while_polling_or_cancelling_do_not_echo_the_session_to
     cancel_job("opensearch_default", "aws_bad", "no-such-job", None)  # logs, never raises
     op = BatchPredictOperator(task_id="bp", model_id="m1", run_key="k", input_s3_uri="s3://b/i/",
                               output_s3_uri="s3://b/o/", aws_conn_id="aws_bad")
-    assert op._existing(OpenSearchHook("opensearch_default"), "no-such-job") is None  # logged
+    assert op._existing(OpenSearchDomainHook("opensearch_default"), "no-such-job") is None  # logged
     logged = capture_logs.ours
     assert "could not cancel job no-such-job" in logged and "DescribeTransformJob" in logged
     # botocore's own DEBUG record of the signed request was seen, and the masker hid the token
@@ -222,7 +222,7 @@ def test_sagemaker_errors_while_polling_or_cancelling_do_not_echo_the_session_to
 
 
 def test_unreachable_endpoint_errors_carry_no_password(airflow_env, monkeypatch, capture_logs):
-    from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchDomainHook, OpenSearchError
     from devstack.launcher import free_port
 
     ep = airflow_env.endpoints
@@ -233,7 +233,7 @@ def test_unreachable_endpoint_errors_carry_no_password(airflow_env, monkeypatch,
         "conn_type": "generic", "host": f"http://admin:{password}@127.0.0.1", "port": closed,
         "login": "admin", "password": password, "extra": {"auth": "basic"}})
     with pytest.raises(OpenSearchError) as err:
-        OpenSearchHook("os_down", max_retries=1).count("anything")
+        OpenSearchDomainHook("os_down", max_retries=1).count("anything")
     assert err.value.type == "connection_error" and str(closed) in str(err.value)
     found = leaks({"exception": str(err.value), **capture_logs.places()},
                   _secret_needles(ep))

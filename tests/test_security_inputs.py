@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from batchvec.batch.job import transform_parameters
-from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook, OpenSearchError
 from batchvec.model import connectors
 from batchvec.model.connectors import ModelSpec
 from batchvec.plan import naming, run_plan
@@ -81,7 +81,7 @@ def _https_conn(monkeypatch, conn_id: str, port: int, **extra) -> None:
 def test_tls_is_verified_by_default_and_credentials_never_reach_an_unverified_server(
         https_server, monkeypatch):
     _https_conn(monkeypatch, "os_tls_default", https_server["port"])
-    hook = OpenSearchHook("os_tls_default", max_retries=0)
+    hook = OpenSearchDomainHook("os_tls_default", max_retries=0)
     assert hook.session.verify is True
     before = len(https_server["seen"])
     with pytest.raises(OpenSearchError) as err:
@@ -92,7 +92,7 @@ def test_tls_is_verified_by_default_and_credentials_never_reach_an_unverified_se
 
 def test_a_private_ca_is_trusted_when_named(https_server, monkeypatch):
     _https_conn(monkeypatch, "os_tls_ca", https_server["port"], ca_certs=https_server["ca"])
-    hook = OpenSearchHook("os_tls_ca", max_retries=0)
+    hook = OpenSearchDomainHook("os_tls_ca", max_retries=0)
     assert hook.session.verify == https_server["ca"]
     assert hook.count("anything") == 3
 
@@ -103,7 +103,7 @@ def test_only_an_explicit_verify_certs_false_turns_tls_off_and_it_warns(https_se
                                                                         caplog, off):
     _https_conn(monkeypatch, "os_tls_off", https_server["port"], verify_certs=off)
     with caplog.at_level(logging.WARNING, logger="batchvec.hooks.opensearch"):
-        hook = OpenSearchHook("os_tls_off", max_retries=0)
+        hook = OpenSearchDomainHook("os_tls_off", max_retries=0)
         assert hook.count("anything") == 3
     assert hook.session.verify is False
     assert any("TLS certificate verification is OFF for connection os_tls_off" in r.getMessage()
@@ -117,7 +117,7 @@ def test_only_an_explicit_verify_certs_false_turns_tls_off_and_it_warns(https_se
 def test_verification_stays_on_for_everything_else(monkeypatch, caplog, extra, verify):
     _https_conn(monkeypatch, "os_tls_on", 443, **extra)
     with caplog.at_level(logging.WARNING, logger="batchvec.hooks.opensearch"):
-        assert OpenSearchHook("os_tls_on").session.verify == verify
+        assert OpenSearchDomainHook("os_tls_on").session.verify == verify
     assert not [r for r in caplog.records if "TLS" in r.getMessage()]
 
 
@@ -130,7 +130,7 @@ def test_verification_stays_on_for_everything_else(monkeypatch, caplog, extra, v
 def test_ambiguous_tls_settings_are_refused(monkeypatch, extra, fragment):
     _https_conn(monkeypatch, "os_tls_bad", 443, **extra)
     with pytest.raises(ValueError, match=fragment):
-        OpenSearchHook("os_tls_bad").session  # noqa: B018
+        OpenSearchDomainHook("os_tls_bad").session  # noqa: B018
 
 
 # -- values that reach ML Commons request templates ---------------------------------------------
@@ -208,12 +208,12 @@ def test_legitimate_model_values_fill_the_real_ml_commons_templates_as_valid_jso
     substitution) is valid JSON with exactly the expected keys. `role_arn` reaches no template
     on a self-managed cluster (the node refuses a role-only credential: "Missing credential")."""
     from batchvec.hooks import mlcommons
-    from batchvec.hooks.opensearch import OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchDomainHook
 
     url, seen = capture_sagemaker
     value = url if field == "sagemaker_api_url" else FIELDS[field][1]
     spec = ModelSpec(**{**SPEC.__dict__, "sagemaker_api_url": url, field: value})
-    hook = OpenSearchHook("opensearch_default")
+    hook = OpenSearchDomainHook("opensearch_default")
     model = connectors.ensure_model(hook, spec, {"access_key": "AKIDTEMPLATETEST",
                                                  "secret_key": "template-test-secret"})
     params = transform_parameters("run-key-r2", "s3://bucket/runs/k/input/", "s3://bucket/runs/k/output/")

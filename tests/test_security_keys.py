@@ -70,7 +70,7 @@ def test_the_key_refresh_path_leaks_no_assumed_role_key(airflow_env, sts_conn, m
     from batchvec.batch.job import cancel_job, transform_parameters
     from batchvec.batch.triggers import BatchJobTrigger
     from batchvec.hooks import mlcommons
-    from batchvec.hooks.opensearch import OpenSearchHook
+    from batchvec.hooks.opensearch import OpenSearchDomainHook
     from batchvec.model import connectors
 
     devstack, ep = airflow_env, airflow_env.endpoints
@@ -88,7 +88,7 @@ def test_the_key_refresh_path_leaks_no_assumed_role_key(airflow_env, sts_conn, m
         endpoint_name="devstack-minilm", sagemaker_api_url=ep["sagemaker"],
         sagemaker_runtime_url=ep["sagemaker_runtime"],
         tags=({"Key": "batchvec-test", "Value": prefix.replace("/", "-")},))  # a model of its own
-    hook = OpenSearchHook("opensearch_default")
+    hook = OpenSearchDomainHook("opensearch_default")
     model = connectors.ensure_model(hook, spec, connectors.aws_connection_keys(sts_conn))
     assert model["model_created"]
     refresher = connectors.KeyRefresher(sts_conn, "opensearch_default", model["model_id"])

@@ -11,7 +11,7 @@ import logging
 
 from batchvec.hooks import mlcommons, sagemaker
 from batchvec.hooks.mlcommons import JobStatus
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.plan import naming
 from batchvec.plan.transform_settings import CONTENT_TYPES
 from batchvec.util.redact import scrub
@@ -62,7 +62,7 @@ def poll_job(opensearch_conn_id: str, aws_conn_id: str | None, task_id: str | No
     errors = []
     if task_id:
         try:
-            hook = OpenSearchHook(opensearch_conn_id, max_retries=1)
+            hook = OpenSearchDomainHook(opensearch_conn_id, max_retries=1)
             task_status = mlcommons.status_from_task(mlcommons.get_task(hook, task_id))
         except Exception as exc:  # keep polling through blips; counted by the caller
             errors.append(f"ML Commons: {scrub(exc)}")
@@ -88,7 +88,7 @@ def cancel_job(opensearch_conn_id: str, aws_conn_id: str | None, job_name: str,
     nobody waits for. Errors are logged, not raised: the caller is already failing."""
     if task_id:
         try:
-            mlcommons.cancel_task(OpenSearchHook(opensearch_conn_id), task_id)
+            mlcommons.cancel_task(OpenSearchDomainHook(opensearch_conn_id), task_id)
             log.warning("cancelled transform job %s (ML Commons task %s)", job_name, task_id)
             return
         except Exception as exc:  # e.g. ML Commons 3.6 refusing a private-address endpoint

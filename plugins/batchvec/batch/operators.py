@@ -27,7 +27,7 @@ from batchvec.batch.job import (
 )
 from batchvec.batch.triggers import BatchJobTrigger
 from batchvec.hooks import mlcommons
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.hooks.sagemaker import describe_transform_job
 from batchvec.model.connectors import KeyRefresher
 from batchvec.plan import naming
@@ -83,7 +83,7 @@ class BatchPredictOperator(BaseOperator):
         self._attached_state: str | None = None  # state of the job an earlier try made
 
     # -- submit or attach -----------------------------------------------------------------
-    def _existing(self, hook: OpenSearchHook, job_name: str) -> tuple[str | None, str | None] | None:
+    def _existing(self, hook: OpenSearchDomainHook, job_name: str) -> tuple[str | None, str | None] | None:
         """(task_id, current state) of a job with this name, from ML Commons or SageMaker."""
         found = mlcommons.find_batch_task(hook, self.model_id, job_name)
         task_id = found[0] if found else None
@@ -99,7 +99,7 @@ class BatchPredictOperator(BaseOperator):
         # _search returns the state as last stored; observe the job now, as the trigger does.
         return task_id, poll_job(self.opensearch_conn_id, self.aws_conn_id, task_id, job_name).state
 
-    def _submit(self, hook: OpenSearchHook, job_name: str) -> str:
+    def _submit(self, hook: OpenSearchDomainHook, job_name: str) -> str:
         params = transform_parameters(job_name, self.input_s3_uri, self.output_s3_uri,
                                       self.content_type, self.accept, self.input_data_type)
         deadline = time.monotonic() + self.submit_retry_window
@@ -121,7 +121,7 @@ class BatchPredictOperator(BaseOperator):
         log.info("submitted transform job %s (ML Commons task %s)", job_name, task_id)
         return task_id
 
-    def submit_or_attach(self, hook: OpenSearchHook,
+    def submit_or_attach(self, hook: OpenSearchDomainHook,
                          may_submit=lambda: True) -> tuple[str, str | None] | None:
         """The job to wait for: an earlier try's, or a new one. None: a new one is due but
         `may_submit()` says not yet (the submit window is full)."""
@@ -172,7 +172,7 @@ class BatchPredictOperator(BaseOperator):
             log.info("%s", why)
             return {"job_name": None, "task_id": None, "output_s3_uri": self.output_s3_uri,
                     "elapsed": 0.0, "skipped": why, "job_group": self.job_group}
-        hook = OpenSearchHook(self.opensearch_conn_id)
+        hook = OpenSearchDomainHook(self.opensearch_conn_id)
         refresh_keys = bool(self.aws_conn_id) and \
             hook.target()["connector_credentials"] == "aws_keys"
         if refresh_keys:  # ML Commons signs its calls to SageMaker with the model's keys

@@ -1,4 +1,4 @@
-"""ML Commons REST calls (models with their connectors, batch predict, tasks) over an OpenSearchHook.
+"""ML Commons REST calls (models with their connectors, batch predict, tasks) over an OpenSearchDomainHook.
 
 Thin functions so operators and triggers read as what they do; the response shapes are those
 of ../shared/reference/ml-commons-batch.md (2.17+; 2.18 and 2.19 differences handled where
@@ -11,7 +11,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook, OpenSearchError
 from batchvec.util.redact import scrub
 
 ML = "/_plugins/_ml"
@@ -46,7 +46,7 @@ class JobNameTaken(Exception):
 _NAME_TAKEN = re.compile(r"name already exists|must be unique|ResourceInUse", re.IGNORECASE)
 
 
-def _search_by_name(hook: OpenSearchHook, kind: str, name: str) -> list[dict]:
+def _search_by_name(hook: OpenSearchDomainHook, kind: str, name: str) -> list[dict]:
     body = {"query": {"term": {"name.keyword": name}}, "size": 100,
             "sort": [{"created_time": {"order": "asc", "unmapped_type": "long"}}]}
     try:
@@ -59,12 +59,12 @@ def _search_by_name(hook: OpenSearchHook, kind: str, name: str) -> list[dict]:
             if h["_source"].get("name") == name]
 
 
-def find_model(hook: OpenSearchHook, name: str) -> str | None:
+def find_model(hook: OpenSearchDomainHook, name: str) -> str | None:
     hits = [h for h in _search_by_name(hook, "models", name) if "chunk_number" not in h]
     return hits[0]["_id"] if hits else None
 
 
-def find_or_create_model_group(hook: OpenSearchHook, name: str, description: str) -> str:
+def find_or_create_model_group(hook: OpenSearchDomainHook, name: str, description: str) -> str:
     existing = _search_by_name(hook, "model_groups", name)
     if existing:
         return existing[0]["_id"]
@@ -79,7 +79,7 @@ def find_or_create_model_group(hook: OpenSearchHook, name: str, description: str
         raise
 
 
-def register_model(hook: OpenSearchHook, *, name: str, connector: dict, model_group_id: str,
+def register_model(hook: OpenSearchDomainHook, *, name: str, connector: dict, model_group_id: str,
                    description: str) -> str:
     """A remote model with its own (internal) connector: see batchvec.model.connectors for why."""
     body = {"name": name, "function_name": "remote", "model_group_id": model_group_id,
@@ -102,7 +102,7 @@ def _deploying(err: OpenSearchError) -> bool:
     return err.status == 409 and "is deploying" in err.reason
 
 
-def update_model_credential(hook: OpenSearchHook, model_id: str, credential: dict) -> None:
+def update_model_credential(hook: OpenSearchDomainHook, model_id: str, credential: dict) -> None:
     """New keys on a model's internal connector; a deployed model signs with them once this
     returns (see CREDENTIAL_SETTLE_S). Waits out a deployment under way (ours, another
     run's, or the node's redeploy after a restart)."""
@@ -118,11 +118,11 @@ def update_model_credential(hook: OpenSearchHook, model_id: str, credential: dic
     time.sleep(CREDENTIAL_SETTLE_S)
 
 
-def model_state(hook: OpenSearchHook, model_id: str) -> str | None:
+def model_state(hook: OpenSearchDomainHook, model_id: str) -> str | None:
     return hook.request("GET", f"{ML}/models/{_id(model_id)}")[1].get("model_state")
 
 
-def deploy_model(hook: OpenSearchHook, model_id: str) -> None:
+def deploy_model(hook: OpenSearchDomainHook, model_id: str) -> None:
     """Deploy unless deployed, and wait until it is (see DEPLOY_WAIT_S)."""
     if model_state(hook, model_id) == "DEPLOYED":
         return
@@ -135,7 +135,7 @@ def deploy_model(hook: OpenSearchHook, model_id: str) -> None:
         time.sleep(0.2)
 
 
-def predict_embeddings(hook: OpenSearchHook, model_id: str, texts: list[str]) -> list[list[float]]:
+def predict_embeddings(hook: OpenSearchDomainHook, model_id: str, texts: list[str]) -> list[list[float]]:
     """One vector per text, in order. ML Commons' default embedding post-processing puts
     all N tensors of one remote answer into one inference result, so every output counts."""
     resp = hook.request("POST", f"{ML}/models/{_id(model_id)}/_predict",
@@ -151,7 +151,7 @@ def vectors_of_prediction(resp: dict, expected: int) -> list[list[float]]:
     return vectors
 
 
-def batch_predict(hook: OpenSearchHook, model_id: str, parameters: dict) -> dict:
+def batch_predict(hook: OpenSearchDomainHook, model_id: str, parameters: dict) -> dict:
     """Start a batch job; returns the response (task_id, status, remote_job on 2.18+).
 
     Throttling (429, or the remote's throttling passed through) raises ThrottledError so the
@@ -169,12 +169,12 @@ def batch_predict(hook: OpenSearchHook, model_id: str, parameters: dict) -> dict
         raise
 
 
-def get_task(hook: OpenSearchHook, task_id: str) -> dict:
+def get_task(hook: OpenSearchDomainHook, task_id: str) -> dict:
     """GET refreshes the remote job status on the server (2.17+)."""
     return hook.request("GET", f"{ML}/tasks/{_id(task_id)}")[1]
 
 
-def find_batch_task(hook: OpenSearchHook, model_id: str, job_name: str) -> tuple[str, dict] | None:
+def find_batch_task(hook: OpenSearchDomainHook, model_id: str, job_name: str) -> tuple[str, dict] | None:
     """The ML Commons task already tracking `job_name`, if an earlier try submitted it."""
     body = {"query": {"bool": {"filter": [{"term": {"task_type": "BATCH_PREDICTION"}},
                                           {"term": {"model_id": model_id}}]}},
@@ -193,7 +193,7 @@ def find_batch_task(hook: OpenSearchHook, model_id: str, job_name: str) -> tuple
     return None
 
 
-def cancel_task(hook: OpenSearchHook, task_id: str) -> None:
+def cancel_task(hook: OpenSearchDomainHook, task_id: str) -> None:
     hook.request("POST", f"{ML}/tasks/{_id(task_id)}/_cancel")
 
 

@@ -131,11 +131,11 @@ def tls_verify(conn_id: str, extra: dict) -> bool | str:
     return ca_certs or True
 
 
-class OpenSearchHook(BaseHook):
+class OpenSearchDomainHook(BaseHook):
     conn_name_attr = "opensearch_conn_id"
     default_conn_name = "opensearch_default"
     conn_type = "generic"
-    hook_name = "OpenSearch (batchvec)"
+    hook_name = "OpenSearch domain (batchvec)"
 
     def __init__(self, opensearch_conn_id: str = default_conn_name, *, timeout: float = 60.0,
                  max_retries: int = 5, pool_size: int = 16):

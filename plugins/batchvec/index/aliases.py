@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 
-from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook, VersionConflict
+from batchvec.hooks.opensearch import OpenSearchDomainHook, OpenSearchError, VersionConflict
 from batchvec.index import load_settings
 from batchvec.plan.naming import validate_index_name
 
@@ -118,11 +118,11 @@ def legacy_index_name(index: str) -> str:
 
 
 # -- what the alias serves ---------------------------------------------------------------------
-def _served(hook: OpenSearchHook, alias: str) -> list[str]:
+def _served(hook: OpenSearchDomainHook, alias: str) -> list[str]:
     return sorted(hook.get_alias(alias))
 
 
-def resolve(hook: OpenSearchHook, alias: str, physical: str) -> Target:
+def resolve(hook: OpenSearchDomainHook, alias: str, physical: str) -> Target:
     validate_index_name(alias)
     served = _served(hook, alias)
     if not served:
@@ -141,7 +141,7 @@ def _stale(lease: dict, now: datetime) -> bool:
     return now - datetime.fromisoformat(lease["since"]) > load_settings._lease_ttl()
 
 
-def acquire_build(hook: OpenSearchHook, physical: str, run_key: str) -> str | None:
+def acquire_build(hook: OpenSearchDomainHook, physical: str, run_key: str) -> str | None:
     """None if this run holds the build lease of `physical` now (also on a retry), else the
     run key of the live holder."""
     load_settings._ensure_lease_index(hook)
@@ -169,7 +169,7 @@ def acquire_build(hook: OpenSearchHook, physical: str, run_key: str) -> str | No
     raise RuntimeError(f"build lease of {physical}: lost {load_settings._ATTEMPTS} rounds in a row")
 
 
-def release_build(hook: OpenSearchHook, physical: str, run_key: str) -> bool:
+def release_build(hook: OpenSearchDomainHook, physical: str, run_key: str) -> bool:
     """Drop the build lease if this run holds it; True if it was dropped by this call."""
     if not hook.index_exists(load_settings.LEASE_INDEX):
         return False
@@ -186,14 +186,14 @@ def release_build(hook: OpenSearchHook, physical: str, run_key: str) -> bool:
     raise RuntimeError(f"build lease of {physical}: lost {load_settings._ATTEMPTS} rounds in a row")
 
 
-def _live_builder(hook: OpenSearchHook, physical: str) -> str | None:
+def _live_builder(hook: OpenSearchDomainHook, physical: str) -> str | None:
     if not hook.index_exists(load_settings.LEASE_INDEX):
         return None
     found = hook.get_versioned(load_settings.LEASE_INDEX, _LEASE_ID.format(physical))
     return None if found is None or _stale(found[0], load_settings._now()) else found[0]["holder"]
 
 
-def await_build(hook: OpenSearchHook, alias: str, physical: str, run_key: str, *,
+def await_build(hook: OpenSearchDomainHook, alias: str, physical: str, run_key: str, *,
                 timeout_s: float, poll_s: float = 10.0,
                 say: Callable[[str], object] = log.info) -> Target:
     """The Target of this run, once no other run is building `physical`. In mode "build" this
@@ -223,11 +223,11 @@ def await_build(hook: OpenSearchHook, alias: str, physical: str, run_key: str, *
 
 
 # -- switching ---------------------------------------------------------------------------------
-def _meta(hook: OpenSearchHook, index: str) -> dict:
+def _meta(hook: OpenSearchDomainHook, index: str) -> dict:
     return hook.get_mapping_meta(index).get("batchvec", {})
 
 
-def _mark(hook: OpenSearchHook, index: str, **values) -> None:
+def _mark(hook: OpenSearchDomainHook, index: str, **values) -> None:
     """Set (None: remove) keys of the index's `_meta.batchvec`, keeping the rest of `_meta`."""
     meta = hook.get_mapping_meta(index)
     ours = {k: v for k, v in {**meta.get("batchvec", {}), **values}.items() if v is not None}
@@ -235,7 +235,7 @@ def _mark(hook: OpenSearchHook, index: str, **values) -> None:
         hook.put_mapping_meta(index, {**meta, "batchvec": ours})
 
 
-def _mark_switch(hook: OpenSearchHook, alias: str, physical: str, previous: str | None, *,
+def _mark_switch(hook: OpenSearchDomainHook, alias: str, physical: str, previous: str | None, *,
                  fresh: bool) -> None:
     """The marks of a switch; a retry (not `fresh`) only adds the missing ones."""
     now = load_settings._now().isoformat()
@@ -247,7 +247,7 @@ def _mark_switch(hook: OpenSearchHook, alias: str, physical: str, previous: str 
             _mark(hook, previous, alias=alias, retired_at=now, successor=physical)
 
 
-def switch(hook: OpenSearchHook, alias: str, physical: str, previous: str | None) -> dict:
+def switch(hook: OpenSearchDomainHook, alias: str, physical: str, previous: str | None) -> dict:
     """Move the alias from `previous` (None: no alias yet) to `physical` in one `_aliases`
     call. AliasMoved if it does not serve `previous` (only) any more."""
     if previous == alias:
@@ -286,7 +286,7 @@ def switch(hook: OpenSearchHook, alias: str, physical: str, previous: str | None
 
 
 # -- retired indices ---------------------------------------------------------------------------
-def retired(hook: OpenSearchHook, alias: str) -> list[dict]:
+def retired(hook: OpenSearchDomainHook, alias: str) -> list[dict]:
     """This alias's physical indices it does not serve, most recently retired first; those
     never served (a build in progress, or a failed one) last, with retired_at None."""
     served, own = set(_served(hook, alias)), _own_name(alias)
@@ -303,7 +303,7 @@ def retired(hook: OpenSearchHook, alias: str) -> list[dict]:
                   reverse=True)
 
 
-def drop_expired(hook: OpenSearchHook, alias: str, keep_days: float,
+def drop_expired(hook: OpenSearchDomainHook, alias: str, keep_days: float,
                  now: datetime | None = None) -> list[str]:
     """Delete the indices retired more than `keep_days` ago; returns their names."""
     cutoff = (now or load_settings._now()) - timedelta(days=keep_days)
@@ -323,7 +323,7 @@ def drop_expired(hook: OpenSearchHook, alias: str, keep_days: float,
     return dropped
 
 
-def rollback(hook: OpenSearchHook, alias: str) -> dict:
+def rollback(hook: OpenSearchDomainHook, alias: str) -> dict:
     """Move the alias back to the most recently retired index; the current one is retired."""
     served = _served(hook, alias)
     if len(served) != 1:
@@ -335,7 +335,7 @@ def rollback(hook: OpenSearchHook, alias: str) -> dict:
 
 
 # -- migration ---------------------------------------------------------------------------------
-def migrate(hook: OpenSearchHook, index: str) -> dict:
+def migrate(hook: OpenSearchDomainHook, index: str) -> dict:
     """Turn the concrete index `index` into an alias of a copy, `<index>--legacy`. Writes to
     `index` are blocked while it is copied, so none can be lost between count and switch."""
     dest = legacy_index_name(index)
@@ -376,7 +376,7 @@ def migrate(hook: OpenSearchHook, index: str) -> dict:
 
 
 # -- command line ------------------------------------------------------------------------------
-def status(hook: OpenSearchHook, alias: str) -> dict:
+def status(hook: OpenSearchDomainHook, alias: str) -> dict:
     served = _served(hook, alias)
     if not served and hook.index_exists(alias):
         return {"alias": alias, "concrete_index": True, "serves": [], "retired": []}
@@ -389,11 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("status", "rollback", "migrate", "drop-expired"))
     parser.add_argument("--alias", required=True, help="the index name the DAG is given")
     parser.add_argument("--keep-days", type=float, help="drop-expired: days to keep")
-    parser.add_argument("--conn-id", default=OpenSearchHook.default_conn_name)
+    parser.add_argument("--conn-id", default=OpenSearchDomainHook.default_conn_name)
     args = parser.parse_args(argv)
     if args.command == "drop-expired" and args.keep_days is None:
         parser.error("drop-expired needs --keep-days")
-    hook, name = OpenSearchHook(args.conn_id), args.alias
+    hook, name = OpenSearchDomainHook(args.conn_id), args.alias
     out = {"status": lambda: status(hook, name), "rollback": lambda: rollback(hook, name),
            "migrate": lambda: migrate(hook, name),
            "drop-expired": lambda: {"dropped": drop_expired(hook, name, args.keep_days)},

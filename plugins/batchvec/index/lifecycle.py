@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.index import load_settings
 from batchvec.ingest import changes
 from batchvec.plan.run_plan import Plan
@@ -40,7 +40,7 @@ def existing_dimension(mapping: dict, vector_field: str) -> int | None:
     return int(field["dimension"])
 
 
-def prepare_index(plan: Plan, hook: OpenSearchHook, dimension: int, target) -> dict:
+def prepare_index(plan: Plan, hook: OpenSearchDomainHook, dimension: int, target) -> dict:
     """Create the run's physical index if missing (or check its dimension). Only an index no
     alias serves yet (a build) gets bulk-load settings, counted in with bulk_load.enter (the
     originals are those from before the first run loading it); one that may be serving
@@ -71,7 +71,7 @@ def prepare_index(plan: Plan, hook: OpenSearchHook, dimension: int, target) -> d
             "dimension": dimension, "original": original, "bulk_load": not target.serving}
 
 
-def restore_index(manifest: dict, hook: OpenSearchHook, plan: Plan) -> dict | None:
+def restore_index(manifest: dict, hook: OpenSearchDomainHook, plan: Plan) -> dict | None:
     """This run's part of a build's bulk load is over; the last run loading the index
     restores its settings (see bulk_load). Returns them when restored now."""
     from batchvec.index.aliases import Target

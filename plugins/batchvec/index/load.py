@@ -15,7 +15,7 @@ import orjson
 from batchvec import settings
 from batchvec.errors import ShardFailed
 from batchvec.hooks import s3io
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.index import checkpoint
 from batchvec.index.bulk_format import reason_key
 from batchvec.index.bulk_writer import DEFAULT_MAX_ACTIONS, BulkWriter
@@ -37,7 +37,7 @@ def bulk_max_actions() -> int:
     return settings.env_int("BATCHVEC_BULK_MAX_ACTIONS", DEFAULT_MAX_ACTIONS)
 
 
-def index_shard(plan: Plan, shard: dict, hook: OpenSearchHook, s3, index: dict) -> dict:
+def index_shard(plan: Plan, shard: dict, hook: OpenSearchDomainHook, s3, index: dict) -> dict:
     """Stream one shard's `.out` into the index, then its deletes (a full sync). Returns the
     shard's accounting, also saved to S3 so the report finds it even if XCom is gone.
 
@@ -100,12 +100,12 @@ def index_shard(plan: Plan, shard: dict, hook: OpenSearchHook, s3, index: dict) 
     return result
 
 
-def _writer(plan: Plan, hook: OpenSearchHook, **kwargs) -> BulkWriter:
+def _writer(plan: Plan, hook: OpenSearchDomainHook, **kwargs) -> BulkWriter:
     return BulkWriter(hook.bulk, concurrency=plan.bulk_concurrency, max_bytes=BULK_MAX_BYTES,
                       max_actions=bulk_max_actions(), **kwargs)
 
 
-def _index_output(plan: Plan, hook: OpenSearchHook, s3, physical: str, dimension: int,
+def _index_output(plan: Plan, hook: OpenSearchDomainHook, s3, physical: str, dimension: int,
                   name: str, expected: int, out_key: str, size: int,
                   progress: checkpoint.ShardProgress, started: float) -> None:
     state = progress.cp.output
@@ -160,7 +160,7 @@ def _index_output(plan: Plan, hook: OpenSearchHook, s3, physical: str, dimension
         progress.save()
 
 
-def _delete_absent(plan: Plan, hook: OpenSearchHook, s3, physical: str, key: str, size: int,
+def _delete_absent(plan: Plan, hook: OpenSearchDomainHook, s3, physical: str, key: str, size: int,
                    progress: checkpoint.ShardProgress) -> None:
     """A full sync's deletes for this shard, versioned like writes: a document a newer run
     wrote is not deleted by an older snapshot (counted in delete_superseded)."""

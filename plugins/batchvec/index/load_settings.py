@@ -25,7 +25,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from batchvec import settings
-from batchvec.hooks.opensearch import OpenSearchError, OpenSearchHook, VersionConflict
+from batchvec.hooks.opensearch import OpenSearchDomainHook, OpenSearchError, VersionConflict
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,13 @@ def _live(holders: dict[str, str], now: datetime) -> dict[str, str]:
     return live
 
 
-def current_settings(hook: OpenSearchHook, index: str) -> dict:
+def current_settings(hook: OpenSearchDomainHook, index: str) -> dict:
     settings = hook.get_settings(index)
     return {"refresh_interval": settings.get("refresh_interval", "1s"),
             "number_of_replicas": int(settings.get("number_of_replicas", 1))}
 
 
-def _ensure_lease_index(hook: OpenSearchHook) -> None:
+def _ensure_lease_index(hook: OpenSearchDomainHook) -> None:
     if hook.index_exists(LEASE_INDEX):
         return
     try:
@@ -71,7 +71,7 @@ def _ensure_lease_index(hook: OpenSearchHook) -> None:
             raise
 
 
-def enter(hook: OpenSearchHook, index: str, run_key: str) -> dict:
+def enter(hook: OpenSearchDomainHook, index: str, run_key: str) -> dict:
     """Count this run in and switch the index to bulk-load settings; returns the originals."""
     _ensure_lease_index(hook)
     for _ in range(_ATTEMPTS):
@@ -103,7 +103,7 @@ def enter(hook: OpenSearchHook, index: str, run_key: str) -> dict:
     return lease["original"]
 
 
-def leave(hook: OpenSearchHook, index: str, run_key: str) -> dict | None:
+def leave(hook: OpenSearchDomainHook, index: str, run_key: str) -> dict | None:
     """Count this run out; the last one restores the originals. Returns them if restored."""
     if not hook.index_exists(LEASE_INDEX):
         return None

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import orjson
 
 from batchvec.hooks import s3io
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.ingest import changes
 from batchvec.ingest.staging import shard_name
 from batchvec.plan.run_plan import Plan
@@ -38,7 +38,7 @@ def needs_diff(plan: Plan, index_docs: int) -> bool:
     return index_docs > 0 and (plan.reembed == "changed" or plan.sync_mode == "full")
 
 
-def carried_records(plan: Plan, hook: OpenSearchHook, previous: str) -> Iterator[tuple]:
+def carried_records(plan: Plan, hook: OpenSearchDomainHook, previous: str) -> Iterator[tuple]:
     """The documents of the index a model switch replaces, as records for pass one, so the
     new index holds everything the alias served (the input wins where it has the id: it is
     staged after them, and versions order the rest). Each keeps its version and source."""
@@ -55,7 +55,7 @@ def carried_records(plan: Plan, hook: OpenSearchHook, previous: str) -> Iterator
         yield f"opensearch:{previous}", n, record
 
 
-def stage_shard(plan: Plan, hook: OpenSearchHook, s3, index: str, number: int,
+def stage_shard(plan: Plan, hook: OpenSearchDomainHook, s3, index: str, number: int,
                 pieces: list[dict], diffing: bool) -> dict:
     """Pass two for shard ``number``: returns its manifest row (records, embed, unchanged,
     superseded, deletes and their keys)."""

@@ -30,7 +30,7 @@ from pathlib import Path
 import orjson
 
 from batchvec.hooks import mlcommons
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.plan.naming import SAGEMAKER_NAME
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ class KeyRefresher:
         frozen = self._session.get_credentials().get_frozen_credentials()
         if frozen == self._pushed:
             return False
-        mlcommons.update_model_credential(OpenSearchHook(self.opensearch_conn_id, max_retries=2),
+        mlcommons.update_model_credential(OpenSearchDomainHook(self.opensearch_conn_id, max_retries=2),
                                           self.model_id, keys_of(frozen))
         self._pushed = frozen
         self.pushes += 1
@@ -254,7 +254,7 @@ def keys_of(frozen) -> dict:
     return keys
 
 
-def ensure_model(hook: OpenSearchHook, spec: ModelSpec, keys: dict | None = None) -> dict:
+def ensure_model(hook: OpenSearchDomainHook, spec: ModelSpec, keys: dict | None = None) -> dict:
     """The remote model for `spec`, reused when unchanged, deployed. With ``aws_keys`` an
     existing model gets `keys` (fresh from the AWS connection) on its connector. Returns ids
     and names, never the credential."""

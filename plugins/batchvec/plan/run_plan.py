@@ -225,7 +225,7 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
 
     ``opensearch_service`` is the SigV4 service of the OpenSearch connection (None for basic
     auth): Serverless ('aoss') is refused here, before anything is created.
-    ``connector_credentials`` (from the connection, see OpenSearchHook.target) says whether
+    ``connector_credentials`` (from the connection, see OpenSearchDomainHook.target) says whether
     the connector signs with the AWS connection's keys or a role (`connector_role_arn`).
     """
     errors: list[str] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from batchvec.hooks import s3io
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.plan.run_plan import Plan
 from batchvec.report.accounting import RunReport, ShardReport, render_table
 from batchvec.settings import REPORT_KEY
@@ -52,7 +52,7 @@ def shard_reports(plan: Plan, s3, manifest: dict, present: dict[str, bool],
     return rows, sample
 
 
-def smoke_query(hook: OpenSearchHook, plan: Plan, doc_id: str, index: str | None = None) -> dict:
+def smoke_query(hook: OpenSearchDomainHook, plan: Plan, doc_id: str, index: str | None = None) -> dict:
     """A stored document's own vector must find that document."""
     index = index or plan.index_name
     hook.refresh(index)
@@ -70,7 +70,7 @@ def smoke_query(hook: OpenSearchHook, plan: Plan, doc_id: str, index: str | None
 SAMPLE_VECTORS = 20
 
 
-def check_build(hook: OpenSearchHook, plan: Plan, manifest: dict, rows: list[ShardReport],
+def check_build(hook: OpenSearchDomainHook, plan: Plan, manifest: dict, rows: list[ShardReport],
                 sample: str | None, dimension: int) -> dict:
     """Before an alias may serve a new index: every record accounted for and none failed,
     the index holds at least every distinct id of the run, a stored vector finds its own
@@ -113,7 +113,7 @@ def check_build(hook: OpenSearchHook, plan: Plan, manifest: dict, rows: list[Sha
             "sampled": len(hits["hits"]["hits"])}
 
 
-def build_report(plan: Plan, s3, hook: OpenSearchHook, *, manifest: dict,
+def build_report(plan: Plan, s3, hook: OpenSearchDomainHook, *, manifest: dict,
                  shards_present: dict[str, bool], model: dict | None, job: dict | None,
                  stage_seconds: dict[str, float],
                  missing_reason: str = "output_missing",

@@ -8,7 +8,7 @@ import logging
 from batchvec.errors import fail_for_good
 from batchvec.hooks import s3io
 from batchvec.hooks.aws import s3_client
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.index import aliases
 from batchvec.plan.run_plan import Plan
 from batchvec.report import assemble
@@ -40,7 +40,7 @@ def report(plan_data: dict, manifest: dict, context: dict, asset) -> dict:
         raise fail_for_good("no report: the plan task failed (its log names the bad params)")
     plan = plan_of(plan_data)
     s3 = s3_client()
-    hook = OpenSearchHook(OPENSEARCH_CONN_ID)
+    hook = OpenSearchDomainHook(OPENSEARCH_CONN_ID)
     try:  # the whole manifest, from S3 (stage may have failed after counting: all rejected)
         manifest = s3io.get_json(s3, plan.bucket, plan.key(MANIFEST_KEY))
     except s3.exceptions.NoSuchKey:
@@ -53,7 +53,7 @@ def report(plan_data: dict, manifest: dict, context: dict, asset) -> dict:
         _release_build(hook, plan, manifest)
 
 
-def _release_build(hook: OpenSearchHook, plan: Plan, manifest: dict | None = None) -> None:
+def _release_build(hook: OpenSearchDomainHook, plan: Plan, manifest: dict | None = None) -> None:
     physical = (manifest or {}).get("index") or aliases.physical_index_name(
         plan.index_name, plan.model_identity, plan.dimension)
     aliases.release_build(hook, physical, plan.run_key)
@@ -90,7 +90,7 @@ def _job_rows(manifest: dict, jobs: list[dict]) -> list[dict]:
              "seconds": done.get(g["job_group"], {}).get("elapsed")} for g in manifest["jobs"]]
 
 
-def _report(plan: Plan, s3, hook: OpenSearchHook, manifest: dict, context: dict, asset) -> dict:
+def _report(plan: Plan, s3, hook: OpenSearchDomainHook, manifest: dict, context: dict, asset) -> dict:
     ti = context["ti"]
     model = ti.xcom_pull(task_ids="ensure_model") or {}
     jobs = _mapped(ti, "batch_predict")

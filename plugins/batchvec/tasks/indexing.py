@@ -8,7 +8,7 @@ from typing import Any
 
 from batchvec.errors import fail_for_good
 from batchvec.hooks.aws import s3_client
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.index import aliases, lifecycle, load
 from batchvec.report import assemble
 from batchvec.settings import OPENSEARCH_CONN_ID
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def index_shard(plan_data: dict, shard: dict, index: dict) -> dict:
     plan = plan_of(plan_data)
-    hook = OpenSearchHook(OPENSEARCH_CONN_ID, pool_size=plan.bulk_concurrency + 2)
+    hook = OpenSearchDomainHook(OPENSEARCH_CONN_ID, pool_size=plan.bulk_concurrency + 2)
     return load.index_shard(plan, shard, hook, s3_client(), index)
 
 
@@ -27,7 +27,7 @@ def restore_index(plan_data: dict | None, manifest: dict | None) -> Any:
     if plan_data is None or manifest is None:  # runs after any failure
         log.info("nothing was staged: no index settings to restore")
         return None
-    return lifecycle.restore_index(manifest, OpenSearchHook(OPENSEARCH_CONN_ID), plan_of(plan_data))
+    return lifecycle.restore_index(manifest, OpenSearchDomainHook(OPENSEARCH_CONN_ID), plan_of(plan_data))
 
 
 def switch_alias(plan_data: dict, manifest: dict, index: dict) -> dict:
@@ -35,7 +35,7 @@ def switch_alias(plan_data: dict, manifest: dict, index: dict) -> dict:
 
     plan = plan_of(plan_data)
     target = aliases.Target.from_dict(manifest["target"])
-    hook = OpenSearchHook(OPENSEARCH_CONN_ID)
+    hook = OpenSearchDomainHook(OPENSEARCH_CONN_ID)
     if target.mode != "build":
         return {"moved": False, "alias": plan.index_name, "index": target.physical,
                 "why": f"{target.mode}: the alias already serves it" if target.mode ==

@@ -21,7 +21,7 @@ from batchvec.batch import job_groups
 from batchvec.errors import fail_for_good
 from batchvec.hooks import s3io
 from batchvec.hooks.aws import s3_client
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.index import lifecycle
 from batchvec.outputs import check, convert
 from batchvec.plan import naming
@@ -87,7 +87,7 @@ def prepare_index(plan_data: dict, manifest: dict, first: dict | None) -> dict:
     from batchvec.index.aliases import Target
 
     plan = plan_of(plan_data)
-    hook = OpenSearchHook(OPENSEARCH_CONN_ID)
+    hook = OpenSearchDomainHook(OPENSEARCH_CONN_ID)
     target = Target.from_dict(manifest["target"])
     if first is not None:
         line = check.first_output_line(s3_client(), plan.bucket, output_key(plan, first))

@@ -7,7 +7,7 @@ import logging
 
 from batchvec.errors import fail_for_good
 from batchvec.hooks.aws import aws_hook, s3_client
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.plan.run_plan import resolve_plan
 from batchvec.settings import OPENSEARCH_CONN_ID
 from batchvec.tasks.context import run_date, run_version
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def make_plan(params: dict, context: dict) -> dict:
     hook = aws_hook("sagemaker")
     endpoint = hook.conn_config.get_service_endpoint_url
-    target = OpenSearchHook(OPENSEARCH_CONN_ID).target()
+    target = OpenSearchDomainHook(OPENSEARCH_CONN_ID).target()
     try:
         plan = resolve_plan(
             params, dag_id=context["dag"].dag_id, run_id=context["run_id"], ds=run_date(context),

@@ -20,7 +20,7 @@ from batchvec.batch import job_groups
 from batchvec.errors import fail_for_good
 from batchvec.hooks import s3io
 from batchvec.hooks.aws import s3_client
-from batchvec.hooks.opensearch import OpenSearchHook
+from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.index import aliases
 from batchvec.ingest import changes, incremental, sources, staging
 from batchvec.ingest import staging_groups as groups
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def list_input(plan_data: dict) -> dict:
     plan = plan_of(plan_data)
     s3 = s3_client()
-    hook = OpenSearchHook(OPENSEARCH_CONN_ID)
+    hook = OpenSearchDomainHook(OPENSEARCH_CONN_ID)
     listing = groups.read_listing(s3, plan.bucket, plan.run_prefix)
     if listing is not None:
         target = aliases.Target.from_dict(listing["target"])
@@ -108,7 +108,7 @@ def stage_group(plan_data: dict, group: int) -> dict:
             pass
         carried = ()
         if listing["carry"] and group == 0 and n == 0:  # before any input: the input wins
-            carried = incremental.carried_records(plan, OpenSearchHook(OPENSEARCH_CONN_ID),
+            carried = incremental.carried_records(plan, OpenSearchDomainHook(OPENSEARCH_CONN_ID),
                                                   target.previous)
         size = sum(f.size for f in files[a:b])
         label = f"group {group} segment {n + 1}/{len(segments)}"
@@ -157,7 +157,7 @@ def stage_shard(plan_data: dict, shard: int) -> dict:
             except s3.exceptions.NoSuchKey:  # the group had no record for this shard
                 pass
         target = aliases.Target.from_dict(listing["target"])
-        row = incremental.stage_shard(plan, OpenSearchHook(OPENSEARCH_CONN_ID), s3,
+        row = incremental.stage_shard(plan, OpenSearchDomainHook(OPENSEARCH_CONN_ID), s3,
                                       target.physical, shard, pieces, listing["diffing"])
         s3io.put_json(s3, plan.bucket, result_key, row)
     return {k: row[k] for k in ("name", "records", "embed", "unchanged", "superseded", "deletes")}
