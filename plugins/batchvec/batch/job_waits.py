@@ -2,7 +2,7 @@
 
 `ShardOutputSensor` (check_outputs, one per shard) waits for its own group's batch_predict,
 `IndexSensor` (prepare_index) for the first group to end; each then runs its step
-(job_steps). They read the run's batch_predict states (`get_task_states`), so "ended" is
+(tasks/jobs.py). They read the run's batch_predict states (`get_task_states`), so "ended" is
 Airflow's: success, or failed with its retries spent (job_groups.DONE).
 
 Between looks a sensor is deferred on `JobStatesTrigger` (no worker slot held), which fires
@@ -40,7 +40,12 @@ def _states(context) -> dict:
 
 
 class _JobWaitSensor(BaseSensorOperator):
-    """Runs `_step(context, states)` -> (ready, value) until ready; returns the value."""
+    """Runs `_step(context, states)` -> (ready, value) until ready; returns the value.
+
+    :param plan: the run plan (XCom of `plan`)
+    :param item: what the step looks at: a shard (ShardOutputSensor) or the manifest (IndexSensor)
+    :param poll_interval: seconds between looks, deferred on JobStatesTrigger (or rescheduled)
+    """
 
     template_fields = ("plan", "item")
 
@@ -79,7 +84,7 @@ class _JobWaitSensor(BaseSensorOperator):
 
 class ShardOutputSensor(_JobWaitSensor):
     """`item`: the shard (from the manifest). Returns its entry for index_shard once its
-    group's job ended (job_steps.check_output)."""
+    group's job ended (tasks.jobs.check_output)."""
 
     def _groups(self) -> list[int]:
         return [] if self.item.get("job") is None else [self.item["job"]]
@@ -93,7 +98,7 @@ class ShardOutputSensor(_JobWaitSensor):
 
 class IndexSensor(_JobWaitSensor):
     """`item`: the manifest. Creates (or checks) the index at the first ended job with an
-    output, or once every job ended (job_steps.prepare_index)."""
+    output, or once every job ended (tasks.jobs.prepare_index)."""
 
     def _groups(self) -> list[int]:
         return sorted({s["job"] for s in self.item["shards"] if s.get("job") is not None})
@@ -108,7 +113,14 @@ class IndexSensor(_JobWaitSensor):
 class JobStatesTrigger(BaseTrigger):
     """Fires once one more of `groups`' batch_predict tries has ended than `done` at defer
     time. Reads the states through the triggerer's task SDK (as the standard provider's
-    WorkflowTrigger does); a failed read is logged and retried at the next poll."""
+    WorkflowTrigger does); a failed read is logged and retried at the next poll.
+
+    :param dag_id: the run's DAG
+    :param run_id: the run whose batch_predict map indexes are watched
+    :param groups: the job groups (map indexes of batch_predict) to watch
+    :param done: those already ended when the sensor deferred
+    :param poll_interval: seconds between reads
+    """
 
     def __init__(self, *, dag_id: str, run_id: str, groups: list[int], done: list[int],
                  poll_interval: float):

@@ -41,6 +41,7 @@ class BatchPredictOperator(BaseOperator):
     the job is cancelled and the task fails; so does a job that ends Failed, with
     SageMaker's reason.
 
+    :param model_id: the ML Commons remote model (ensure_model) whose connector runs the job
     :param run_key: names the job (`naming.transform_job_name`: `-r<n>` after a Failed one)
     :param input_s3_uri: the staged input: an S3 prefix, or with `input_data_type`
         ManifestFile a manifest of the objects (one job per group of shards, job_groups)
@@ -48,6 +49,19 @@ class BatchPredictOperator(BaseOperator):
     :param max_parallel_jobs: a group submits a new job only while fewer than this many lower
         groups are unfinished (job_groups.may_submit); it waits deferred, holding no slot
     :param records_to_embed: 0 submits nothing (staging found nothing new or changed)
+    :param output_s3_uri: where SageMaker writes the `.out` files (one per input object)
+    :param opensearch_conn_id: the OpenSearch domain with ML Commons (OpenSearchDomainHook)
+    :param aws_conn_id: reads the SageMaker job directly (its status is authoritative) and
+        stops it when ML Commons cannot; None polls ML Commons alone
+    :param wait_timeout: seconds (or a templated value) from submit; past it the job is
+        cancelled and the task fails
+    :param poll_interval: seconds between looks at the job (and between submit-window looks)
+    :param submit_retry_window: seconds to keep retrying a `_batch_predict` that ML Commons
+        refuses as throttled (`max_batch_inference_tasks`), with backoff
+    :param deferrable: wait in the triggerer (BatchJobTrigger) rather than in a worker slot
+    :param content_type: ContentType of the job's input (`transform_settings.CONTENT_TYPES`)
+    :param accept: Accept of its output, likewise
+    :param input_data_type: `S3Prefix` (every object under `input_s3_uri`) or `ManifestFile`
     """
 
     template_fields: Sequence[str] = ("model_id", "run_key", "input_s3_uri", "output_s3_uri",

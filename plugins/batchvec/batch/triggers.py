@@ -28,6 +28,21 @@ MAX_BLIND_SECONDS = 600.0
 
 
 class BatchJobTrigger(BaseTrigger):
+    """Polls one transform job until it ends or `deadline` passes; fires one event (success,
+    failed, timeout, error) that BatchPredictOperator resumes on.
+
+    :param job_name: the SageMaker transform job
+    :param task_id: its ML Commons task (None: poll SageMaker alone)
+    :param opensearch_conn_id: the domain with ML Commons
+    :param aws_conn_id: reads the SageMaker job (None: ML Commons alone)
+    :param poll_interval: seconds between polls
+    :param deadline: epoch seconds; the wait_timeout, kept across triggerer restarts
+    :param started_at: epoch seconds of the submit, for the elapsed time in events
+    :param model_id: the remote model, for `refresh_keys`
+    :param refresh_keys: put the AWS connection's keys on the model's connector whenever they
+        change (connectors.KeyRefresher): ML Commons never refreshes them itself
+    """
+
     def __init__(self, *, job_name: str, task_id: str | None, opensearch_conn_id: str,
                  aws_conn_id: str | None, poll_interval: float, deadline: float,
                  started_at: float, model_id: str | None = None,

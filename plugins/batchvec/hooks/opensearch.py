@@ -132,6 +132,17 @@ def tls_verify(conn_id: str, extra: dict) -> bool | str:
 
 
 class OpenSearchDomainHook(BaseHook):
+    """HTTP to one OpenSearch domain (index APIs, `_bulk`, ML Commons), authenticated from the
+    Airflow connection's extras (module docstring). A pooled session per hook; requests are
+    retried with util.backoff's rule on connection errors, 429 and 5xx.
+
+    :param opensearch_conn_id: the Airflow connection (host, port, schema http/https, extras)
+    :param timeout: seconds per HTTP request
+    :param max_retries: retries of one request after its first try (`_bulk` excepted: the
+        bulk writer retries per item)
+    :param pool_size: connections kept open (bulk lanes + 2 for index_shard)
+    """
+
     conn_name_attr = "opensearch_conn_id"
     default_conn_name = "opensearch_default"
     conn_type = "generic"

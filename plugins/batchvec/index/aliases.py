@@ -7,7 +7,7 @@ index or the new one, never neither. The old one is marked retired in its mappin
 and kept for ``rollback`` until ``drop_expired`` deletes it.
 
 Runs overlap (backfills), and two of them must never build the same new index: the build
-lease, one compare-and-set document ``build:<physical>`` in bulk_load's lease index, names
+lease, one compare-and-set document ``build:<physical>`` in load_settings' lease index, names
 the run building it; the others wait (``await_build``) and then write it incrementally once
 the alias serves it. A holder older than the bulk-load lease time is taken over.
 
@@ -39,7 +39,7 @@ _IDENTITY_LEN, _MAX_DIM_DIGITS, _MAX_NAME_BYTES = 12, 7, 255
 # "--" + identity + "-" + dimension digits + "d": kept free so every physical index of one
 # alias has the same (possibly shortened) alias part, and retired() can find them all.
 _SUFFIX_ROOM = 2 + _IDENTITY_LEN + 1 + _MAX_DIM_DIGITS + 1
-_LEASE_ID = "build:{}"  # ':' is never in an index name: no clash with bulk_load's lease ids
+_LEASE_ID = "build:{}"  # ':' is never in an index name: no clash with load_settings' lease ids
 # Settings OpenSearch keeps for itself (refused on index creation), and the write block that
 # migrate puts on the source.
 _UNCOPIED_SETTINGS = ("uuid", "creation_date", "provided_name", "version", "history", "resize",

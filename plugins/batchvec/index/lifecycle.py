@@ -42,7 +42,7 @@ def existing_dimension(mapping: dict, vector_field: str) -> int | None:
 
 def prepare_index(plan: Plan, hook: OpenSearchDomainHook, dimension: int, target) -> dict:
     """Create the run's physical index if missing (or check its dimension). Only an index no
-    alias serves yet (a build) gets bulk-load settings, counted in with bulk_load.enter (the
+    alias serves yet (a build) gets bulk-load settings, counted in with load_settings.enter (the
     originals are those from before the first run loading it); one that may be serving
     queries keeps its replicas and refresh interval."""
     index = target.physical
@@ -73,7 +73,7 @@ def prepare_index(plan: Plan, hook: OpenSearchDomainHook, dimension: int, target
 
 def restore_index(manifest: dict, hook: OpenSearchDomainHook, plan: Plan) -> dict | None:
     """This run's part of a build's bulk load is over; the last run loading the index
-    restores its settings (see bulk_load). Returns them when restored now."""
+    restores its settings (see load_settings). Returns them when restored now."""
     from batchvec.index.aliases import Target
 
     target = Target.from_dict(manifest["target"])

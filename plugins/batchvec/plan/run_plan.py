@@ -360,7 +360,7 @@ def resolve_plan(params: dict, *, dag_id: str, run_id: str, ds: str, region: str
 def model_identity(spec: ModelSpec, transform: dict) -> str:
     """What a document's vector depends on besides its text: the SageMaker model, the
     connector blueprint, the wire format and the dimension. Another identity means another
-    physical index (index_alias). The endpoint is for queries and not part of it."""
+    physical index (index.aliases). The endpoint is for queries and not part of it."""
     import hashlib
     import json
 

@@ -31,7 +31,7 @@ def restore_index(plan_data: dict | None, manifest: dict | None) -> Any:
 
 
 def switch_alias(plan_data: dict, manifest: dict, index: dict) -> dict:
-    """A build is served only once it is complete and checked (index_alias.verify)."""
+    """A build is served only once it is complete and checked (report.assemble.check_build)."""
 
     plan = plan_of(plan_data)
     target = aliases.Target.from_dict(manifest["target"])

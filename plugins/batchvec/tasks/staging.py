@@ -1,6 +1,6 @@
 """The staging tasks, in the order they run (README: Staging at scale):
 
-``list_input``    finds the index this run writes (index_alias), lists the input once and
+``list_input``    finds the index this run writes (index.aliases), lists the input once and
                   groups its files (``staging_groups``): ``staged/groups.json``
 ``stage_group``   mapped over the groups: pass one, committed per segment of files
 ``stage_shard``   mapped over the shards: pass two, the shard's pieces in input order, only
