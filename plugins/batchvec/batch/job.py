@@ -54,32 +54,55 @@ def transform_parameters(job_name: str, input_s3_uri: str, output_s3_uri: str,
     }
 
 
+class JobWatcher:
+    """Observes one job with clients made once (the trigger polls through one per run, not
+    new hooks on every poll). A client whose call failed is dropped and made again at the
+    next poll: a changed connection or credentials that cannot refresh are picked up."""
+
+    def __init__(self, opensearch_conn_id: str, aws_conn_id: str | None, task_id: str | None,
+                 job_name: str):
+        self.opensearch_conn_id, self.aws_conn_id = opensearch_conn_id, aws_conn_id
+        self.task_id, self.job_name = task_id, job_name
+        self._opensearch: OpenSearchDomainHook | None = None
+        self._sagemaker = None
+
+    def poll(self) -> JobStatus:
+        """One synchronous observation. SageMaker's own status wins when we can read it: it
+        is authoritative, and older ML Commons releases map failed jobs to RUNNING."""
+        task_status = sm_status = None
+        errors = []
+        if self.task_id:
+            try:
+                if self._opensearch is None:
+                    self._opensearch = OpenSearchDomainHook(self.opensearch_conn_id, max_retries=1)
+                task_status = mlcommons.status_from_task(
+                    mlcommons.get_task(self._opensearch, self.task_id))
+            except Exception as exc:  # keep polling through blips; counted by the caller
+                self._opensearch = None
+                errors.append(f"ML Commons: {scrub(exc)}")
+                # Said even when SageMaker answers: ML Commons' own refreshes failing (say,
+                # with expired keys) end in UNREACHABLE after ten of them.
+                log.warning("ML Commons could not refresh task %s: %s", self.task_id, scrub(exc))
+        if self.aws_conn_id:
+            try:
+                if self._sagemaker is None:
+                    self._sagemaker = sagemaker.client(self.aws_conn_id)
+                sm_status = mlcommons.status_from_sagemaker(
+                    self._sagemaker.describe_transform_job(TransformJobName=self.job_name))
+            except Exception as exc:
+                self._sagemaker = None
+                errors.append(f"SageMaker: {scrub(exc)}")  # AWS echoes the signed token
+        if sm_status and (sm_status.terminal or not task_status or not task_status.terminal):
+            return sm_status
+        if task_status:
+            return task_status
+        raise ConnectionError("; ".join(errors) or "nothing to poll")
+
+
 def poll_job(opensearch_conn_id: str, aws_conn_id: str | None, task_id: str | None,
              job_name: str) -> JobStatus:
-    """One synchronous observation. SageMaker's own status wins when we can read it: it is
-    authoritative, and older ML Commons releases map failed jobs to RUNNING."""
-    task_status = sm_status = None
-    errors = []
-    if task_id:
-        try:
-            hook = OpenSearchDomainHook(opensearch_conn_id, max_retries=1)
-            task_status = mlcommons.status_from_task(mlcommons.get_task(hook, task_id))
-        except Exception as exc:  # keep polling through blips; counted by the caller
-            errors.append(f"ML Commons: {scrub(exc)}")
-            # Said even when SageMaker answers: ML Commons' own refreshes failing (say, with
-            # expired keys) end in UNREACHABLE after ten of them.
-            log.warning("ML Commons could not refresh task %s: %s", task_id, scrub(exc))
-    if aws_conn_id:
-        try:
-            sm_status = mlcommons.status_from_sagemaker(
-                sagemaker.describe_transform_job(aws_conn_id, job_name))
-        except Exception as exc:
-            errors.append(f"SageMaker: {scrub(exc)}")  # AWS echoes the signed token
-    if sm_status and (sm_status.terminal or not task_status or not task_status.terminal):
-        return sm_status
-    if task_status:
-        return task_status
-    raise ConnectionError("; ".join(errors) or "nothing to poll")
+    """One observation with clients made for it (the operator's look at an attached job)."""
+    return JobWatcher(opensearch_conn_id, aws_conn_id, task_id, job_name).poll()
 
 
 def cancel_job(opensearch_conn_id: str, aws_conn_id: str | None, job_name: str,

@@ -1,5 +1,5 @@
 """Async wait for a batch job: polls the ML Commons task and the SageMaker job behind it
-(batch/job.py's `poll_job`, in a thread).
+(batch/job.py's `JobWatcher`, one per trigger run, polled in a thread).
 
 Lives in plugins/ because the triggerer imports triggers from outside the dag bundle. It has
 no side effects (a trigger may run more than once): cancelling on timeout is the operator's
@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from batchvec.batch.job import cancel_job, poll_job
+from batchvec.batch.job import JobWatcher, cancel_job
 from batchvec.hooks.mlcommons import JobStatus
 from batchvec.util.redact import scrub
 
@@ -99,12 +99,13 @@ class BatchJobTrigger(BaseTrigger):
         blind, blind_since = 0, 0.0
         refresher = (KeyRefresher(self.aws_conn_id, self.opensearch_conn_id, self.model_id)
                      if self.refresh_keys else None)
+        watcher = JobWatcher(self.opensearch_conn_id, self.aws_conn_id, self.task_id,
+                             self.job_name)
         while True:
             if refresher is not None:
                 await self._refresh_keys(refresher)
             try:
-                job = await asyncio.to_thread(poll_job, self.opensearch_conn_id, self.aws_conn_id,
-                                              self.task_id, self.job_name)
+                job = await asyncio.to_thread(watcher.poll)
                 blind = 0
             except Exception as exc:
                 blind += 1

@@ -10,6 +10,12 @@ def _hook(aws_conn_id: str):
     return SageMakerHook(aws_conn_id=aws_conn_id)
 
 
+def client(aws_conn_id: str):
+    """A boto3 SageMaker client from the connection (refreshable credentials where the
+    connection assumes a role), for a caller that makes many calls."""
+    return _hook(aws_conn_id).conn
+
+
 def describe_transform_job(aws_conn_id: str, job_name: str) -> dict:
     return _hook(aws_conn_id).describe_transform_job(job_name)
 
