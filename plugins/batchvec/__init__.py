@@ -13,5 +13,6 @@ The packages, in the order data flows through a run:
 
 Beside them: ``hooks`` (every call to S3, SageMaker and OpenSearch), ``util`` (line
 splitting, backoff, redaction, malloc tuning), ``settings`` and ``errors``, and ``tasks``, the
-task bodies in DAG order, the only code that touches Airflow's context and XCom.
+task bodies in DAG order. Airflow's context and XCom are read there and in the Airflow
+classes themselves (batch/: the operator, sensors and triggers); the rest is plain Python.
 """

@@ -66,7 +66,12 @@ def _mapped(ti, task_id: str) -> list[dict]:
     return [r for r in ([pulled] if isinstance(pulled, dict) else pulled) if r]
 
 
-def _one_job(jobs: list[dict], manifest: dict) -> dict:
+def _by_group(jobs: list[dict]) -> dict[int, dict]:
+    """batch_predict's results by job group (a one-group run's result may not name it)."""
+    return {j.get("job_group", 0): j for j in jobs}
+
+
+def _one_job(jobs: dict[int, dict], manifest: dict) -> dict:
     """The run's job for the report: the one job; with jobs per group, the first completed
     one with `records` summed over the completed groups (each is in `transform_jobs`)."""
     groups = manifest.get("jobs")
@@ -74,27 +79,27 @@ def _one_job(jobs: list[dict], manifest: dict) -> dict:
         return {"skipped": "no transform job: every record is unchanged or superseded in "
                 "the index"}
     if len(groups or [None]) == 1:
-        return jobs[0] if jobs else {}
-    done = {j["job_group"]: j for j in jobs if j.get("job_name")}
+        return next(iter(jobs.values()), {})
+    done = {g: j for g, j in jobs.items() if j.get("job_name")}
     if not done:
         return {}
     return {**done[min(done)], "elapsed": max(j.get("elapsed") or 0.0 for j in done.values()),
             "records": sum(g["records_to_embed"] for g in groups if g["job_group"] in done)}
 
 
-def _job_rows(manifest: dict, jobs: list[dict]) -> list[dict]:
-    done = {j.get("job_group", 0): j for j in jobs}
+def _job_rows(manifest: dict, jobs: dict[int, dict]) -> list[dict]:
     return [{"group": g["job_group"], "records": g["records_to_embed"],
-             "job_name": done.get(g["job_group"], {}).get("job_name"),
-             "completed": g["job_group"] in done,
-             "seconds": done.get(g["job_group"], {}).get("elapsed")} for g in manifest["jobs"]]
+             "job_name": jobs.get(g["job_group"], {}).get("job_name"),
+             "completed": g["job_group"] in jobs,
+             "seconds": jobs.get(g["job_group"], {}).get("elapsed")} for g in manifest["jobs"]]
 
 
 def _report(plan: Plan, s3, hook: OpenSearchDomainHook, manifest: dict, context: dict, asset) -> dict:
     ti = context["ti"]
     model = ti.xcom_pull(task_ids="ensure_model") or {}
     jobs = _mapped(ti, "batch_predict")
-    job = _one_job(jobs, manifest)
+    by_group = _by_group(jobs)
+    job = _one_job(by_group, manifest)
     shards = _mapped(ti, "check_outputs") or None
     if shards is None:  # no outputs were checked: every staged record failed
         present = {s["name"]: False for s in manifest["shards"]}
@@ -121,7 +126,7 @@ def _report(plan: Plan, s3, hook: OpenSearchDomainHook, manifest: dict, context:
     result.extra["alias"] = switched or {"moved": False,
                                          "why": "switch_alias did not run (a task failed)"}
     if len(manifest.get("jobs") or ()) > 1:  # one row per group's job
-        result.extra["transform_jobs"] = _job_rows(manifest, jobs)
+        result.extra["transform_jobs"] = _job_rows(manifest, by_group)
     if job.get("skipped"):
         result.extra["batch_job"] = job["skipped"]
     elif shards is None:
