@@ -1,6 +1,6 @@
 """The `_bulk` wire format, without I/O: grouping actions into request bodies and reading
 what the server said about each item. Pure functions, tested without a server; the writer
-in `bulk.py` does the sending, retrying and ordering.
+in `bulk_writer.py` does the sending, retrying and ordering.
 """
 
 from __future__ import annotations
