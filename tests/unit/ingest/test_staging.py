@@ -105,9 +105,11 @@ def test_csv_metadata_types_are_inferred_per_file_and_a_misfit_stays_text(tmp_pa
 def test_an_input_of_blank_lines_only_says_so():
     from airflow.sdk.exceptions import AirflowFailException
 
-    from batchvec import run_plan, staging
+    from batchvec.plan import run_plan
+    from batchvec.tasks import staging
 
-    p = run_plan.resolve_plan({}, dag_id="d", run_id="r", ds="2026-04-06", region="us-east-1")
+    model = {"sagemaker_model_name": "minilm-embedder", "sagemaker_endpoint_name": "minilm-rt"}
+    p = run_plan.resolve_plan(model, dag_id="d", run_id="r", ds="2026-04-06", region="us-east-1")
     manifest = {"shards": [], "records_in": 0, "rejected": {}, "rejected_keys": [],
                 "sources": [{"name": "a.jsonl"}, {"name": "b.jsonl"}]}
     with pytest.raises(AirflowFailException, match="no records in s3://batchvec/input/"

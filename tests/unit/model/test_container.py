@@ -219,7 +219,10 @@ def test_plan_refuses_combinations_naming_every_fix(tmp_path):
     text = str(err.value)
     assert "SageMaker refuses more than 100" in text and "response limit" in text
     assert text.count("SageMaker refuses more than 100") == 1
-    p = run_plan.resolve_plan({"input_uri": str(source), "tags": {"team": "search"}}, dag_id="d",
-                          run_id="r", ds="2026-01-01", region="us-east-1")
+    # The model and endpoint a deployment presets (BATCHVEC_SAGEMAKER_*): given, so the plan
+    # does not depend on what an earlier test left in the environment.
+    model = {"sagemaker_model_name": "minilm-embedder", "sagemaker_endpoint_name": "minilm-rt"}
+    p = run_plan.resolve_plan({"input_uri": str(source), "tags": {"team": "search"}, **model},
+                              dag_id="d", run_id="r", ds="2026-01-01", region="us-east-1")
     assert p.model["tags"] == [{"Key": "team", "Value": "search"}]
     assert (p.content_type, p.accept, p.dimension) == ("application/jsonlines",) * 2 + (384,)
