@@ -140,6 +140,28 @@ class _Stub:
         return call
 
 
+_BUILT: dict = {}
+
+
+@pytest.fixture
+def build_once(monkeypatch):
+    """The CLI tests' packages, built once per model dir: each build gzips the ~90 MB model
+    (seconds apiece), and the CLI builds on every call. That two builds are byte-identical is
+    test_package_layout_is_reproducible's to check, with builds of its own."""
+    real = pkg.build
+
+    def build(model_dir, extra_code=None, with_code=True):
+        if extra_code:
+            return real(model_dir, extra_code, with_code)
+        key = (str(model_dir), with_code)
+        if key not in _BUILT:
+            _BUILT[key] = real(model_dir, with_code=with_code)
+        return _BUILT[key]
+
+    monkeypatch.setattr(pkg, "build", build)
+
+
+@pytest.mark.usefixtures("build_once")
 def test_cli_dry_run_writes_nothing_and_says_what_it_would_create(capsys):
     stub = _Stub()
     result = main(["--bucket", "b", "--role-arn", "arn:aws:iam::123456789012:role/x",
@@ -156,6 +178,7 @@ def test_cli_dry_run_writes_nothing_and_says_what_it_would_create(capsys):
     assert model["ModelDataUrl"] == result["model_data_url"].replace("s3://", "s3://", 1)
 
 
+@pytest.mark.usefixtures("build_once")
 def test_cli_reuses_an_unchanged_model():
     first = _Stub()
     argv = ["--bucket", "b", "--role-arn", "arn:aws:iam::123456789012:role/x"]
