@@ -20,11 +20,13 @@ CHAOS_ARGS ?=
 # `make sagemaker-model ARGS="--bucket B --role-arn ARN --endpoint E --dry-run"`
 ARGS ?=
 
-.PHONY: help bootstrap demo test lint devstack devstack-down devstack-status devstack-env airflow bench chaos clean sagemaker-model
+.PHONY: help bootstrap demo test test-unit test-integration test-dags test-devstack test-tooling lint devstack devstack-down devstack-status devstack-env airflow bench chaos clean sagemaker-model
 
 help:
 	@echo "make demo           run the batch embeddings DAG on the devstack with the sample data"
-	@echo "make test           ruff + the whole test suite (unit, devstack, Airflow end to end)"
+	@echo "make test           ruff + the whole test suite (every tier under tests/)"
+	@echo "make test-unit      ruff + tests/unit: the library alone, no services, no network (<1 min)"
+	@echo "make test-integration / test-dags / test-devstack / test-tooling   one tier of tests/"
 	@echo "make devstack       start local S3 + SageMaker + OpenSearch/ML Commons (.devstack/)"
 	@echo "make devstack-down  stop what make devstack started"
 	@echo "make airflow        airflow standalone with the devstack's connections preset"
@@ -44,6 +46,15 @@ demo: bootstrap
 test: bootstrap
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# One tier each (the directories under tests/ are the tiers): unit needs nothing running;
+# integration/dags/devstack start S3, OpenSearch and SageMaker stand-ins themselves.
+test-unit: bootstrap
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest tests/unit
+
+test-integration test-dags test-devstack test-tooling: test-%: bootstrap
+	$(PY) -m pytest tests/$*
 
 lint: bootstrap
 	$(VENV)/bin/ruff check .

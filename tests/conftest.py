@@ -129,7 +129,7 @@ def airflow_env(devstack):
 @pytest.fixture
 def dag(airflow_env):
     """The batch_embeddings DAG, parsed afresh (dag.test() leaves a run's conf in its params)."""
-    from tests.dag_helpers import load_dag
+    from tests.helpers.dag_helpers import load_dag
 
     return load_dag()
 
@@ -149,7 +149,7 @@ def no_faults(airflow_env):
 
 @pytest.fixture(scope="session")
 def compose_text() -> str:
-    from tests.compose_helpers import COMPOSE_FILE
+    from tests.helpers.compose_helpers import COMPOSE_FILE
 
     return COMPOSE_FILE.read_text()
 
@@ -171,7 +171,7 @@ def services(compose: dict) -> dict[str, dict]:
 @pytest.fixture(scope="session")
 def one_shot_services(services: dict[str, dict]) -> set[str]:
     """Services others wait on to *finish*: they need no healthcheck."""
-    from tests.compose_helpers import depends_on
+    from tests.helpers.compose_helpers import depends_on
 
     return {
         dep

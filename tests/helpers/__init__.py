@@ -1,0 +1,1 @@
+"""Helper modules the test tiers share (not tests themselves)."""
