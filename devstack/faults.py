@@ -24,7 +24,7 @@ Fault names (each a dict; `count` = how many times it fires, -1 = until cleared)
                            the connection before handling, "reset_after" after doing the work
                            (service "opensearch": the HTTPS front before the real node)
 ML Commons' own 429 on _batch_predict is no switch: the real node gives it past
-`plugins.ml_commons.max_batch_inference_tasks` (tests/batch_task_limit.py).
+`plugins.ml_commons.max_batch_inference_tasks` (tests/helpers/batch_task_limit.py).
 """
 
 from __future__ import annotations

@@ -206,23 +206,26 @@ def _throttling(cluster: FakeCluster, refusals: int, now: list[float]):
     return send, sleep
 
 
-def test_429_pressure_backs_off_past_max_retries_within_the_throttle_window() -> None:
+def _throttled_writer(refusals: int, window: float):
+    """A one-lane writer whose server refuses the first `refusals` requests with a 429, on a
+    fake clock that each backoff advances: (cluster, now, writer)."""
     cluster, now = FakeCluster(), [0.0]
-    send, sleep = _throttling(cluster, 20, now)
+    send, sleep = _throttling(cluster, refusals, now)
     writer = BulkWriter(send, concurrency=1, max_retries=3, backoff_max=30.0,
-                        throttle_window=900.0, sleep=sleep, clock=lambda: now[0],
+                        throttle_window=window, sleep=sleep, clock=lambda: now[0],
                         rng=random.Random(0))
+    return cluster, now, writer
+
+
+def test_429_pressure_backs_off_past_max_retries_within_the_throttle_window() -> None:
+    cluster, now, writer = _throttled_writer(20, window=900.0)
     counts = writer.write([_action("a", 1), _action("b", 2)])
     assert cluster.store == {"a": 1, "b": 2} and counts.requests == 21
     assert now[0] < 900.0  # 20 refusals fit in the window; a 503 stops after 3 retries
 
 
 def test_429_pressure_past_the_throttle_window_raises() -> None:
-    cluster, now = FakeCluster(), [0.0]
-    send, sleep = _throttling(cluster, 10_000, now)
-    writer = BulkWriter(send, concurrency=1, max_retries=3, backoff_max=30.0,
-                        throttle_window=120.0, sleep=sleep, clock=lambda: now[0],
-                        rng=random.Random(0))
+    cluster, now, writer = _throttled_writer(10_000, window=120.0)
     with pytest.raises(BulkUnavailable, match="429 rejected_execution"):
         writer.write([_action("a", 1)])
     assert 120.0 <= now[0] < 120.0 + 30.0 and cluster.store == {}

@@ -15,7 +15,6 @@ import pytest
 from batchvec.index import checkpoint
 from batchvec.index.bulk_writer import BulkWriter
 from batchvec.index.checkpoint import AckPrefix, Checkpoint, StreamState
-from batchvec.util.lines import iter_lines_at
 
 
 def _prefix(dlq=None):
@@ -60,28 +59,6 @@ def test_prefix_resumes_from_a_saved_state():
     p.action(150)
     p.ack(0, "created")  # seq counts this try's actions from 0
     assert (state.line, state.offset, state.created) == (8, 150, 8)
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_iter_lines_at_gives_each_line_and_offsets_resume(seed):
-    rng = random.Random(seed)
-    lines = [b"x" * rng.randint(0, 30) for _ in range(60)]
-    data = b"".join(line + rng.choice([b"\n", b"\r\n", b"\n\n"]) for line in lines) + b"tail"
-
-    def chunks(blob):
-        i = 0
-        while i < len(blob):
-            n = rng.randint(1, 17)
-            yield blob[i:i + n]
-            i += n
-
-    got = list(iter_lines_at(chunks(data)))
-    assert [line for line, _ in got] == [line for line in lines if line] + [b"tail"]
-    assert got[-1][1] == len(data)
-    for k in (0, 5, len(got) // 2, len(got) - 1):
-        end = got[k][1]  # resuming there reads exactly the lines after line k
-        rest = list(iter_lines_at(chunks(data[end:]), end))
-        assert rest == got[k + 1:]
 
 
 def test_checkpoint_round_trip_and_format_check():

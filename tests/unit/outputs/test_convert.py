@@ -16,7 +16,6 @@ from batchvec.outputs.convert import (
     parse_vector,
     vector_dimension,
 )
-from batchvec.util.lines import iter_lines
 
 INDEX = "docs-knn"
 FIELD = "embedding"
@@ -250,33 +249,6 @@ def test_builder_argument_checks() -> None:
         ActionBuilder(INDEX, "_id", 3)
     with pytest.raises(ValueError):
         ActionBuilder(INDEX, FIELD, 0)
-
-
-def _stream(lines: list[bytes], rng: random.Random, crlf: bool) -> list[bytes]:
-    data = b"".join(line + (b"\r\n" if crlf else b"\n") for line in lines)
-    if rng.random() < 0.5:
-        data = data.rstrip(b"\r\n")  # final line without newline
-    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(0, 40))))
-    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
-
-
-def test_iter_lines_random_chunking() -> None:
-    rng = random.Random(3)
-    for trial in range(300):
-        lines = [
-            bytes(rng.choice(b"ab{}\r ") for _ in range(rng.randint(1, 30))).strip(b"\r") or b"x"
-            for _ in range(rng.randint(1, 12))
-        ]
-        chunks = _stream(lines, rng, crlf=trial % 2 == 0)
-        assert list(iter_lines(chunks)) == lines
-
-
-def test_iter_lines_edge_cases() -> None:
-    assert list(iter_lines([])) == []
-    assert list(iter_lines([b"", b"\n", b"\n\n"])) == []
-    assert list(iter_lines([b"a\r", b"\nb\r\n", b"c"])) == [b"a", b"b", b"c"]
-    big = [b"x" * 10] * 1000  # one line spread over many chunks
-    assert list(iter_lines([*big, b"\nz"])) == [b"x" * 10_000, b"z"]
 
 
 def test_convert_line_reuses_builders() -> None:
