@@ -69,9 +69,9 @@ class _AwsAuth:
     """requests-aws4auth with credentials from the amazon provider, refreshed when they expire."""
 
     def __init__(self, aws_conn_id: str, region: str, service: str):
-        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+        from batchvec.hooks import aws
 
-        self._session = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sts").get_session(region)
+        self._session = aws.session(aws_conn_id, region)
         self._region, self._service = region, service
         self._lock = threading.Lock()
         self._auth = None

@@ -264,18 +264,40 @@ def delete_keys(client: Any, bucket: str, keys: Iterable[str]) -> int:
     return total
 
 
+def put_bytes(client: Any, bucket: str, key: str, body: bytes,
+              content_type: str | None = None) -> None:
+    extra = {"ContentType": content_type} if content_type else {}
+    client.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+
+
+def get_bytes(client: Any, bucket: str, key: str) -> bytes:
+    """A small object whole (JSON documents, checkpoint id parts): not for staged data."""
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def read_head(client: Any, bucket: str, key: str, n: int) -> bytes:
+    """The first `n` bytes of a non-empty object (S3 answers a range of an empty one 416)."""
+    return client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{n - 1}")["Body"].read()
+
+
+def head(client: Any, bucket: str, key: str) -> dict:
+    """The object's metadata (ETag, ContentLength, LastModified); raises if it is missing."""
+    return client.head_object(Bucket=bucket, Key=key)
+
+
 def put_json(client: Any, bucket: str, key: str, doc: Any) -> None:
-    body = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-    client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    put_bytes(client, bucket, key,
+              orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE),
+              content_type="application/json")
 
 
 def get_json(client: Any, bucket: str, key: str) -> Any:
-    return orjson.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return orjson.loads(get_bytes(client, bucket, key))
 
 
 def exists(client: Any, bucket: str, key: str) -> bool:
     try:
-        client.head_object(Bucket=bucket, Key=key)
+        head(client, bucket, key)
         return True
     except client.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):

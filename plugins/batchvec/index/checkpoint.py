@@ -217,8 +217,7 @@ class ShardProgress:
 
     def _load_ids(self) -> None:
         for part in range(self.cp.id_parts):  # ~400 KB each at the default interval
-            body = self.s3.get_object(Bucket=self.bucket, Key=self.ids_key(part))["Body"]
-            self.ids.remember_all(body.read())
+            self.ids.remember_all(s3io.get_bytes(self.s3, self.bucket, self.ids_key(part)))
 
     @property
     def resumed(self) -> bool:
@@ -273,8 +272,8 @@ class ShardProgress:
         with self.lock:
             self._close_segment()
             if self._id_part:
-                self.s3.put_object(Bucket=self.bucket, Key=self.ids_key(self.cp.id_parts),
-                                   Body=self._id_part.tobytes())
+                s3io.put_bytes(self.s3, self.bucket, self.ids_key(self.cp.id_parts),
+                               self._id_part.tobytes())
                 self.cp.id_parts += 1
                 del self._id_part[:]
             self.cp.saves += 1

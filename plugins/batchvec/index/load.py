@@ -51,9 +51,9 @@ def index_shard(plan: Plan, shard: dict, hook: OpenSearchDomainHook, s3, index: 
     malloc.fix_mmap_threshold()  # 5 MB bulk bodies must not grow the heap
     started = time.monotonic()
     physical = index["index"]
-    out = s3.head_object(Bucket=plan.bucket, Key=out_key) if expected else None
+    out = s3io.head(s3, plan.bucket, out_key) if expected else None
     deletes_key = shard.get("deletes_key")
-    deletes = s3.head_object(Bucket=plan.bucket, Key=deletes_key) if deletes_key else None
+    deletes = s3io.head(s3, plan.bucket, deletes_key) if deletes_key else None
     identity = {"index": physical, "version": plan.version,
                 "output": out and [out["ETag"], out["ContentLength"]],
                 "deletes": deletes and [deletes_key, deletes["ETag"]]}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import orjson
 
-from batchvec.hooks import mlcommons
+from batchvec.hooks import aws, mlcommons
 from batchvec.hooks.opensearch import OpenSearchDomainHook
 from batchvec.plan.naming import SAGEMAKER_NAME
 
@@ -208,9 +208,7 @@ def live_credential(spec: ModelSpec, keys: dict | None) -> dict:
 def aws_connection_keys(aws_conn_id: str) -> dict:
     """The AWS connection's current keys in ML Commons' credential shape, registered with
     Airflow's secrets masker. Temporary keys carry their session token."""
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-    return keys_of(AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sts").get_credentials())
+    return keys_of(aws.credentials(aws_conn_id))
 
 
 class KeyRefresher:
@@ -230,10 +228,8 @@ class KeyRefresher:
         self._pushed = None
 
     def push_if_changed(self) -> bool:
-        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
         if self._session is None:
-            self._session = AwsBaseHook(aws_conn_id=self.aws_conn_id, client_type="sts").get_session()
+            self._session = aws.session(self.aws_conn_id)
         frozen = self._session.get_credentials().get_frozen_credentials()
         if frozen == self._pushed:
             return False

@@ -19,6 +19,7 @@ import zlib
 from typing import Any
 
 from batchvec.batch import job_groups
+from batchvec.hooks import s3io
 from batchvec.hooks.s3io import S3RangeFile
 from batchvec.ingest import staging_groups
 from batchvec.ingest.sources import InputSet, SourceFile
@@ -59,7 +60,7 @@ def _head(s3: Any, f: SourceFile, n: int) -> bytes:
         return b""
     if f.name.startswith("s3://"):
         bucket, key = parse_s3_uri(f.name)
-        return s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{n - 1}")["Body"].read()
+        return s3io.read_head(s3, bucket, key, n)
     with open(f.name, "rb") as fh:
         return fh.read(n)
 
@@ -268,15 +269,11 @@ def _s3_client(args: argparse.Namespace) -> Any:
     conn_id = args.aws_conn_id or (None if args.endpoint_url else
                                    ("aws_default" if os.environ.get("AIRFLOW_CONN_AWS_DEFAULT")
                                     else None))
+    from batchvec.hooks import aws
+
     if conn_id:
-        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-        return AwsBaseHook(aws_conn_id=conn_id, client_type="s3").conn
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=args.endpoint_url, region_name=args.region,
-                        config=Config(s3={"addressing_style": "path"}))
+        return aws.s3_client(conn_id)
+    return aws.plain_s3_client(args.endpoint_url, args.region)
 
 
 def main(argv: list[str] | None = None) -> int:
