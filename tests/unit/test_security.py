@@ -15,12 +15,12 @@ def test_credentials_the_sigv4_signer_fetches_itself_are_masked_in_task_logs():
     import requests
     from airflow.sdk._shared.secrets_masker import redact
 
-    from batchvec.hooks.opensearch import _AwsAuth
+    from batchvec.hooks.opensearch_auth import SigV4Auth
 
     secret, token = "fetched-secret-" + secrets.token_hex(8), "FetchedToken" + secrets.token_hex(8)
     session = botocore.session.Session()
     session.set_credentials("AKIDFETCHED", secret, token)
-    auth = _AwsAuth.__new__(_AwsAuth)  # as __init__ leaves it, minus the Airflow connection
+    auth = SigV4Auth.__new__(SigV4Auth)  # as __init__ leaves it, minus the Airflow connection
     auth._session, auth._region, auth._service = session, "us-east-1", "es"
     auth._lock, auth._auth, auth._frozen = threading.Lock(), None, None
     assert token in redact(f"DEBUG x-amz-security-token:{token}")  # not known yet

@@ -12,7 +12,6 @@ credentials (batchvec.util.redact).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -21,6 +20,7 @@ import requests
 from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 
+from batchvec.hooks.opensearch_auth import SigV4Auth, tls_verify
 from batchvec.util import backoff
 from batchvec.util.redact import scrub
 
@@ -63,72 +63,6 @@ def parse_error(status: int, body: bytes) -> tuple[str, str]:
     if isinstance(doc, dict) and "message" in doc:
         return str(doc.get("__type", "error")), str(doc["message"])
     return "http_error", str(doc)[:500]
-
-
-class _AwsAuth:
-    """requests-aws4auth with credentials from the amazon provider, refreshed when they expire."""
-
-    def __init__(self, aws_conn_id: str, region: str, service: str):
-        from batchvec.hooks import aws
-
-        self._session = aws.session(aws_conn_id, region)
-        self._region, self._service = region, service
-        self._lock = threading.Lock()
-        self._auth = None
-        self._frozen = None
-
-    def __call__(self, request):
-        from requests_aws4auth import AWS4Auth
-
-        # botocore's credential object refreshes itself (assumed roles, instance profiles);
-        # re-read the frozen triple each call and rebuild the signer when it changed.
-        frozen = self._session.get_credentials().get_frozen_credentials()
-        with self._lock:
-            if frozen != self._frozen:
-                mask_secrets(frozen.secret_key, frozen.token)
-                self._auth = AWS4Auth(frozen.access_key, frozen.secret_key, self._region,
-                                      self._service, session_token=frozen.token)
-                self._frozen = frozen
-            auth = self._auth
-        return auth(request)
-
-
-def mask_secrets(*values: str | None) -> None:
-    """Tell Airflow's log masker about credentials it never saw in a connection: those that
-    botocore fetched or refreshed itself (assumed role, instance profile, SSO)."""
-    from airflow.sdk.log import mask_secret
-
-    for value in values:
-        if value:
-            mask_secret(value)
-
-
-_FALSE = {"false", "0", "no", "off"}
-_TRUE = {"true", "1", "yes", "on"}
-
-
-def tls_verify(conn_id: str, extra: dict) -> bool | str:
-    """requests' `verify` for a connection: True (system CAs), a CA bundle path, or False only
-    when the extras say `verify_certs: false` in so many words. Extras typed in the UI or a
-    connection URI arrive as strings, and bool("false") is True: parse them, and refuse
-    anything that is neither clearly on nor clearly off rather than guess."""
-    raw = extra.get("verify_certs", True)
-    if isinstance(raw, str) and raw.strip().lower() in _FALSE | _TRUE:
-        raw = raw.strip().lower() in _TRUE
-    if not isinstance(raw, bool):
-        raise ValueError(f"connection {conn_id!r}: extra.verify_certs must be true or false, "
-                         f"got {raw!r}")
-    ca_certs = extra.get("ca_certs")
-    if ca_certs and not isinstance(ca_certs, str):
-        raise ValueError(f"connection {conn_id!r}: extra.ca_certs must be a file path")
-    if not raw and ca_certs:
-        raise ValueError(f"connection {conn_id!r}: extra.ca_certs and verify_certs=false "
-                         "contradict each other; drop one")
-    if not raw:
-        log.warning("TLS certificate verification is OFF for connection %s (extra.verify_certs "
-                    "= false): anyone on the path can read its credentials", conn_id)
-        return False
-    return ca_certs or True
 
 
 class OpenSearchDomainHook(BaseHook):
@@ -179,7 +113,7 @@ class OpenSearchDomainHook(BaseHook):
             if not region:
                 raise ValueError(f"connection {self.conn_id!r}: sigv4 auth needs extra.region")
             aws_conn_id, service = extra.get("aws_conn_id", "aws_default"), extra.get("service", "es")
-            session.auth = _AwsAuth(aws_conn_id, region, service)
+            session.auth = SigV4Auth(aws_conn_id, region, service)
             self._auth_hint = (f"SigV4 with the keys of AWS connection {aws_conn_id!r}, region "
                                f"{region!r}, service {service!r}: check those")
         elif auth == "basic":

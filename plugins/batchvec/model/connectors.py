@@ -241,7 +241,7 @@ class KeyRefresher:
 
 
 def keys_of(frozen) -> dict:
-    from batchvec.hooks.opensearch import mask_secrets
+    from batchvec.util.redact import mask_secrets
 
     mask_secrets(frozen.secret_key, frozen.token)
     keys = {"access_key": frozen.access_key, "secret_key": frozen.secret_key}

@@ -36,3 +36,13 @@ def scrub(text: object) -> str:
     for pattern, replacement in _PATTERNS:
         out = pattern.sub(replacement, out)
     return out
+
+
+def mask_secrets(*values: str | None) -> None:
+    """Tell Airflow's log masker about credentials it never saw in a connection: those that
+    botocore fetched or refreshed itself (assumed role, instance profile, SSO)."""
+    from airflow.sdk.log import mask_secret
+
+    for value in values:
+        if value:
+            mask_secret(value)
