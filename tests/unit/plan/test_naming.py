@@ -149,3 +149,20 @@ def test_join() -> None:
     assert join_key("", "x/") == "x/"
     with pytest.raises(ValueError):
         join_s3("Bad_Bucket", "k")
+
+
+# Computed with naming.py as it was before the package moved to plan/ (commit 7134e8b): a
+# run key names everything a run made, so a retry after an upgrade must find it again.
+@pytest.mark.parametrize(("dag_id", "run_id", "key"), [
+    ("batch_embeddings", "scheduled__2026-01-02T00:00:00+00:00",
+     "batch-embedd-sch-20260102t000-55a8e3f804"),
+    ("batch_embeddings", "manual__2026-06-24T10:11:12.123456+00:00",
+     "batch-embedd-man-20260624t101-4ee7ff691d"),
+    ("embed_daily", "backfill__2024-01-02T00:00:00+00:00",
+     "embed-daily-bf-20240102t00000-55b215053d"),
+    ("a_b", "r", "a-b-r-2deaa750eb"),
+    ("A-Very_Long.DAG id with spaces" * 3, "groups-2026-06-24",
+     "a-very-long-groups-20260624-3cf0eff1e1"),
+])
+def test_run_keys_are_byte_identical_to_those_before_the_move(dag_id, run_id, key) -> None:
+    assert run_key(dag_id, run_id) == key
