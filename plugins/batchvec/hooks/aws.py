@@ -14,7 +14,11 @@ def aws_hook(client_type: str, aws_conn_id: str = AWS_CONN_ID):
 
 
 def s3_client(aws_conn_id: str = AWS_CONN_ID):
-    return aws_hook("s3", aws_conn_id).conn
+    """The provider's S3Hook client; s3io streams over it (multipart writer, range reader:
+    what S3Hook itself lacks)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=aws_conn_id).conn
 
 
 def session(aws_conn_id: str, region: str | None = None):
