@@ -2,7 +2,7 @@
 cancelling the job (its ML Commons task and the SageMaker job behind it).
 
 Synchronous and free of Airflow's context: the operator submits and attaches with these, the
-trigger polls with `poll_job` in a thread.
+trigger polls through one `JobWatcher` per run, in a thread.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ INPUT_DATA_TYPES = ("S3Prefix", "ManifestFile")
 
 
 class BatchJobFailed(Exception):
-    pass
+    """The job ended Failed or Stopped, ran past wait_timeout (cancelled), or could not be
+    submitted (its name taken by a job this run cannot read, throttled past the window)."""
 
 
 def transform_parameters(job_name: str, input_s3_uri: str, output_s3_uri: str,
