@@ -9,6 +9,7 @@ tests/integration/, tests/dags/ or tests/devstack/.
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -35,22 +36,26 @@ def _guard(name: str):
     return guarded
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    for name in ("connect", "connect_ex", "bind", "sendto"):
-        monkeypatch.setattr(socket.socket, name, _guard(name))
-    yield
+# Module-scoped, so that a test module's own module-scoped fixtures (a parsed DagBag, say)
+# are made under the same guards and environment as its tests: pytest sets up autouse
+# fixtures before the other fixtures of their scope.
+@pytest.fixture(autouse=True, scope="module")
+def no_network():
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("connect", "connect_ex", "bind", "sendto"):
+            mp.setattr(socket.socket, name, _guard(name))
+        yield
 
 
-@pytest.fixture(autouse=True)
-def no_service_environment(monkeypatch):
+@pytest.fixture(autouse=True, scope="module")
+def no_service_environment():
     """The environment a unit test sees is the same alone as after the other tiers: the
     devstack's connections and BATCHVEC_* presets that `airflow_env` exports stay out."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith(("BATCHVEC_", "AIRFLOW_CONN_")):
-            monkeypatch.delenv(name)
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith(("BATCHVEC_", "AIRFLOW_CONN_")):
+                mp.delenv(name)
+        yield
 
 
 # The fixtures tests/conftest.py defines to start services, refused here.
