@@ -241,27 +241,6 @@ def render(p: dict) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-def stop_run(plan: dict, s3: Any, context: dict) -> None:
-    """The plan task of a dry run: log the preview, put it in the task's XCom, and end the
-    run there, every downstream task skipped (whatever its trigger rule: report and cleanup
-    too), the plan task itself successful."""
-    from airflow.sdk.exceptions import AirflowFailException, DownstreamTasksSkipped
-
-    from batchvec.ingest.sources import InputError
-
-    try:
-        found = for_plan(plan, s3)
-    except InputError as exc:  # what stage would fail on; a retry cannot fix it
-        raise AirflowFailException(f"dry run: cannot read input_uri: {exc}") from None
-    log.info("dry run: the plan preview (nothing written, no model or job created):\n%s",
-             render(found))
-    ti = context["ti"]
-    ti.xcom_push(key="preview", value=found)
-    ti.xcom_push(key="return_value", value={**plan, "preview": found})
-    downstream = context["task"].get_flat_relatives(upstream=False)
-    raise DownstreamTasksSkipped(tasks=sorted(t.task_id for t in downstream))
-
-
 def _s3_client(args: argparse.Namespace) -> Any:
     """--endpoint-url: boto3's default credentials against that S3 (the devstack's); else
     the Airflow connection (--aws-conn-id, or aws_default when its AIRFLOW_CONN_ variable is

@@ -36,9 +36,7 @@ def make_plan(params: dict, context: dict) -> dict:
     data = {**plan.to_dict(), "staged_input_uri": plan.uri("input/"),
             "output_uri": plan.uri("output/")}
     if plan.dry_run:  # logs the preview, puts it in XCom, skips everything downstream
-        from batchvec.plan import preview
-
-        preview.stop_run(data, s3_client(), context)
+        _stop_for_preview(data, s3_client(), context)
     return data
 
 
@@ -49,3 +47,25 @@ def index_asset(base_url: str, index: str):
 
     host = base_url.split("://", 1)[-1].rstrip("/")
     return Asset(uri=f"opensearch://{host}/{index}", name=f"opensearch://{host}/{index}")
+
+
+def _stop_for_preview(plan: dict, s3, context: dict) -> None:
+    """The plan task of a dry run: log the preview, put it in the task's XCom, and end the
+    run there, every downstream task skipped (whatever its trigger rule: report and cleanup
+    too), the plan task itself successful."""
+    from airflow.sdk.exceptions import DownstreamTasksSkipped
+
+    from batchvec.ingest.sources import InputError
+    from batchvec.plan import preview
+
+    try:
+        found = preview.for_plan(plan, s3)
+    except InputError as exc:  # what stage would fail on; a retry cannot fix it
+        raise fail_for_good(f"dry run: cannot read input_uri: {exc}") from None
+    log.info("dry run: the plan preview (nothing written, no model or job created):\n%s",
+             preview.render(found))
+    ti = context["ti"]
+    ti.xcom_push(key="preview", value=found)
+    ti.xcom_push(key="return_value", value={**plan, "preview": found})
+    downstream = context["task"].get_flat_relatives(upstream=False)
+    raise DownstreamTasksSkipped(tasks=sorted(t.task_id for t in downstream))
